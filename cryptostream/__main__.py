@@ -1,0 +1,3 @@
+from cryptostream.cli import main
+
+raise SystemExit(main())

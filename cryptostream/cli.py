@@ -1,0 +1,128 @@
+"""Command line: ``cryptostream run | check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from cryptostream import __version__
+from cryptostream.config import (
+    API_KEY_ENV,
+    CONFIG_PATH_ENV,
+    ENV_PREFIX,
+    Config,
+    ConfigError,
+    load_config,
+)
+
+EPILOG = f"""\
+configuration:
+  Settings come from config.toml (or --config / ${CONFIG_PATH_ENV}) and can each be
+  overridden by an environment variable {ENV_PREFIX}<SECTION>__<KEY>, e.g.
+  {ENV_PREFIX}KAFKA__BOOTSTRAP_SERVERS=broker:9092. The CoinCap API key is read
+  from ${API_KEY_ENV} only.
+
+examples:
+  {API_KEY_ENV}=... cryptostream run
+  cryptostream --config /etc/cryptostream.toml run
+  cryptostream check && echo healthy
+
+exit codes: 0 ok, 1 runtime failure or unhealthy, 2 bad configuration or usage.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cryptostream",
+        description=(
+            "Track cryptocurrency prices from the CoinCap API v3 in real time: "
+            "every tick goes through Apache Kafka into CSV files that Power BI reads."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cryptostream {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"config file (default: ${CONFIG_PATH_ENV}, else ./config.toml if present)",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        default=None,
+        help=f"config file (default: ${CONFIG_PATH_ENV}, else ./config.toml if present)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the pipeline until SIGINT/SIGTERM, then drain and exit",
+        description="Fetch prices, publish them to Kafka, consume them into the CSV files. "
+        "Stops cleanly on SIGINT/SIGTERM (a second signal forces the exit).",
+    )
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="exit 0 if the running service is ready, 1 if not (for health checks)",
+        description="Ask the running service's /readyz endpoint (at web.host:web.port).",
+    )
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"cryptostream: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    if args.command == "check":
+        return check(config, args.timeout)
+    return run(config)
+
+
+def run(config: Config) -> int:
+    from cryptostream import logs
+    from cryptostream.service import Service
+
+    logs.configure(config.log.level, config.log.format, secrets=config.secrets())
+
+    async def _main() -> int:
+        return await Service(config).run()
+
+    try:
+        return asyncio.run(_main())
+    except KeyboardInterrupt:  # a signal before the handlers were installed
+        return 130
+
+
+def check(config: Config, timeout: float) -> int:
+    host = config.web.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - we connect, not bind
+        host = "127.0.0.1"
+    url = f"http://{host}:{config.web.port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            ok = resp.status == 200
+            body = resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        ok, body = False, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cryptostream: not reachable at {url}: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    print(body.strip())  # noqa: T201
+    return 0 if ok else 1

@@ -1,0 +1,81 @@
+"""Prometheus metrics of one service instance (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # fetcher
+        self.api_requests = Counter(
+            "cryptostream_api_requests", "Price API requests by outcome", ["outcome"], registry=r
+        )
+        self.ticks_fetched = Counter(
+            "cryptostream_ticks_fetched", "Valid ticks received from the price API", registry=r
+        )
+        self.ticks_invalid = Counter(
+            "cryptostream_ticks_invalid",
+            "API records skipped as invalid, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.polls_missed = Counter(
+            "cryptostream_polls_missed",
+            "Poll slots skipped because an earlier poll ran past them",
+            registry=r,
+        )
+        # queue between fetcher and producer
+        self.queue_depth = Gauge(
+            "cryptostream_queue_depth", "Ticks waiting to be published", registry=r
+        )
+        self.queue_dropped = Counter(
+            "cryptostream_queue_dropped",
+            "Ticks dropped because the queue was full (oldest first)",
+            registry=r,
+        )
+        # producer
+        self.ticks_published = Counter(
+            "cryptostream_ticks_published", "Ticks acknowledged by Kafka", registry=r
+        )
+        self.publish_errors = Counter(
+            "cryptostream_publish_errors", "Failed publish attempts, by kind", ["kind"], registry=r
+        )
+        # consumer / sink
+        self.ticks_written = Counter(
+            "cryptostream_ticks_written", "Rows made durable in crypto_data.csv", registry=r
+        )
+        self.duplicates_skipped = Counter(
+            "cryptostream_duplicates_skipped",
+            "Ticks seen twice on the topic and written once",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "cryptostream_dead_letters",
+            "Poison messages moved to the dead-letter file, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.sink_errors = Counter(
+            "cryptostream_sink_errors", "Failed sink writes, by kind", ["kind"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "cryptostream_consumer_lag", "Messages on the topic not yet in the CSV", registry=r
+        )
+        self.latency = Histogram(
+            "cryptostream_end_to_end_latency_seconds",
+            "From the tick's observation time to its row being durable",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        # supervisor
+        self.task_failures = Counter(
+            "cryptostream_task_failures", "Tasks that ended with an error", ["task"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,197 @@
+"""The supervisor: owns every task of the pipeline and shuts them down in order.
+
+    fetcher ──▶ TickQueue ──▶ producer ──▶ Kafka ──▶ consumer ──▶ CsvSink
+                                                        web (health, metrics)
+
+Life of a run (:meth:`Service.run`):
+
+1. start-up: open the sink (recover the CSV files), load firstValue state;
+2. main: one :class:`asyncio.TaskGroup` runs fetcher, producer, consumer and
+   web. A task that fails is logged with its cause and triggers shutdown; the
+   run then exits 1 (the container or systemd restarts it);
+3. shutdown, on SIGINT/SIGTERM or a failed task, each step under a deadline:
+   stop intake (cancel the fetcher) → producer publishes the queue and
+   flushes (leftovers are spooled to disk) → consumer reads to the topic's
+   end, writes + fsyncs + commits → web stops. A second signal skips the
+   waiting: every task is cancelled at once (the sink is crash-safe anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+
+from cryptostream import __version__
+from cryptostream.config import Config
+from cryptostream.consumer import Consumer
+from cryptostream.fetcher import Fetcher
+from cryptostream.firstvalue import FirstValues
+from cryptostream.logs import get_logger
+from cryptostream.metrics import Metrics
+from cryptostream.producer import Producer
+from cryptostream.queue import TickQueue
+from cryptostream.sink.csvsink import CsvSink, SinkError
+from cryptostream.source.coincap import CoinCapClient
+from cryptostream.web import WebServer
+
+log = get_logger(__name__)
+
+FIRST_VALUES_FILE = ".cryptostream/first_values.json"
+
+
+class Service:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.stop_event = asyncio.Event()
+        self.started = asyncio.Event()
+        self.failed: str | None = None
+        self._signals = 0
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        data_dir = config.storage.data_dir
+        self.sink = CsvSink(data_dir, config.kafka.topic, self.metrics, fsync=config.storage.fsync)
+        self.queue = TickQueue(config.source.queue_size, self.metrics)
+        self.producer = Producer(config.kafka, self.queue, self.metrics, data_dir)
+        self.consumer = Consumer(config.kafka, self.sink, self.metrics)
+        self.web = WebServer(config.web, self.metrics, self.readiness)
+        self.fetcher: Fetcher | None = None
+
+    # -- control -------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Begin an orderly shutdown (idempotent). Safe to call from a signal handler."""
+        if not self.stop_event.is_set():
+            log.info("shutdown_requested", reason=reason)
+            self.stop_event.set()
+
+    def handle_signal(self, signum: int) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            self.request_stop(name)
+        else:
+            log.warning("forced_exit", signal=name)
+            for task in self._tasks.values():
+                task.cancel()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        kafka_ok = self.producer.connected or self.consumer.connected
+        sink_ok = self.sink.opened and self.consumer.sink_failing is None
+        details = {
+            "kafka": "ok" if kafka_ok else "unreachable",
+            "sink": "ok" if sink_ok else (self.consumer.sink_failing or "closed"),
+            "queued": len(self.queue),
+        }
+        return kafka_ok and sink_ok and not self.stop_event.is_set(), details
+
+    # -- run -----------------------------------------------------------------------
+
+    async def run(self, *, install_signal_handlers: bool = True) -> int:
+        """Run until stopped; returns the process exit code (0 clean, 1 failure)."""
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.handle_signal, sig)
+        try:
+            return await self._run()
+        finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+    async def _run(self) -> int:
+        cfg = self.config
+        log.info(
+            "service_starting",
+            version=__version__,
+            source=cfg.source.name,
+            assets=list(cfg.source.assets),
+            kafka=cfg.kafka.bootstrap_servers,
+            topic=cfg.kafka.topic,
+            data_dir=str(cfg.storage.data_dir),
+        )
+        try:
+            self.sink.open()
+        except SinkError as exc:
+            log.error("sink_unavailable", error=str(exc))
+            return 1
+        first_values = FirstValues(
+            cfg.storage.data_dir / FIRST_VALUES_FILE, fsync=cfg.storage.fsync
+        )
+        connector = aiohttp.TCPConnector(limit=4, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            client = CoinCapClient(cfg.coincap, session, self.metrics)
+            self.fetcher = Fetcher(cfg, client, self.queue, first_values, self.metrics)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    self._spawn(tg, "consumer", self.consumer.run())
+                    self._spawn(tg, "producer", self.producer.run())
+                    self._spawn(tg, "fetcher", self.fetcher.run())
+                    if cfg.web.enabled:
+                        self._spawn(tg, "web", self.web.run())
+                    self.started.set()
+                    log.info("service_started")
+                    await self.stop_event.wait()
+                    await self._shutdown()
+            finally:
+                self.sink.close()
+        code = 1 if self.failed else 0
+        log.info("service_stopped", exit_code=code, failed_task=self.failed)
+        return code
+
+    def _spawn(self, tg: asyncio.TaskGroup, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks[name] = tg.create_task(self._supervised(name, coro), name=name)
+
+    async def _supervised(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run one stage; a failure is logged once with its cause and stops the service."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.task_failures.labels(name).inc()
+            self.failed = self.failed or name
+            log.exception("task_failed", task=name, error=str(exc) or type(exc).__name__)
+            self.request_stop(f"{name} failed")
+        else:
+            if not self.stop_event.is_set():
+                log.error("task_exited_early", task=name)
+                self.failed = self.failed or name
+                self.request_stop(f"{name} exited")
+
+    async def _shutdown(self) -> None:
+        budget = self.config.shutdown.timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+
+        def remaining(share: float) -> float:
+            return max(0.1, min(deadline - loop.time(), budget * share))
+
+        # 1. Stop intake: no new polls; a poll in flight is abandoned whole.
+        await self._finish("fetcher", None, 1.0)
+        # 2. Publish what is queued and flush; leftovers are spooled to disk.
+        await self._finish("producer", self.producer.close, remaining(0.45))
+        # 3. Read to the topic's end, write + fsync + commit, close the consumer.
+        await self._finish("consumer", self.consumer.close, remaining(0.9))
+        # 4. Last: the web server, so health checks answer during the drain.
+        if "web" in self._tasks:
+            await self.web.stop()
+            await self._finish("web", None, remaining(1.0))
+
+    async def _finish(self, name: str, close: Any, budget: float) -> None:
+        task = self._tasks.get(name)
+        if task is None or task.done():
+            return
+        if close is None:
+            task.cancel()
+        else:
+            close()
+        done, _ = await asyncio.wait({task}, timeout=budget)
+        if not done:
+            log.warning("shutdown_step_timed_out", task=name, budget=round(budget, 2))
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)

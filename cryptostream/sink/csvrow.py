@@ -1,0 +1,59 @@
+"""Turning ticks into CSV lines that spreadsheets read safely.
+
+The hot path of the sink: one call per tick, so it builds the line with plain
+string operations instead of :mod:`csv` (numeric cells are validated decimals
+and never need quoting; only the three text cells do).
+"""
+
+from __future__ import annotations
+
+import re
+
+from cryptostream.tick import Tick
+
+COLUMNS = (
+    "timestamp",
+    "id",
+    "symbol",
+    "name",
+    "priceUsd",
+    "changePercent24Hr",
+    "firstValue",
+    "vwap24Hr",
+)
+HEADER = ",".join(COLUMNS) + "\n"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A leading character that makes Excel/Power BI/LibreOffice treat a cell as a formula.
+_FORMULA_START = ("=", "+", "-", "@")
+_NEEDS_QUOTES = re.compile(r'[",]')
+
+
+def text_cell(value: str) -> str:
+    """A text cell: no control characters, no formula, quoted when needed.
+
+    Line breaks and tabs become spaces (a CSV row is one line), and a cell that
+    would start a formula gets a leading apostrophe, the spreadsheet convention
+    for "this is text".
+    """
+    if _CONTROL.search(value):
+        value = _CONTROL.sub(" ", value)
+    if value.startswith(_FORMULA_START):
+        value = "'" + value
+    if _NEEDS_QUOTES.search(value):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def timestamp_cell(timestamp: float) -> str:
+    # repr() is the shortest text that reads back as the same float.
+    return repr(timestamp)
+
+
+def csv_line(tick: Tick) -> str:
+    """One CSV line (with ``\\n``) in :data:`COLUMNS` order."""
+    return (
+        f"{timestamp_cell(tick.timestamp)},{text_cell(tick.id)},{text_cell(tick.symbol)},"
+        f"{text_cell(tick.name)},{tick.price_usd},{tick.change_percent_24h or ''},"
+        f"{tick.first_value or ''},{tick.vwap_24h or ''}\n"
+    )

@@ -1,0 +1,88 @@
+"""Durable file primitives: atomic replace and an append-only file with a known size."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+class AppendFile:
+    """An append-only file whose durable length the sink records in its state.
+
+    ``size`` is the length after the last successful :meth:`append`;
+    :meth:`truncate` cuts the file back to a recorded length, which is how a
+    torn or uncommitted tail is removed after a crash or a failed write.
+    """
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        self.path = path
+        self._fsync = fsync
+        existed = path.exists()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size = os.fstat(self._fd).st_size
+        if not existed and fsync:
+            fsync_dir(path.parent)
+
+    def read_head(self, n: int) -> bytes:
+        return os.pread(self._fd, n, 0)
+
+    def read_tail(self, n: int) -> bytes:
+        start = max(0, self.size - n)
+        return os.pread(self._fd, self.size - start, start)
+
+    def append(self, data: bytes) -> None:
+        """Write ``data`` at the end and make it durable; on error the size is unchanged."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        if self._fsync:
+            os.fsync(self._fd)
+        self.size += len(data)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        if self._fsync:
+            os.fsync(self._fd)
+        self.size = size
+
+    def actual_size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

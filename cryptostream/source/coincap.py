@@ -1,0 +1,224 @@
+"""CoinCap API v3 client: one ``GET /assets?ids=...`` per poll, with declared retries.
+
+Errors are sorted into what the retry policy needs to know:
+
+* :class:`RateLimited` (429): wait what ``Retry-After`` says;
+* :class:`AuthFailed` (401/403) and other 4xx: retry slowly, never hammer;
+* :class:`TransientError` (timeouts, connection errors, 5xx, a body that is not
+  the documented JSON envelope): capped exponential backoff with jitter.
+
+Bodies are never trusted: HTML from a proxy, an empty body or truncated JSON all
+become a :class:`TransientError` with a short description, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import tenacity
+
+from cryptostream.config import CoinCapConfig
+from cryptostream.logs import get_logger
+from cryptostream.metrics import Metrics
+
+log = get_logger(__name__)
+
+MAX_RETRY_AFTER = 600.0
+
+
+class ApiError(Exception):
+    kind = "error"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientError(ApiError):
+    kind = "transient"
+
+
+class RateLimited(ApiError):
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, 429)
+        self.retry_after = retry_after
+
+
+class AuthFailed(ApiError):
+    kind = "auth"
+
+
+class ClientError(ApiError):
+    kind = "client_error"
+
+
+@dataclass(frozen=True, slots=True)
+class AssetsResponse:
+    #: Event time of the response, Unix seconds (the envelope's ``timestamp``).
+    timestamp: float
+    records: list[Any]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _describe_body(body: bytes) -> str:
+    if not body.strip():
+        return "empty body"
+    head = body.lstrip()[:1]
+    if head == b"<":
+        return "HTML instead of JSON"
+    return f"{len(body)} bytes that are not the JSON envelope"
+
+
+def _error_text(body: bytes) -> str:
+    """The API's own error message when it sent one, short and single-line."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _describe_body(body)
+    if isinstance(data, dict):
+        for key in ("error", "message"):
+            if isinstance(data.get(key), str):
+                return " ".join(data[key].split())[:200]
+    return _describe_body(body)
+
+
+def parse_envelope(body: bytes) -> AssetsResponse:
+    """Parse ``{"data": [...], "timestamp": ms}``; numbers stay exact text."""
+    try:
+        # parse_float/int keep the digits as sent; no float ever touches a price.
+        data = json.loads(body, parse_float=str, parse_int=str)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise TransientError(_describe_body(body)) from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise TransientError("JSON without a data list")
+    raw_ts = data.get("timestamp")
+    try:
+        timestamp = int(raw_ts) / 1000.0 if raw_ts is not None else None
+    except (TypeError, ValueError):
+        timestamp = None
+    if timestamp is None or not 0 < timestamp < 32503680000:
+        # The envelope always carries it; if a proxy strips it, our clock will do.
+        log.warning("api_timestamp_missing", value=str(raw_ts)[:40])
+        timestamp = time.time()
+    return AssetsResponse(timestamp, data["data"])
+
+
+class CoinCapClient:
+    def __init__(self, config: CoinCapConfig, session: aiohttp.ClientSession, metrics: Metrics):
+        self._config = config
+        self._session = session
+        self._metrics = metrics
+        self._url = config.base_url.rstrip("/") + "/assets"
+        self._headers = {
+            "Authorization": f"Bearer {config.api_key.get()}",
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip, deflate",
+        }
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._failing_since: float | None = None
+
+    async def get_assets(self, ids: tuple[str, ...]) -> AssetsResponse:
+        """One request, no retries. Raises an :class:`ApiError` subclass."""
+        try:
+            async with self._session.get(
+                self._url,
+                params={"ids": ",".join(ids)},
+                headers=self._headers,
+                timeout=self._timeout,
+            ) as resp:
+                body = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except TimeoutError:
+            self._metrics.api_requests.labels("timeout").inc()
+            raise TransientError(f"no answer within {self._config.timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            self._metrics.api_requests.labels("connection_error").inc()
+            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+        self._metrics.api_requests.labels(str(status)).inc()
+        if status == 200:
+            return parse_envelope(body)
+        detail = _error_text(body)
+        if status == 429:
+            raise RateLimited(f"429 rate limited: {detail}", parse_retry_after(retry_after))
+        if status in (401, 403):
+            raise AuthFailed(
+                f"{status} {detail}: check COINCAP_API_KEY and the plan's credits", status
+            )
+        if status >= 500:
+            raise TransientError(f"{status} {detail}", status)
+        raise ClientError(f"{status} {detail}", status)
+
+    # -- retry policy ----------------------------------------------------------------
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        backoff = tenacity.wait_exponential_jitter(initial=1, max=self._config.max_backoff)
+        if isinstance(exc, RateLimited):
+            return exc.retry_after if exc.retry_after is not None else backoff(state)
+        if isinstance(exc, AuthFailed | ClientError):
+            return self._config.auth_retry_interval
+        return backoff(state)
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        kind = exc.kind if isinstance(exc, ApiError) else "error"
+        if state.attempt_number == 1:
+            # Said once per failure episode; later attempts are debug-level.
+            log.warning("api_request_failed", kind=kind, error=str(exc), retry_in=round(wait, 2))
+        else:
+            log.debug(
+                "api_request_retry",
+                kind=kind,
+                error=str(exc),
+                attempt=state.attempt_number,
+                retry_in=round(wait, 2),
+            )
+
+    async def fetch(self, ids: tuple[str, ...]) -> AssetsResponse:
+        """``get_assets`` with the declared retry policy; raises after ``retry_deadline``."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(ApiError),
+            wait=self._wait,
+            stop=tenacity.stop_after_delay(self._config.retry_deadline),
+            before_sleep=self._before_sleep,
+            sleep=asyncio.sleep,
+            reraise=True,
+        )
+        attempts = 0
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                result = await self.get_assets(ids)
+        if attempts > 1:
+            log.info("api_recovered", attempts=attempts)
+        return result

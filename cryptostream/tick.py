@@ -1,0 +1,158 @@
+"""The tick: one price observation of one asset, and its wire format.
+
+Decimals are kept as the exact strings the API sent (``"86466.9872578656434844"``);
+they are validated but never converted to float. The Kafka value is a
+self-describing JSON object so other applications can read the topic.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+SCHEMA = "cryptostream.tick/1"
+
+# A plain decimal literal as CoinCap sends it, optionally with an exponent.
+# Deliberately excludes "NaN", "Infinity", hex, underscores and whitespace.
+_DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+class InvalidTick(ValueError):
+    """A record that cannot become a tick; ``reason`` is a short stable label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    timestamp: float
+    id: str
+    symbol: str
+    name: str
+    price_usd: str
+    change_percent_24h: str | None
+    first_value: str | None
+    vwap_24h: str | None
+    source: str = "coincap"
+
+    def with_first_value(self, first_value: str) -> Tick:
+        return Tick(
+            self.timestamp,
+            self.id,
+            self.symbol,
+            self.name,
+            self.price_usd,
+            self.change_percent_24h,
+            first_value,
+            self.vwap_24h,
+            self.source,
+        )
+
+    def key(self) -> bytes:
+        return self.id.encode()
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "schema": SCHEMA,
+                "timestamp": self.timestamp,
+                "id": self.id,
+                "symbol": self.symbol,
+                "name": self.name,
+                "priceUsd": self.price_usd,
+                "changePercent24Hr": self.change_percent_24h,
+                "firstValue": self.first_value,
+                "vwap24Hr": self.vwap_24h,
+                "source": self.source,
+            }
+        )
+
+
+def decimal_text(value: Any, *, field: str, required: bool, allow_negative: bool) -> str | None:
+    """Validate a decimal as sent by an API and return its exact text.
+
+    Accepts strings (CoinCap's form) and JSON numbers; ``None``/``""`` is
+    missing. Raises :class:`InvalidTick` with a reason label otherwise.
+    """
+    if value is None or value == "":
+        if required:
+            raise InvalidTick(f"missing_{field}")
+        return None
+    if isinstance(value, bool):
+        raise InvalidTick(f"non_numeric_{field}", repr(value))
+    if isinstance(value, int | float):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = value.strip()
+    else:
+        raise InvalidTick(f"non_numeric_{field}", type(value).__name__)
+    if not _DECIMAL.fullmatch(text):
+        low = text.lower().lstrip("+-")
+        if low in ("nan", "inf", "infinity"):
+            raise InvalidTick(f"non_finite_{field}", text[:40])
+        raise InvalidTick(f"non_numeric_{field}", text[:40])
+    if not allow_negative and text.startswith("-") and text.strip("-0.eE") != "":
+        raise InvalidTick(f"negative_{field}", text[:40])
+    return text
+
+
+def _text(value: Any, *, field: str, required: bool) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InvalidTick(f"missing_{field}")
+        return ""
+    if not isinstance(value, str):
+        raise InvalidTick(f"invalid_{field}", type(value).__name__)
+    return value
+
+
+def tick_from_api(record: Any, timestamp: float, source: str = "coincap") -> Tick:
+    """Build a tick from one CoinCap ``/assets`` record; raises :class:`InvalidTick`."""
+    if not isinstance(record, dict):
+        raise InvalidTick("not_an_object", type(record).__name__)
+    asset_id = _text(record.get("id"), field="id", required=True)
+    price = decimal_text(record.get("priceUsd"), field="price", required=True, allow_negative=False)
+    assert price is not None
+    return Tick(
+        timestamp=timestamp,
+        id=asset_id,
+        symbol=_text(record.get("symbol"), field="symbol", required=False),
+        name=_text(record.get("name"), field="name", required=False),
+        price_usd=price,
+        change_percent_24h=decimal_text(
+            record.get("changePercent24Hr"), field="change", required=False, allow_negative=True
+        ),
+        first_value=None,
+        vwap_24h=decimal_text(
+            record.get("vwap24Hr"), field="vwap", required=False, allow_negative=False
+        ),
+        source=source,
+    )
+
+
+def tick_from_json(value: bytes | None) -> Tick:
+    """Decode a Kafka message value; raises :class:`InvalidTick` for poison messages."""
+    if value is None:
+        raise InvalidTick("empty_message")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidTick("not_json", str(exc)[:80]) from None
+    if not isinstance(data, dict):
+        raise InvalidTick("not_an_object", type(data).__name__)
+    ts = data.get("timestamp")
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not ts == ts or ts < 0:
+        raise InvalidTick("invalid_timestamp", repr(ts)[:40])
+    if ts in (float("inf"),):
+        raise InvalidTick("invalid_timestamp", repr(ts))
+    tick = tick_from_api(data, float(ts), source=str(data.get("source") or "unknown"))
+    first = decimal_text(
+        data.get("firstValue"), field="first_value", required=False, allow_negative=False
+    )
+    return tick.with_first_value(first) if first is not None else tick

@@ -1,0 +1,65 @@
+"""The small aiohttp server: health, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from cryptostream.config import WebConfig
+from cryptostream.logs import get_logger
+from cryptostream.metrics import Metrics
+
+log = get_logger(__name__)
+
+Readiness = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class WebServer:
+    def __init__(self, config: WebConfig, metrics: Metrics, readiness: Readiness) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self._stopped = asyncio.Event()
+        self.port: int | None = None
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
+        self.app.router.add_get("/metrics", self._metrics_view)
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._config.host, self._config.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._config.port
+        log.info("web_started", url=f"http://{self._config.host}:{self.port}")
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        ready, details = self._readiness()
+        return web.json_response(
+            {"status": "ready" if ready else "not_ready", **details}, status=200 if ready else 503
+        )
+
+    async def _metrics_view(self, _request: web.Request) -> web.Response:
+        body = self._metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,771 @@
+"""A local fake of the CoinCap REST API v3 (``https://rest.coincap.io/v3``).
+
+The fake is a real aiohttp server bound to ``127.0.0.1`` (by default on a free port).
+Its answers are built from the recorded response shapes in ``tests/fixtures/coincap/``.
+
+Endpoints
+---------
+``GET /v3/assets?ids=a,b,c&limit=L&offset=O``
+    Envelope ``{"data": [...], "timestamp": <epoch ms>}``.  ``ids`` filters *and orders*
+    the records (unknown ids are silently absent, duplicates are dropped); without ``ids``
+    every known asset is served in rank order.  ``limit`` (default 100, at most 2000) and
+    ``offset`` (default 0) are applied after filtering; anything else is a 400.
+
+    The market moves one tick per answered call: the first call serves the records of
+    ``assets.json``, the second those of ``assets_later.json`` (note ``vwap24Hr`` is null
+    for solana there), every later call a deterministic random walk (``seed``) on
+    ``priceUsd`` starting from ``assets_later.json``.  Every step changes every price by a
+    non-zero amount of at most 0.025 %.  Prices are computed with :class:`decimal.Decimal`
+    and keep the number of decimals of the fixture (16), so they never show float
+    artefacts or exponents.  Only ``priceUsd`` moves; the other fields stay as in
+    ``assets_later.json``.  ``timestamp`` is always :attr:`FakeCoinCap.clock`.
+
+``GET /v3/assets/{id}``
+    Envelope ``{"data": {...}, "timestamp": ...}`` with the asset as of the last tick
+    served by ``/v3/assets`` (the ``assets.json`` record before any such call); it does not
+    advance the market.  Unknown id: 404 ``{"error": "<id> not found", "timestamp": ...}``
+    like ``error_not_found.json``.
+
+``GET /v3/assets/{id}/history?interval=I&start=MS&end=MS``
+    Envelope with rows ``{"priceUsd": str, "time": int, "date": "…T…Z"}`` for every
+    multiple of the interval in ``[start, end)`` (``end`` excluded).  Prices are a pure
+    function of ``(asset id, time)`` (slow ±2 % daily triangle wave plus ±0.1 % hashed
+    noise around the ``assets.json`` price), so overlapping windows and different intervals
+    agree on shared instants; bitcoin's rows at the times recorded in
+    ``history_bitcoin_m1.json`` are served exactly as recorded.  ``interval`` is required;
+    ``start`` and ``end`` go together (both missing: the largest window ending now).
+
+    Maximum window per request (``end - start``), else 400 with an error body.  These are
+    the fake's own limits, modelled on "a request covers a bounded number of rows"; they
+    are not a recording of CoinCap's:
+
+    ======== =========== ==========
+    interval max window  max rows
+    ======== =========== ==========
+    m1       1 day       1440
+    m5       5 days      1440
+    m15      7 days      672
+    m30      14 days     672
+    h1       30 days     720
+    h2       61 days     732
+    h6       183 days    732
+    h12      366 days    732
+    d1       3660 days   3660
+    ======== =========== ==========
+
+Every other path under the server answers a JSON 404.
+
+Authentication
+--------------
+Every request needs ``Authorization: Bearer <key>`` or ``?apiKey=<key>`` (either one being
+right is enough).  Otherwise: 401 ``{"error": "...", "timestamp": ...}``.  The key is never
+logged, printed or echoed; the access log writes the path without the query string and
+:class:`RecordedRequest`'s ``repr`` masks it.
+
+Fault injection
+---------------
+:meth:`FakeCoinCap.inject` appends :class:`Fault` objects to a FIFO queue.  Each request
+consumes (one use of) the *first* queued fault whose ``path_prefix`` matches its path.
+Faults apply before the authentication check (like a gateway or rate limiter in front of
+the API); :meth:`Fault.delay` then lets the request continue normally.  A faulted request
+does not advance the market, except for a delayed one that ends up answered normally.
+
+Command line
+------------
+``python -m tests.support.fake_coincap --host 127.0.0.1 --port 8081 --api-key KEY``
+serves until SIGINT/SIGTERM and prints the base URL on one line once ready.  The key may
+also come from ``$FAKE_COINCAP_API_KEY`` (keeps it out of ``ps``); default ``test-key``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import dataclasses
+import decimal
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "FIXTURES_DIR",
+    "HISTORY_INTERVALS_MS",
+    "HISTORY_MAX_WINDOW_MS",
+    "FakeCoinCap",
+    "Fault",
+    "RecordedRequest",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger(__name__ + ".access")
+
+DEFAULT_API_KEY: Final = "test-key"
+FIXTURES_DIR: Final = Path(__file__).resolve().parent.parent / "fixtures" / "coincap"
+API_PREFIX: Final = "/v3"
+
+_MINUTE: Final = 60_000
+_HOUR: Final = 60 * _MINUTE
+_DAY: Final = 24 * _HOUR
+
+#: Step of every history interval, in milliseconds.
+HISTORY_INTERVALS_MS: Final[Mapping[str, int]] = {
+    "m1": _MINUTE,
+    "m5": 5 * _MINUTE,
+    "m15": 15 * _MINUTE,
+    "m30": 30 * _MINUTE,
+    "h1": _HOUR,
+    "h2": 2 * _HOUR,
+    "h6": 6 * _HOUR,
+    "h12": 12 * _HOUR,
+    "d1": _DAY,
+}
+
+#: Largest ``end - start`` accepted per request for each interval, in milliseconds.
+HISTORY_MAX_WINDOW_MS: Final[Mapping[str, int]] = {
+    "m1": 1 * _DAY,
+    "m5": 5 * _DAY,
+    "m15": 7 * _DAY,
+    "m30": 14 * _DAY,
+    "h1": 30 * _DAY,
+    "h2": 61 * _DAY,
+    "h6": 183 * _DAY,
+    "h12": 366 * _DAY,
+    "d1": 3660 * _DAY,
+}
+
+_DEFAULT_LIMIT: Final = 100
+_MAX_LIMIT: Final = 2000
+_WALK_MAX_STEP_PPM: Final = 250  # 0.025 % per tick at most
+_HISTORY_TREND_PPM: Final = 20_000  # ±2 % over a day
+_HISTORY_NOISE_PPM: Final = 1_000  # ±0.1 % per row
+_REDACTED: Final = "***"
+
+JsonDict = dict[str, Any]
+Clock = Callable[[], int]
+FaultKind = Literal["status", "body", "delay", "records", "disconnect"]
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _iso_ms(epoch_ms: int) -> str:
+    moment = datetime.fromtimestamp(epoch_ms // 1000, tz=UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{epoch_ms % 1000:03d}Z"
+
+
+def _decimals(number: str) -> int:
+    exponent = Decimal(number).as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(0, -exponent)
+
+
+def _scale(price: Decimal, ppm: int, places: int) -> str:
+    """``price * (1 + ppm / 1e6)`` rounded to ``places`` decimals, as a plain string."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        scaled = price * (Decimal(1_000_000 + ppm) / Decimal(1_000_000))
+        return format(scaled.quantize(Decimal(1).scaleb(-places)), "f")
+
+
+# --------------------------------------------------------------------------------------
+# Faults
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Fault:
+    """One scripted misbehaviour; build it with the class methods, not the constructor.
+
+    ``path_prefix`` (``None``: every path) selects the requests it applies to, ``times``
+    how many matching requests it affects (``None``: until :meth:`FakeCoinCap.clear_faults`).
+    """
+
+    kind: FaultKind
+    http_status: int = 200
+    payload: str | None = None
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    asset_records: tuple[Mapping[str, Any], ...] = ()
+    path_prefix: str | None = None
+    times: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be >= 1 (or None for 'until cleared')")
+        if self.seconds < 0:
+            raise ValueError("seconds must be >= 0")
+
+    @classmethod
+    def status(
+        cls,
+        status: int,
+        *,
+        body: str | None = None,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+        path_prefix: str | None = None,
+        times: int | None = 1,
+    ) -> Fault:
+        """Answer ``status`` with ``body`` (default: a JSON ``{"error", "timestamp"}``)."""
+        return cls(
+            kind="status",
+            http_status=status,
+            payload=body,
+            content_type=content_type,
+            headers=dict(headers or {}),
+            path_prefix=path_prefix,
+            times=times,
+        )
+
+    @classmethod
+    def body(
+        cls,
+        body: str,
+        *,
+        status: int = 200,
+        content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+        path_prefix: str | None = None,
+        times: int | None = 1,
+    ) -> Fault:
+        """Answer exactly ``body`` (e.g. truncated JSON, ``""``) with status 200."""
+        return cls(
+            kind="body",
+            http_status=status,
+            payload=body,
+            content_type=content_type,
+            headers=dict(headers or {}),
+            path_prefix=path_prefix,
+            times=times,
+        )
+
+    @classmethod
+    def delay(
+        cls, seconds: float, *, path_prefix: str | None = None, times: int | None = 1
+    ) -> Fault:
+        """Sleep ``seconds`` (cut short by :meth:`FakeCoinCap.stop`), then answer normally."""
+        return cls(kind="delay", seconds=seconds, path_prefix=path_prefix, times=times)
+
+    @classmethod
+    def records(
+        cls,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        path_prefix: str | None = None,
+        times: int | None = 1,
+    ) -> Fault:
+        """Answer 200 ``{"data": [<exactly these records>], "timestamp": clock}``.
+
+        Meant for ``/v3/assets`` (bad-record tests); the records are deep-copied now, so
+        later changes to the caller's dicts do not leak into the answer.
+        """
+        frozen = tuple(copy.deepcopy(dict(record)) for record in records)
+        return cls(kind="records", asset_records=frozen, path_prefix=path_prefix, times=times)
+
+    @classmethod
+    def disconnect(cls, *, path_prefix: str | None = None, times: int | None = 1) -> Fault:
+        """Close the connection without sending any response bytes.
+
+        Note: aiohttp's ``ClientSession`` transparently retries an idempotent request
+        (GET) once after ``ServerDisconnectedError``, so an aiohttp client only sees the
+        error when two disconnects happen in a row (``times=2``).
+        """
+        return cls(kind="disconnect", path_prefix=path_prefix, times=times)
+
+    def matches(self, path: str) -> bool:
+        return self.path_prefix is None or path.startswith(self.path_prefix)
+
+
+@dataclasses.dataclass
+class _QueuedFault:
+    fault: Fault
+    remaining: int | None
+
+
+# --------------------------------------------------------------------------------------
+# Request recording
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RecordedRequest:
+    """A request as the fake saw it (the ``repr`` masks the API key).
+
+    ``monotonic`` is :func:`time.monotonic` at arrival; ``status`` is the answer's status
+    once sent (``None`` while in flight or when the connection was dropped).
+    """
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    monotonic: float
+    status: int | None = None
+    fault: FaultKind | None = None
+
+    def header(self, name: str) -> str | None:
+        """Case-insensitive header lookup."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
+
+    def __repr__(self) -> str:
+        headers = {
+            k: (_REDACTED if k.lower() == "authorization" else v) for k, v in self.headers.items()
+        }
+        query = {k: (_REDACTED if k == "apiKey" else v) for k, v in self.query.items()}
+        return (
+            f"RecordedRequest(method={self.method!r}, path={self.path!r}, query={query!r}, "
+            f"headers={headers!r}, monotonic={self.monotonic!r}, status={self.status!r}, "
+            f"fault={self.fault!r})"
+        )
+
+
+class _RedactingAccessLogger(AbstractAccessLogger):
+    """Access log without query strings or headers, so the API key never reaches a log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s -> %s (%.1f ms)", request.method, request.path, response.status, time * 1000
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The fake
+# --------------------------------------------------------------------------------------
+
+
+class _BadRequest(Exception):
+    pass
+
+
+class FakeCoinCap:
+    """Fake CoinCap v3 REST server; see the module docstring for the endpoints.
+
+    >>> async with FakeCoinCap() as fake:                       # doctest: +SKIP
+    ...     url = f"{fake.base_url}/assets?ids=bitcoin,ethereum"
+    ...     headers = {"Authorization": f"Bearer {fake.api_key}"}
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int = 0,
+        clock: Clock | None = None,
+        fixtures_dir: Path = FIXTURES_DIR,
+    ) -> None:
+        self.api_key = api_key
+        self.host = host
+        self.port = port
+        #: Epoch-milliseconds clock used for every ``timestamp``; assign to control time.
+        self.clock: Clock = clock or _wall_clock_ms
+        self.requests: list[RecordedRequest] = []
+
+        self._first: list[JsonDict] = self._load(fixtures_dir / "assets.json")["data"]
+        self._later: list[JsonDict] = self._load(fixtures_dir / "assets_later.json")["data"]
+        history = self._load(fixtures_dir / "history_bitcoin_m1.json")["data"]
+        self._recorded_history: dict[tuple[str, int], str] = {
+            ("bitcoin", int(row["time"])): str(row["priceUsd"]) for row in history
+        }
+        self._base_price: dict[str, Decimal] = {
+            r["id"]: Decimal(r["priceUsd"]) for r in self._first
+        }
+        self._places: dict[str, int] = {r["id"]: _decimals(r["priceUsd"]) for r in self._first}
+
+        self._rng = random.Random(seed)
+        self._tick = 0
+        self._current: list[JsonDict] = copy.deepcopy(self._first)
+        self._walk: list[JsonDict] = copy.deepcopy(self._later)
+
+        self._faults: list[_QueuedFault] = []
+        self._new_request = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+
+    @staticmethod
+    def _load(path: Path) -> JsonDict:
+        data: JsonDict = json.loads(path.read_text(encoding="utf-8"))
+        return data
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT/v3`` once started."""
+        if self._base_url is None:
+            raise RuntimeError("FakeCoinCap is not started")
+        return self._base_url
+
+    @property
+    def tick(self) -> int:
+        """How many ``/v3/assets`` answers the market has produced so far."""
+        return self._tick
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("FakeCoinCap is already started")
+        self._stopping = asyncio.Event()
+        self._new_request = asyncio.Event()
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get(API_PREFIX + "/assets", self._handle_assets)
+        app.router.add_get(API_PREFIX + "/assets/{asset_id}", self._handle_asset)
+        app.router.add_get(API_PREFIX + "/assets/{asset_id}/history", self._handle_history)
+        runner = web.AppRunner(
+            app,
+            access_log=access_logger,
+            access_log_class=_RedactingAccessLogger,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self.port = int(bound_port)
+        url_host = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
+        self._base_url = f"http://{url_host}:{self.port}{API_PREFIX}"
+        logger.debug("fake CoinCap listening on %s", self._base_url)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._stopping.set()  # releases pending Fault.delay sleeps
+        await runner.cleanup()
+        self._base_url = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- faults ------------------------------------------------------------------------
+
+    def inject(self, *faults: Fault) -> None:
+        """Queue faults (FIFO); each matching request consumes one use of the first match."""
+        self._faults.extend(_QueuedFault(f, f.times) for f in faults)
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    @property
+    def pending_faults(self) -> list[Fault]:
+        return [q.fault for q in self._faults]
+
+    def _take_fault(self, path: str) -> Fault | None:
+        for index, queued in enumerate(self._faults):
+            if queued.fault.matches(path):
+                if queued.remaining is not None:
+                    queued.remaining -= 1
+                    if queued.remaining == 0:
+                        del self._faults[index]
+                return queued.fault
+        return None
+
+    # -- request inspection ------------------------------------------------------------
+
+    def calls(self, path_prefix: str = "") -> int:
+        """Number of recorded requests whose path starts with ``path_prefix``."""
+        return sum(1 for r in self.requests if r.path.startswith(path_prefix))
+
+    def requests_to(self, path_prefix: str = "") -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.startswith(path_prefix)]
+
+    async def wait_for_calls(
+        self,
+        n: int,
+        path_prefix: str = "/v3/assets",
+        timeout: float = 10.0,  # noqa: ASYNC109 -- a test helper: a bound is always wanted
+    ) -> list[RecordedRequest]:
+        """Wait until at least ``n`` requests to ``path_prefix`` arrived; return them.
+
+        Raises :class:`TimeoutError` (with the count seen) after ``timeout`` seconds.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while self.calls(path_prefix) < n:
+                    await self._new_request.wait()
+        except TimeoutError:
+            seen = self.calls(path_prefix)
+            raise TimeoutError(
+                f"waited {timeout}s for {n} request(s) to {path_prefix!r}, saw {seen}"
+            ) from None
+        return self.requests_to(path_prefix)
+
+    def _record(self, request: web.Request) -> RecordedRequest:
+        recorded = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            headers=dict(request.headers),
+            monotonic=time.monotonic(),
+        )
+        self.requests.append(recorded)
+        event, self._new_request = self._new_request, asyncio.Event()
+        event.set()
+        return recorded
+
+    # -- HTTP plumbing -----------------------------------------------------------------
+
+    def _error(
+        self, status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> web.Response:
+        return web.json_response(
+            {"error": message, "timestamp": self.clock()}, status=status, headers=headers
+        )
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip() == self.api_key:
+            return True
+        return request.query.get("apiKey") == self.api_key
+
+    @web.middleware
+    async def _middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        recorded = self._record(request)
+        fault = self._take_fault(request.path)
+        if fault is not None:
+            recorded.fault = fault.kind
+            early = await self._apply_fault(fault, request)
+            if early is not None:
+                recorded.status = early.status
+                return early
+        if not self._authorized(request):
+            response: web.StreamResponse = self._error(
+                401,
+                "Unauthorized: a valid API key is required "
+                "(Authorization: Bearer <key> or ?apiKey=<key>)",
+                headers={"WWW-Authenticate": 'Bearer realm="coincap"'},
+            )
+        else:
+            try:
+                response = await handler(request)
+            except _BadRequest as exc:
+                response = self._error(400, str(exc))
+            except web.HTTPException as exc:
+                response = self._error(exc.status, exc.reason)
+        recorded.status = response.status
+        return response
+
+    async def _apply_fault(self, fault: Fault, request: web.Request) -> web.StreamResponse | None:
+        if fault.kind == "delay":
+            try:
+                async with asyncio.timeout(fault.seconds):
+                    await self._stopping.wait()
+            except TimeoutError:
+                pass
+            return None
+        if fault.kind == "disconnect":
+            if request.transport is not None:
+                request.transport.abort()
+            await asyncio.Future()  # cancelled by aiohttp once the connection is lost
+            raise AssertionError("unreachable")  # pragma: no cover
+        if fault.kind == "records":
+            envelope = {"data": [dict(r) for r in fault.asset_records], "timestamp": self.clock()}
+            return web.json_response(envelope, status=fault.http_status, headers=fault.headers)
+        if fault.kind == "status" and fault.payload is None:
+            try:
+                reason = HTTPStatus(fault.http_status).phrase
+            except ValueError:
+                reason = "Error"
+            return self._error(fault.http_status, reason, headers=fault.headers)
+        response = web.Response(
+            status=fault.http_status, body=(fault.payload or "").encode(), headers=fault.headers
+        )
+        response.content_type = fault.content_type
+        return response
+
+    # -- /v3/assets ----------------------------------------------------------------------
+
+    @staticmethod
+    def _int_param(request: web.Request, name: str, default: int) -> int:
+        raw = request.query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise _BadRequest(f"{name} must be an integer") from None
+        if value < 0:
+            raise _BadRequest(f"{name} must be >= 0")
+        return value
+
+    def _advance(self) -> list[JsonDict]:
+        """Produce the next market snapshot (fixture, later fixture, then random walk)."""
+        if self._tick == 0:
+            snapshot = copy.deepcopy(self._first)
+        elif self._tick == 1:
+            snapshot = copy.deepcopy(self._later)
+        else:
+            for record in self._walk:
+                step = self._rng.randint(1, _WALK_MAX_STEP_PPM) * self._rng.choice((-1, 1))
+                places = self._places.get(record["id"], _decimals(record["priceUsd"]))
+                record["priceUsd"] = _scale(Decimal(record["priceUsd"]), step, places)
+            snapshot = copy.deepcopy(self._walk)
+        self._tick += 1
+        self._current = snapshot
+        return snapshot
+
+    async def _handle_assets(self, request: web.Request) -> web.Response:
+        limit = self._int_param(request, "limit", _DEFAULT_LIMIT)
+        offset = self._int_param(request, "offset", 0)
+        if limit > _MAX_LIMIT:
+            raise _BadRequest(f"limit exceeds {_MAX_LIMIT}")
+        snapshot = self._advance()
+        ids_param = request.query.get("ids")
+        if ids_param:
+            by_id = {r["id"]: r for r in snapshot}
+            wanted = dict.fromkeys(i.strip() for i in ids_param.split(",") if i.strip())
+            selected = [by_id[i] for i in wanted if i in by_id]
+        else:
+            selected = snapshot
+        return web.json_response(
+            {"data": selected[offset : offset + limit], "timestamp": self.clock()}
+        )
+
+    async def _handle_asset(self, request: web.Request) -> web.Response:
+        asset_id = request.match_info["asset_id"]
+        record = next((r for r in self._current if r["id"] == asset_id), None)
+        if record is None:
+            return self._error(404, f"{asset_id} not found")
+        return web.json_response({"data": copy.deepcopy(record), "timestamp": self.clock()})
+
+    # -- /v3/assets/{id}/history -------------------------------------------------------
+
+    def history_price(self, asset_id: str, epoch_ms: int) -> str:
+        """The deterministic history price of ``asset_id`` at ``epoch_ms``."""
+        recorded = self._recorded_history.get((asset_id, epoch_ms))
+        if recorded is not None:
+            return recorded
+        phase = epoch_ms % _DAY
+        trend = abs(2 * phase - _DAY) * 2 * _HISTORY_TREND_PPM // _DAY - _HISTORY_TREND_PPM
+        digest = hashlib.blake2b(f"{asset_id}:{epoch_ms}".encode(), digest_size=8).digest()
+        noise = int.from_bytes(digest, "big") % (2 * _HISTORY_NOISE_PPM + 1) - _HISTORY_NOISE_PPM
+        return _scale(self._base_price[asset_id], trend + noise, self._places[asset_id])
+
+    def _history_window(self, request: web.Request) -> tuple[str, int, int]:
+        interval = request.query.get("interval")
+        if not interval:
+            raise _BadRequest("missing interval")
+        if interval not in HISTORY_INTERVALS_MS:
+            raise _BadRequest(f"interval must be one of {', '.join(HISTORY_INTERVALS_MS)}")
+        max_window = HISTORY_MAX_WINDOW_MS[interval]
+        raw_start, raw_end = request.query.get("start"), request.query.get("end")
+        if raw_start is None and raw_end is None:
+            end = self.clock()
+            return interval, end - max_window, end
+        if raw_start is None or raw_end is None:
+            raise _BadRequest("start and end must be given together")
+        try:
+            start, end = int(raw_start), int(raw_end)
+        except ValueError:
+            raise _BadRequest("start and end must be integers (epoch milliseconds)") from None
+        if start >= end:
+            raise _BadRequest("start must be before end")
+        if end - start > max_window:
+            raise _BadRequest(
+                f"time range too large for interval {interval}: at most "
+                f"{max_window // _DAY} day(s) ({max_window} ms) per request"
+            )
+        return interval, start, end
+
+    async def _handle_history(self, request: web.Request) -> web.Response:
+        asset_id = request.match_info["asset_id"]
+        if asset_id not in self._base_price:
+            return self._error(404, f"{asset_id} not found")
+        interval, start, end = self._history_window(request)
+        step = HISTORY_INTERVALS_MS[interval]
+        first = -(-start // step) * step
+        rows = [
+            {"priceUsd": self.history_price(asset_id, t), "time": t, "date": _iso_ms(t)}
+            for t in range(first, end, step)
+        ]
+        return web.json_response({"data": rows, "timestamp": self.clock()})
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.fake_coincap",
+        description="Serve a fake CoinCap REST API v3 until SIGINT/SIGTERM.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("FAKE_COINCAP_API_KEY", DEFAULT_API_KEY),
+        help=f"accepted key (default: $FAKE_COINCAP_API_KEY, else {DEFAULT_API_KEY!r})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random-walk seed")
+    parser.add_argument("--quiet", action="store_true", help="no access log on stderr")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with FakeCoinCap(
+        api_key=args.api_key, host=args.host, port=args.port, seed=args.seed
+    ) as fake:
+        print(fake.base_url, flush=True)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
