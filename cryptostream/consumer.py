@@ -19,8 +19,8 @@ from aiokafka.errors import KafkaError
 from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.producer import ensure_topic, kafka_client_options
 from cryptostream.sink.csvsink import CsvSink, Record, SinkWriteError
+from cryptostream.topic import Topic, client_options
 
 log = get_logger(__name__)
 
@@ -40,8 +40,9 @@ class _SeekToSinkState(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Consumer:
-    def __init__(self, config: KafkaConfig, sink: CsvSink, metrics: Metrics) -> None:
+    def __init__(self, config: KafkaConfig, topic: Topic, sink: CsvSink, metrics: Metrics) -> None:
         self._config = config
+        self._topic = topic
         self._sink = sink
         self._metrics = metrics
         self._client: AIOKafkaConsumer | None = None
@@ -84,16 +85,16 @@ class Consumer:
     async def _start(self) -> AIOKafkaConsumer:
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type((KafkaError, OSError, TimeoutError)),
-            wait=tenacity.wait_exponential_jitter(initial=0.5, max=10),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             stop=tenacity.stop_never,  # Kafka may arrive later; shutdown cancels us
             before_sleep=_log_retry("kafka_consumer_start_failed"),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                await ensure_topic(self._config)
+                await self._topic.ensure()
                 client = AIOKafkaConsumer(
-                    **kafka_client_options(self._config),
+                    **client_options(self._config),
                     group_id=self._config.group_id,
                     enable_auto_commit=False,
                     auto_offset_reset="earliest",
@@ -145,7 +146,7 @@ class Consumer:
     async def _write(self, records: list[Record]) -> None:
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(SinkWriteError),
-            wait=tenacity.wait_exponential_jitter(initial=0.5, max=15),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=15),
             stop=tenacity.stop_never,  # the batch is kept until the disk takes it
             before_sleep=self._sink_retry,
             reraise=True,

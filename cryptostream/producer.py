@@ -18,8 +18,7 @@ from pathlib import Path
 
 import tenacity
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
@@ -27,6 +26,7 @@ from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
 from cryptostream.sink.files import atomic_write
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
+from cryptostream.topic import Topic, client_options
 
 log = get_logger(__name__)
 
@@ -40,59 +40,21 @@ class PublishError(Exception):
         self.kind = kind
 
 
-def kafka_client_options(config: KafkaConfig) -> dict[str, object]:
-    return {
-        "bootstrap_servers": config.bootstrap_servers.split(","),
-        "client_id": config.client_id,
-        "request_timeout_ms": int(config.request_timeout * 1000),
-    }
-
-
-async def ensure_topic(config: KafkaConfig) -> None:
-    """Create the topic when missing (partitions, replication, min.insync.replicas)."""
-    admin = AIOKafkaAdminClient(**kafka_client_options(config))
-    try:
-        async with asyncio.timeout(config.request_timeout * 2):
-            await admin.start()
-            topic_configs = {}
-            if config.min_insync_replicas:
-                topic_configs["min.insync.replicas"] = str(config.min_insync_replicas)
-            try:
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            config.topic,
-                            num_partitions=config.partitions,
-                            replication_factor=config.replication_factor,
-                            topic_configs=topic_configs,
-                        )
-                    ]
-                )
-            except TopicAlreadyExistsError:
-                log.debug("topic_exists", topic=config.topic)
-            else:
-                log.info(
-                    "topic_created",
-                    topic=config.topic,
-                    partitions=config.partitions,
-                    replication_factor=config.replication_factor,
-                )
-    finally:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await admin.close()
-
-
 class Producer:
     def __init__(
-        self, config: KafkaConfig, queue: TickQueue, metrics: Metrics, data_dir: Path
+        self,
+        config: KafkaConfig,
+        topic: Topic,
+        queue: TickQueue,
+        metrics: Metrics,
+        data_dir: Path,
     ) -> None:
         self._config = config
+        self._topic = topic
         self._queue = queue
         self._metrics = metrics
         self._spool = data_dir / SPOOL_FILE
         self._client: AIOKafkaProducer | None = None
-        self._topic_ready = False
         self._closing = False
         self._in_hand: list[Tick] = []
         self.connected = False
@@ -129,7 +91,7 @@ class Producer:
     async def _deliver(self, batch: list[Tick]) -> None:
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(PublishError),
-            wait=tenacity.wait_exponential_jitter(initial=0.5, max=10),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             stop=tenacity.stop_never,  # ticks wait in the queue; shutdown spools them
             before_sleep=self._before_sleep,
             reraise=True,
@@ -189,11 +151,9 @@ class Producer:
         if self._client is not None:
             return self._client
         async with asyncio.timeout(self._config.request_timeout * 2):
-            if not self._topic_ready:
-                await ensure_topic(self._config)
-                self._topic_ready = True
+            await self._topic.ensure()
             client = AIOKafkaProducer(
-                **kafka_client_options(self._config),
+                **client_options(self._config),
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=self._config.linger_ms,

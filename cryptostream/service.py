@@ -36,6 +36,7 @@ from cryptostream.producer import Producer
 from cryptostream.queue import TickQueue
 from cryptostream.sink.csvsink import CsvSink, SinkError
 from cryptostream.source.coincap import CoinCapClient
+from cryptostream.topic import Topic
 from cryptostream.web import WebServer
 
 log = get_logger(__name__)
@@ -55,8 +56,9 @@ class Service:
         data_dir = config.storage.data_dir
         self.sink = CsvSink(data_dir, config.kafka.topic, self.metrics, fsync=config.storage.fsync)
         self.queue = TickQueue(config.source.queue_size, self.metrics)
-        self.producer = Producer(config.kafka, self.queue, self.metrics, data_dir)
-        self.consumer = Consumer(config.kafka, self.sink, self.metrics)
+        topic = Topic(config.kafka)
+        self.producer = Producer(config.kafka, topic, self.queue, self.metrics, data_dir)
+        self.consumer = Consumer(config.kafka, topic, self.sink, self.metrics)
         self.web = WebServer(config.web, self.metrics, self.readiness)
         self.fetcher: Fetcher | None = None
 

@@ -181,7 +181,7 @@ class CoinCapClient:
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        backoff = tenacity.wait_exponential_jitter(initial=1, max=self._config.max_backoff)
+        backoff = tenacity.wait_exponential_jitter(multiplier=1, max=self._config.max_backoff)
         if isinstance(exc, RateLimited):
             return exc.retry_after if exc.retry_after is not None else backoff(state)
         if isinstance(exc, AuthFailed | ClientError):

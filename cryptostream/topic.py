@@ -1,0 +1,71 @@
+"""The Kafka topic both stages use: client options and creating it once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from cryptostream.config import KafkaConfig
+from cryptostream.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def client_options(config: KafkaConfig) -> dict[str, object]:
+    """Options every aiokafka client of the service shares."""
+    return {
+        "bootstrap_servers": config.bootstrap_servers.split(","),
+        "client_id": config.client_id,
+        "request_timeout_ms": int(config.request_timeout * 1000),
+    }
+
+
+class Topic:
+    """Creates the topic when missing, once per process, whichever stage asks first."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self._config = config
+        self._lock = asyncio.Lock()
+        self._ready = False
+
+    async def ensure(self) -> None:
+        """Raises Kafka or timeout errors; callers retry."""
+        async with self._lock:
+            if not self._ready:
+                await self._create()
+                self._ready = True
+
+    async def _create(self) -> None:
+        config = self._config
+        admin = AIOKafkaAdminClient(**client_options(config))
+        try:
+            async with asyncio.timeout(config.request_timeout * 2):
+                await admin.start()
+                topic_configs = {}
+                if config.min_insync_replicas:
+                    topic_configs["min.insync.replicas"] = str(config.min_insync_replicas)
+                new = NewTopic(
+                    config.topic,
+                    num_partitions=config.partitions,
+                    replication_factor=config.replication_factor,
+                    topic_configs=topic_configs,
+                )
+                try:
+                    await admin.create_topics([new])
+                except TopicAlreadyExistsError:
+                    log.debug("topic_exists", topic=config.topic)
+                else:
+                    log.info(
+                        "topic_created",
+                        topic=config.topic,
+                        partitions=config.partitions,
+                        replication_factor=config.replication_factor,
+                        min_insync_replicas=config.min_insync_replicas or None,
+                    )
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await admin.close()

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cryptostream.config import DEFAULT_ASSETS, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.toml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_config_toml_equals_the_built_in_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = load_config(REPO / "config.toml", {"COINCAP_API_KEY": "k"})
+    monkeypatch.chdir(tmp_path)  # no ./config.toml here: pure defaults
+    defaults = load_config(None, {"COINCAP_API_KEY": "k"})
+    assert shipped == defaults
+    assert shipped.source.assets == DEFAULT_ASSETS
+    assert shipped.source.poll_interval == 20.0
+
+
+def test_env_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[kafka]\nbootstrap_servers = "a:1"\ntopic = "t1"\n')
+    cfg = load_config(
+        path,
+        {
+            "COINCAP_API_KEY": "k",
+            "CRYPTOSTREAM_KAFKA__BOOTSTRAP_SERVERS": "b:2,c:3",
+            "CRYPTOSTREAM_SOURCE__ASSETS": "bitcoin, solana",
+            "CRYPTOSTREAM_SOURCE__POLL_INTERVAL": "0.5",
+            "CRYPTOSTREAM_STORAGE__FSYNC": "false",
+            "CRYPTOSTREAM_WEB__PORT": "9000",
+        },
+    )
+    assert cfg.kafka.bootstrap_servers == "b:2,c:3"
+    assert cfg.kafka.topic == "t1"
+    assert cfg.source.assets == ("bitcoin", "solana")
+    assert cfg.source.poll_interval == 0.5
+    assert cfg.storage.fsync is False
+    assert cfg.web.port == 9000
+
+
+def test_assets_as_json_list_in_env(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, ""),
+        {"COINCAP_API_KEY": "k", "CRYPTOSTREAM_SOURCE__ASSETS": '["xrp", "tether"]'},
+    )
+    assert cfg.source.assets == ("xrp", "tether")
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[kafka]\ntopic = "from-env-path"\n')
+    cfg = load_config(None, {"COINCAP_API_KEY": "k", "CRYPTOSTREAM_CONFIG": str(path)})
+    assert cfg.kafka.topic == "from-env-path"
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ""), {"COINCAP_API_KEY": "k"})
+    with pytest.raises(AttributeError):
+        cfg.kafka.topic = "x"  # type: ignore[misc]
+
+
+def test_api_key_is_never_shown(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ""), {"COINCAP_API_KEY": "very-secret-key"})
+    assert cfg.coincap.api_key.get() == "very-secret-key"
+    assert "very-secret-key" not in repr(cfg)
+    assert "very-secret-key" not in str(cfg.coincap)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("[kafka]\nbootstrap_server = 'x:1'\n", {}, "unknown key [kafka] bootstrap_server"),
+        ("[kafak]\n", {}, "unknown section [kafak]"),
+        ("[source]\npoll_interval = 'fast'\n", {}, "[source] poll_interval: expected a number"),
+        ("[source]\npoll_interval = 0\n", {}, "[source] poll_interval: must be greater than 0"),
+        ("[source]\npoll_interval = -1.5\n", {}, "poll_interval: must be greater than 0"),
+        ("[source]\nassets = []\n", {}, "[source] assets: the asset list is empty"),
+        ("[source]\nassets = 'bitcoin'\n", {}, "[source] assets: expected a list of strings"),
+        ("[source]\nassets = ['Bitcoin']\n", {}, "invalid asset id 'Bitcoin'"),
+        ("[web]\nport = 70000\n", {}, "[web] port: must be a port number"),
+        ("[web]\nport = '80'\n", {}, "[web] port: expected an integer"),
+        ("[kafka]\nbootstrap_servers = 'nohost'\n", {}, "expected host:port"),
+        ("[kafka]\ntopic = 'bad topic'\n", {}, "invalid topic name"),
+        ("[log]\nlevel = 'loud'\n", {}, "expected one of debug, info, warning, error"),
+        ("[coincap]\napi_key = 'x'\n", {}, "set it with the COINCAP_API_KEY"),
+        ("[kafka\n", {}, "invalid TOML"),
+        (
+            "",
+            {"CRYPTOSTREAM_KAFKA__BOOTSTRAP_SERVER": "x:1"},
+            "CRYPTOSTREAM_KAFKA__BOOTSTRAP_SERVER",
+        ),
+        ("", {"CRYPTOSTREAM_SOURCE__POLL_INTERVAL": "abc"}, "CRYPTOSTREAM_SOURCE__POLL_INTERVAL"),
+        ("", {"CRYPTOSTREAM_SOURCE__POLL_INTERVAL": "nan"}, "expected a number"),
+        ("", {"CRYPTOSTREAM_STORAGE__FSYNC": "maybe"}, "expected true or false"),
+        ("", {"CRYPTOSTREAM_SOURCE__ASSETS": "[bitcoin"}, "invalid JSON list"),
+        ("", {"CRYPTOSTREAM_SOURCE__ASSETS": ""}, "the asset list is empty"),
+    ],
+)
+def test_bad_configuration_names_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, toml), {"COINCAP_API_KEY": "k", **env})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_api_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="COINCAP_API_KEY is not set"):
+        load_config(write(tmp_path, ""), {})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", {"COINCAP_API_KEY": "k"})
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "cryptostream", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        cwd=cwd,
+        timeout=30,
+    )
+
+
+def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "[source]\npoll_interval = 0\n")
+    result = cli("run", "--config", str(path), env={"COINCAP_API_KEY": "k"}, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "poll_interval" in lines[0]
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists(), "nothing may start on a bad configuration"
+
+
+def test_cli_missing_key_exit_2(tmp_path: Path) -> None:
+    result = cli("run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "COINCAP_API_KEY" in result.stderr
+
+
+def test_cli_help_and_version(tmp_path: Path) -> None:
+    result = cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for word in ("run", "check", "CRYPTOSTREAM_", "COINCAP_API_KEY", "--config"):
+        assert word in result.stdout
+    version = cli("--version", cwd=tmp_path)
+    assert version.returncode == 0
+    assert version.stdout.startswith("cryptostream 0.")
+
+
+def test_cli_check_fails_when_nothing_listens(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = cli(
+        "check", env={"COINCAP_API_KEY": "k", "CRYPTOSTREAM_WEB__PORT": str(port)}, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "not reachable" in result.stderr

@@ -1,0 +1,178 @@
+"""The CSV sink's transaction and recovery, on real files."""
+
+from __future__ import annotations
+
+import csv
+import resource
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cryptostream.metrics import Metrics
+from cryptostream.sink.csvrow import HEADER
+from cryptostream.sink.csvsink import (
+    DATA_FILE,
+    DEAD_LETTER_FILE,
+    LAST_VALUES_FILE,
+    CsvSink,
+    Record,
+    SinkError,
+    SinkWriteError,
+)
+from cryptostream.tick import Tick
+
+TOPIC = "prices"
+
+
+def tick(asset: str, ts: float, price: str) -> Tick:
+    return Tick(ts, asset, asset[:3].upper(), asset.title(), price, "-1.5", price, None)
+
+
+def rec(partition: int, offset: int, t: Tick | bytes) -> Record:
+    return Record(partition, offset, t if isinstance(t, bytes) else t.to_json())
+
+
+def rows(data_dir: Path, name: str = DATA_FILE) -> list[list[str]]:
+    with (data_dir / name).open(newline="") as fh:
+        return list(csv.reader(fh))
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[CsvSink]:
+    s = CsvSink(tmp_path, TOPIC, Metrics())
+    s.open()
+    yield s
+    s.close()
+
+
+def test_header_written_once_and_rows_appended(sink: CsvSink, tmp_path: Path) -> None:
+    sink.write([rec(0, 0, tick("bitcoin", 1.0, "10")), rec(1, 0, tick("ethereum", 1.0, "2"))])
+    sink.write([rec(0, 1, tick("bitcoin", 2.0, "11"))])
+    sink.close()
+    again = CsvSink(tmp_path, TOPIC, Metrics())
+    again.open()
+    again.write([rec(0, 2, tick("bitcoin", 3.0, "12"))])
+    data = (tmp_path / DATA_FILE).read_text()
+    assert data.startswith(HEADER)
+    assert data.count("timestamp,") == 1
+    assert [r[4] for r in rows(tmp_path)[1:]] == ["10", "2", "11", "12"]
+    assert again.committed_offsets() == {0: 3, 1: 1}
+    again.close()
+
+
+def test_last_values_hold_the_newest_tick_per_asset(sink: CsvSink, tmp_path: Path) -> None:
+    sink.write(
+        [
+            rec(0, 0, tick("bitcoin", 5.0, "10")),
+            rec(0, 1, tick("bitcoin", 4.0, "9")),
+            rec(1, 0, tick("xrp", 1.0, "2")),
+        ]
+    )
+    last = rows(tmp_path, LAST_VALUES_FILE)
+    assert last[0] == HEADER.strip().split(",")
+    assert [(r[1], r[4]) for r in last[1:]] == [("bitcoin", "10"), ("xrp", "2")]
+
+
+def test_records_below_the_committed_offset_are_ignored(sink: CsvSink, tmp_path: Path) -> None:
+    batch = [rec(0, 0, tick("bitcoin", 1.0, "10")), rec(0, 1, tick("bitcoin", 2.0, "11"))]
+    sink.write(batch)
+    result = sink.write(batch)  # a consumer rewind delivers the same records again
+    assert result.written == 0 and result.skipped_below_offset == 2
+    assert len(rows(tmp_path)) == 3
+
+
+def test_upstream_duplicates_written_once(sink: CsvSink, tmp_path: Path) -> None:
+    t = tick("bitcoin", 1.0, "10")
+    r1 = sink.write([rec(0, 0, t), rec(0, 1, t)])
+    r2 = sink.write([rec(0, 2, t)])
+    assert (r1.written, r1.duplicates, r2.written, r2.duplicates) == (1, 1, 0, 1)
+    assert len(rows(tmp_path)) == 2
+    assert sink.committed_offsets() == {0: 3}
+
+
+def test_poison_messages_go_to_the_dead_letter_file(sink: CsvSink, tmp_path: Path) -> None:
+    result = sink.write(
+        [
+            rec(0, 0, b"garbage"),
+            rec(0, 1, tick("bitcoin", 1.0, "10")),
+            rec(0, 2, b'{"timestamp": 1, "id": "x", "priceUsd": "NaN"}'),
+        ]
+    )
+    assert (result.written, result.dead_letters) == (1, 2)
+    lines = (tmp_path / DEAD_LETTER_FILE).read_text().splitlines()
+    assert '"reason":"not_json"' in lines[0] and '"offset":0' in lines[0]
+    assert '"reason":"non_finite_price"' in lines[1]
+    assert sink.committed_offsets() == {0: 3}
+
+
+def test_torn_tail_is_cut_on_start(tmp_path: Path) -> None:
+    s = CsvSink(tmp_path, TOPIC, Metrics())
+    s.open()
+    s.write([rec(0, 0, tick("bitcoin", 1.0, "10"))])
+    s.close()
+    good = (tmp_path / DATA_FILE).read_bytes()
+    with (tmp_path / DATA_FILE).open("ab") as fh:  # a crash mid-write of the next batch
+        fh.write(b"2.0,bitcoin,BTC,Bitc")
+    again = CsvSink(tmp_path, TOPIC, Metrics())
+    again.open()
+    assert (tmp_path / DATA_FILE).read_bytes() == good
+    assert again.committed_offsets() == {0: 1}
+    again.close()
+
+
+def test_rows_of_an_uncommitted_batch_are_cut_on_start(tmp_path: Path) -> None:
+    s = CsvSink(tmp_path, TOPIC, Metrics())
+    s.open()
+    s.write([rec(0, 0, tick("bitcoin", 1.0, "10"))])
+    state = (tmp_path / ".cryptostream/sink_state.json").read_bytes()
+    s.write([rec(0, 1, tick("bitcoin", 2.0, "11"))])
+    s.close()
+    # Crash after the rows were fsynced but before the state was replaced:
+    (tmp_path / ".cryptostream/sink_state.json").write_bytes(state)
+    again = CsvSink(tmp_path, TOPIC, Metrics())
+    again.open()
+    assert again.committed_offsets() == {0: 1}
+    again.write([rec(0, 1, tick("bitcoin", 2.0, "11"))])  # re-consumed from Kafka
+    assert [r[4] for r in rows(tmp_path)[1:]] == ["10", "11"]
+    again.close()
+
+
+def test_csv_with_other_columns_is_refused(tmp_path: Path) -> None:
+    (tmp_path / DATA_FILE).write_text("time,price\n1,2\n")
+    with pytest.raises(SinkError, match="other columns"):
+        CsvSink(tmp_path, TOPIC, Metrics()).open()
+
+
+def test_state_of_another_topic_is_refused(tmp_path: Path) -> None:
+    s = CsvSink(tmp_path, TOPIC, Metrics())
+    s.open()
+    s.write([rec(0, 0, tick("bitcoin", 1.0, "10"))])
+    s.close()
+    with pytest.raises(SinkError, match=r"another storage\.data_dir"):
+        CsvSink(tmp_path, "other", Metrics()).open()
+
+
+def test_failed_write_rolls_back_and_counts(sink: CsvSink, tmp_path: Path) -> None:
+    """A real write failure (file size limit → EFBIG) leaves no partial row."""
+    sink.write([rec(0, 0, tick("bitcoin", 1.0, "10"))])
+    before = (tmp_path / DATA_FILE).read_bytes()
+    size = len(before)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, hard))
+    try:
+        big = [rec(0, i, tick("bitcoin", float(i), "1" * 50)) for i in range(1, 20)]
+        with pytest.raises(SinkWriteError):
+            sink.write(big)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert (tmp_path / DATA_FILE).read_bytes() == before
+    assert sink.committed_offsets() == {0: 1}
+    assert sink.metrics.sink_errors.labels("io_error")._value.get() == 1
+    result = sink.write(big)  # space is back: the same batch goes through whole
+    assert result.written == 19
+    assert len(rows(tmp_path)) == 21
+    assert (tmp_path / DATA_FILE).stat().st_size > size

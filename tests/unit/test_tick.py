@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cryptostream.tick import InvalidTick, Tick, tick_from_api, tick_from_json
+
+RECORD = {
+    "id": "bitcoin",
+    "symbol": "BTC",
+    "name": "Bitcoin",
+    "priceUsd": "86466.9872578656434844",
+    "changePercent24Hr": "-2.7270275730313168",
+    "vwap24Hr": "88312.9332932018497620",
+}
+
+
+def test_decimals_keep_the_exact_digits_sent() -> None:
+    tick = tick_from_api(RECORD, 1741381815.467)
+    assert tick.price_usd == "86466.9872578656434844"
+    assert tick.change_percent_24h == "-2.7270275730313168"
+    assert tick.vwap_24h == "88312.9332932018497620"
+    assert tick.first_value is None
+
+
+def test_null_vwap_is_missing_not_zero() -> None:
+    tick = tick_from_api({**RECORD, "vwap24Hr": None}, 1.0)
+    assert tick.vwap_24h is None
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"id": None}, "missing_id"),
+        ({"id": ""}, "missing_id"),
+        ({"priceUsd": None}, "missing_price"),
+        ({"priceUsd": "abc"}, "non_numeric_price"),
+        ({"priceUsd": "NaN"}, "non_finite_price"),
+        ({"priceUsd": "Infinity"}, "non_finite_price"),
+        ({"priceUsd": "-5"}, "negative_price"),
+        ({"priceUsd": "1,5"}, "non_numeric_price"),
+        ({"priceUsd": True}, "non_numeric_price"),
+        ({"changePercent24Hr": "lots"}, "non_numeric_change"),
+        ({"vwap24Hr": "-1"}, "negative_vwap"),
+    ],
+)
+def test_bad_records_have_a_reason(change: dict[str, object], reason: str) -> None:
+    with pytest.raises(InvalidTick) as err:
+        tick_from_api({**RECORD, **change}, 1.0)
+    assert err.value.reason == reason
+
+
+def test_json_numbers_are_accepted_as_text() -> None:
+    tick = tick_from_api({**RECORD, "priceUsd": 12.5}, 1.0)
+    assert tick.price_usd == "12.5"
+
+
+def test_kafka_value_is_self_describing_and_round_trips() -> None:
+    tick = tick_from_api(RECORD, 1741381815.4672363).with_first_value("86000.1")
+    value = json.loads(tick.to_json())
+    assert value["schema"] == "cryptostream.tick/1"
+    assert value["priceUsd"] == "86466.9872578656434844"
+    assert value["firstValue"] == "86000.1"
+    assert value["timestamp"] == 1741381815.4672363
+    assert tick_from_json(tick.to_json()) == tick
+    assert tick.key() == b"bitcoin"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "empty_message"),
+        (b"not json", "not_json"),
+        (b"[1,2]", "not_an_object"),
+        (b'{"id": "bitcoin", "priceUsd": "1"}', "invalid_timestamp"),
+        (b'{"timestamp": "x", "id": "bitcoin", "priceUsd": "1"}', "invalid_timestamp"),
+        (b'{"timestamp": 1, "priceUsd": "1"}', "missing_id"),
+        (b'{"timestamp": 1, "id": "b", "priceUsd": "-1"}', "negative_price"),
+    ],
+)
+def test_poison_messages_are_rejected(value: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidTick) as err:
+        tick_from_json(value)
+    assert err.value.reason == reason
+
+
+def test_tick_is_immutable() -> None:
+    tick = Tick(1.0, "a", "A", "A", "1", None, None, None)
+    with pytest.raises(AttributeError):
+        tick.price_usd = "2"  # type: ignore[misc]
