@@ -51,6 +51,7 @@ class Service:
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
         self.failed: str | None = None
+        self.forced = False
         self._signals = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         data_dir = config.storage.data_dir
@@ -77,6 +78,7 @@ class Service:
             self.request_stop(name)
         else:
             log.warning("forced_exit", signal=name)
+            self.forced = True
             for task in self._tasks.values():
                 task.cancel()
 
@@ -141,7 +143,7 @@ class Service:
                     await self._shutdown()
             finally:
                 self.sink.close()
-        code = 1 if self.failed else 0
+        code = 1 if self.failed or self.forced else 0
         log.info("service_stopped", exit_code=code, failed_task=self.failed)
         return code
 

@@ -96,9 +96,11 @@ async def test_kafka_unavailable_at_start_then_arriving(
     config = make_config(base_url=fake_coincap.base_url, bootstrap=cluster.bootstrap_servers)
     running = await run_service(config)
     try:
-        await fake_coincap.wait_for_calls(4, timeout=20)
+        metrics = running.service.metrics
         # Polling goes on while Kafka is away; ticks wait in the bounded queue.
-        assert len(running.service.queue) >= 18
+        await wait_until(lambda: metrics.ticks_fetched._value.get() >= 24, what="polls")
+        assert metrics.ticks_published._value.get() == 0
+        assert len(running.service.queue) >= 12
         ready, details = running.service.readiness()
         assert not ready and details["kafka"] == "unreachable"
         await asyncio.to_thread(cluster.start, 180)
@@ -201,3 +203,39 @@ async def test_a_failing_task_stops_the_service_with_exit_1(
     assert code == 1
     assert running.service.failed == "web"
     assert running.service.metrics.task_failures.labels("web")._value.get() == 1
+
+
+async def test_second_signal_forces_exit_and_spools_unpublished_ticks(
+    make_config: ConfigFactory,
+    fake_coincap: FakeCoinCap,
+    kafka_bootstrap: str,
+    run_service,
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    data_dir = tmp_path / "data"
+    topic = f"spool-{tmp_path.name}"
+    # Kafka unreachable: ticks pile up in the queue.
+    down = make_config(base_url=fake_coincap.base_url, data_dir=data_dir, topic=topic)
+    running = await run_service(down)
+    await fake_coincap.wait_for_calls(3, timeout=20)
+    running.service.handle_signal(signal.SIGTERM)
+    running.service.handle_signal(signal.SIGTERM)  # impatient user: force it
+    assert await asyncio.wait_for(running.task, 10) == 1
+    spooled = running.service.metrics.ticks_fetched._value.get()
+    assert spooled >= 12
+    assert (data_dir / ".cryptostream/unpublished.jsonl").read_bytes().count(b"\n") == spooled
+
+    # Next start, Kafka is there: the spooled ticks are published first, then deleted.
+    up = make_config(
+        base_url=fake_coincap.base_url, bootstrap=kafka_bootstrap, data_dir=data_dir, topic=topic
+    )
+    again = await run_service(up)
+    csv_path = data_dir / "crypto_data.csv"
+    await wait_until(lambda: row_count(csv_path) >= spooled + 6, what="spooled rows")
+    assert await again.stop() == 0
+    assert not (data_dir / ".cryptostream/unpublished.jsonl").exists()
+    _, rows = csv_rows(csv_path)
+    assert len(rows) == spooled + again.service.metrics.ticks_fetched._value.get()
+    assert len({tick_key(r) for r in rows}) == len(rows)

@@ -510,7 +510,7 @@ class FakeCoinCap:
         self,
         n: int,
         path_prefix: str = "/v3/assets",
-        timeout: float = 10.0,  # noqa: ASYNC109 -- a test helper: a bound is always wanted
+        timeout: float = 10.0,
     ) -> list[RecordedRequest]:
         """Wait until at least ``n`` requests to ``path_prefix`` arrived; return them.
 
