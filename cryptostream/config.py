@@ -76,11 +76,19 @@ class CoinCapConfig:
 
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
-    name: Literal["coincap"] = "coincap"
+    #: ``coincap`` (needs COINCAP_API_KEY) or ``demo`` (synthetic prices, offline).
+    name: Literal["coincap", "demo"] = "coincap"
     assets: tuple[str, ...] = DEFAULT_ASSETS
     poll_interval: float = 20.0
     #: Ticks buffered between fetcher and producer while Kafka is slow or down.
     queue_size: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    #: Ticks per second, all assets together.
+    rate: float = 10.0
+    seed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +141,7 @@ class ShutdownConfig:
 class Config:
     coincap: CoinCapConfig = field(default_factory=CoinCapConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     web: WebConfig = field(default_factory=WebConfig)
@@ -337,6 +346,8 @@ def _validate(config: Config, sources: Mapping[tuple[str, str], str]) -> None:
         raise ConfigError(f"{where('source', 'assets')}: duplicate asset ids")
     positive("source", "poll_interval", src.poll_interval)
     positive("source", "queue_size", src.queue_size)
+
+    positive("demo", "rate", config.demo.rate)
 
     cc = config.coincap
     if not cc.base_url.startswith(("http://", "https://")):

@@ -35,7 +35,7 @@ from cryptostream.metrics import Metrics
 from cryptostream.producer import Producer
 from cryptostream.queue import TickQueue
 from cryptostream.sink.csvsink import CsvSink, SinkError
-from cryptostream.source.coincap import CoinCapClient
+from cryptostream.source import make_source
 from cryptostream.topic import Topic
 from cryptostream.web import WebServer
 
@@ -128,8 +128,8 @@ class Service:
         )
         connector = aiohttp.TCPConnector(limit=4, ttl_dns_cache=300)
         async with aiohttp.ClientSession(connector=connector) as session:
-            client = CoinCapClient(cfg.coincap, session, self.metrics)
-            self.fetcher = Fetcher(cfg, client, self.queue, first_values, self.metrics)
+            source = make_source(cfg, session, self.metrics)
+            self.fetcher = Fetcher(source, self.queue, first_values, self.metrics)
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._spawn(tg, "consumer", self.consumer.run())

@@ -1,4 +1,4 @@
-"""CoinCap API v3 client: one ``GET /assets?ids=...`` per poll, with declared retries.
+"""CoinCap API v3 source: one ``GET /assets?ids=...`` per poll, with declared retries.
 
 Errors are sorted into what the retry policy needs to know:
 
@@ -24,9 +24,11 @@ from typing import Any
 import aiohttp
 import tenacity
 
-from cryptostream.config import CoinCapConfig
+from cryptostream.config import CoinCapConfig, Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.source.base import Emit, poll_slots
+from cryptostream.tick import InvalidTick, Tick, tick_from_api
 
 log = get_logger(__name__)
 
@@ -222,3 +224,65 @@ class CoinCapClient:
         if attempts > 1:
             log.info("api_recovered", attempts=attempts)
         return result
+
+
+class CoinCapSource:
+    """Polls ``/assets`` on a drift-free grid; validates every record on its own."""
+
+    name = "coincap"
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self._assets = config.source.assets
+        self._interval = config.source.poll_interval
+        self._client = CoinCapClient(config.coincap, session, metrics)
+        self._metrics = metrics
+        # (asset, reason) pairs already logged: a record that stays bad is said once.
+        self._reported: set[tuple[str, str]] = set()
+        self._missing_reported: set[str] = set()
+
+    async def run(self, emit: Emit) -> None:
+        log.info("coincap_polling", assets=list(self._assets), interval=self._interval)
+        expected = 0
+        async for slot in poll_slots(self._interval):
+            if slot > expected:
+                self._metrics.polls_missed.inc(slot - expected)
+                log.warning("polls_skipped", count=slot - expected, reason="previous poll overran")
+            expected = slot + 1
+            emit(await self.poll_once())
+
+    async def poll_once(self) -> list[Tick]:
+        """Fetch once (with retries); the valid ticks, or none if the poll failed."""
+        try:
+            response = await self._client.fetch(self._assets)
+        except ApiError as exc:
+            log.error("poll_failed", kind=exc.kind, error=str(exc))
+            return []
+        return self.to_ticks(response)
+
+    def to_ticks(self, response: AssetsResponse) -> list[Tick]:
+        ticks: list[Tick] = []
+        seen: set[str] = set()
+        for record in response.records:
+            asset = record.get("id") if isinstance(record, dict) else None
+            label = asset if isinstance(asset, str) and asset else "?"
+            try:
+                tick = tick_from_api(record, response.timestamp, source=self.name)
+            except InvalidTick as exc:
+                self._metrics.ticks_invalid.labels(exc.reason).inc()
+                if (label, exc.reason) not in self._reported:
+                    self._reported.add((label, exc.reason))
+                    log.warning("record_invalid", asset=label, reason=exc.reason, detail=exc.detail)
+                continue
+            if tick.id not in self._assets or tick.id in seen:
+                self._metrics.ticks_invalid.labels("unexpected_asset").inc()
+                continue
+            seen.add(tick.id)
+            if self._reported:
+                # A record that is good again may be reported again when it next fails.
+                self._reported = {r for r in self._reported if r[0] != tick.id}
+            ticks.append(tick)
+        missing = [a for a in self._assets if a not in seen and a not in self._missing_reported]
+        if missing and not any(r[0] in missing for r in self._reported):
+            self._missing_reported.update(missing)
+            log.warning("assets_not_in_response", assets=missing, hint="check source.assets ids")
+        return ticks

@@ -10,7 +10,7 @@ from cryptostream.fetcher import Fetcher
 from cryptostream.firstvalue import FirstValues
 from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
-from cryptostream.source.coincap import CoinCapClient, parse_retry_after
+from cryptostream.source.coincap import CoinCapSource, parse_retry_after
 from tests.conftest import API_KEY, ConfigFactory
 from tests.support.fake_coincap import FakeCoinCap, Fault
 
@@ -19,10 +19,15 @@ class Rig:
     def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
         self.metrics = Metrics()
         self.queue = TickQueue(1000, self.metrics)
-        client = CoinCapClient(config.coincap, session, self.metrics)
+        self.source = CoinCapSource(config, session, self.metrics)
         fv = FirstValues(config.storage.data_dir / "fv.json")
         config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-        self.fetcher = Fetcher(config, client, self.queue, fv, self.metrics)
+        self.fetcher = Fetcher(self.source, self.queue, fv, self.metrics)
+
+    async def poll_once(self) -> int:
+        ticks = await self.source.poll_once()
+        self.fetcher.emit(ticks)
+        return len(ticks)
 
     def counter(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name + "_total", labels or None)
@@ -40,7 +45,7 @@ async def test_one_poll_gives_a_tick_per_asset_with_bearer_key(
     rig: Rig, fake_coincap: FakeCoinCap
 ) -> None:
     fake_coincap.clock = lambda: 1741381815467
-    assert await rig.fetcher.poll_once() == 6
+    assert await rig.poll_once() == 6
     ticks = await rig.queue.get_batch(100)
     assert {t.id for t in ticks} == {
         "bitcoin",
@@ -61,7 +66,7 @@ async def test_one_poll_gives_a_tick_per_asset_with_bearer_key(
 
 async def test_rate_limit_honours_retry_after(rig: Rig, fake_coincap: FakeCoinCap) -> None:
     fake_coincap.inject(Fault.status(429, headers={"Retry-After": "1"}))
-    assert await rig.fetcher.poll_once() == 6
+    assert await rig.poll_once() == 6
     first, second = fake_coincap.requests_to("/v3/assets")[-2:]
     assert first.status == 429
     assert second.monotonic - first.monotonic >= 0.95
@@ -85,7 +90,7 @@ async def test_transient_faults_are_retried_and_nothing_is_lost(
     rig: Rig, fake_coincap: FakeCoinCap, fault: Fault
 ) -> None:
     fake_coincap.inject(fault)
-    assert await rig.fetcher.poll_once() == 6
+    assert await rig.poll_once() == 6
     assert len(rig.queue) == 6
 
 
@@ -96,13 +101,13 @@ async def test_timeout_is_retried(make_config: ConfigFactory, fake_coincap: Fake
     async with aiohttp.ClientSession() as session:
         rig = Rig(config, session)
         fake_coincap.inject(Fault.delay(2))
-        assert await rig.fetcher.poll_once() == 6
+        assert await rig.poll_once() == 6
         assert rig.counter("cryptostream_api_requests", outcome="timeout") == 1
 
 
 async def test_auth_failure_is_retried_slowly(rig: Rig, fake_coincap: FakeCoinCap) -> None:
     fake_coincap.inject(Fault.status(401, body='{"error": "Invalid API key"}', times=2))
-    assert await rig.fetcher.poll_once() == 6
+    assert await rig.poll_once() == 6
     calls = fake_coincap.requests_to("/v3/assets")
     assert [c.status for c in calls[-3:]] == [401, 401, 200]
     # auth_retry_interval is 0.5 s in the test config: never hammered.
@@ -134,7 +139,7 @@ async def test_bad_records_are_skipped_counted_and_good_ones_kept(
             ]
         )
     )
-    assert await rig.fetcher.poll_once() == 1
+    assert await rig.poll_once() == 1
     ticks = await rig.queue.get_batch(10)
     assert [t.id for t in ticks] == ["bitcoin"]
     for reason, n in [

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cryptostream.fetcher import poll_slots
+from cryptostream.source.base import poll_slots
 
 
 async def test_schedule_does_not_drift_after_a_slow_poll() -> None:
