@@ -108,6 +108,10 @@ class KafkaConfig:
     linger_ms: int = 5
     #: Records per consumer batch written to the CSV at once.
     max_batch: int = 5000
+    #: Consumer group session timeout: how soon a crashed member's partitions move on.
+    session_timeout: float = 10.0
+    #: Longest pause between polls before the consumer is considered stuck and leaves.
+    max_poll_interval: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +378,15 @@ def _validate(config: Config, sources: Mapping[tuple[str, str], str]) -> None:
         raise ConfigError(f"{where('kafka', 'topic')}: invalid topic name {k.topic!r}")
     if not k.group_id:
         raise ConfigError(f"{where('kafka', 'group_id')}: must not be empty")
-    for key in ("partitions", "replication_factor", "send_timeout", "request_timeout", "max_batch"):
+    for key in (
+        "partitions",
+        "replication_factor",
+        "send_timeout",
+        "request_timeout",
+        "max_batch",
+        "session_timeout",
+        "max_poll_interval",
+    ):
         positive("kafka", key, getattr(k, key))
     if k.min_insync_replicas < 0 or k.min_insync_replicas > k.replication_factor:
         raise ConfigError(

@@ -100,6 +100,9 @@ class Consumer:
                     auto_offset_reset="earliest",
                     max_poll_records=self._config.max_batch,
                     metadata_max_age_ms=30_000,
+                    session_timeout_ms=int(self._config.session_timeout * 1000),
+                    heartbeat_interval_ms=max(100, int(self._config.session_timeout * 1000 / 3)),
+                    max_poll_interval_ms=int(self._config.max_poll_interval * 1000),
                 )
                 client.subscribe([self._config.topic], listener=_SeekToSinkState(self))
                 try:

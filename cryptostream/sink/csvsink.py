@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.csvrow import HEADER, csv_line
 from cryptostream.sink.files import AppendFile, atomic_write
-from cryptostream.tick import InvalidTick, tick_from_json
+from cryptostream.tick import InvalidTick, Tick, tick_from_json
 
 log = get_logger(__name__)
 
@@ -110,6 +110,11 @@ class CsvSink:
         self.opened = False
         #: Seconds since the epoch of the last durable batch (for readiness).
         self.last_write = 0.0
+        self._observers: list[Callable[[list[Tick]], None]] = []
+
+    def subscribe(self, observer: Callable[[list[Tick]], None]) -> None:
+        """Call ``observer`` with the ticks of every batch once it is durable."""
+        self._observers.append(observer)
 
     # -- start-up -----------------------------------------------------------------
 
@@ -226,7 +231,7 @@ class CsvSink:
         last_updates: dict[str, str] = {}
         new_keys: list[tuple[str, tuple[float, str]]] = []
         seen_in_batch: set[tuple[str, float, str]] = set()
-        observed: list[float] = []
+        written: list[Tick] = []
         for rec in records:
             if rec.offset < offsets.get(rec.partition, 0):
                 result.skipped_below_offset += 1
@@ -247,10 +252,10 @@ class CsvSink:
             new_keys.append((tick.id, key))
             line = csv_line(tick)
             rows.append(line)
+            written.append(tick)
             prev = last_updates.get(tick.id) or state.last.get(tick.id)
             if prev is None or _line_ts(prev) <= tick.timestamp:
                 last_updates[tick.id] = line
-            observed.append(tick.timestamp)
         result.written = len(rows)
         result.dead_letters = len(dead)
         if offsets == state.offsets:
@@ -284,7 +289,12 @@ class CsvSink:
             raise SinkWriteError(kind, f"{exc.strerror or exc} ({exc.filename or ''})") from exc
         self._state = new_state
         self.last_write = done = time.time()
-        result.latencies = [done - ts for ts in observed]
+        result.latencies = [done - t.timestamp for t in written]
+        for observer in self._observers:
+            try:
+                observer(written)
+            except Exception:
+                log.exception("sink_observer_failed")
         return result
 
     def _append(self, name: str, data: bytes) -> None:
