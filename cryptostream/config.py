@@ -27,6 +27,9 @@ CONFIG_PATH_ENV = "CRYPTOSTREAM_CONFIG"
 API_KEY_ENV = "COINCAP_API_KEY"
 DEFAULT_CONFIG_FILE = "config.toml"
 
+# A shorter access token is guessable; a long random one costs nothing.
+MIN_TOKEN_LENGTH = 16
+
 DEFAULT_ASSETS = ("bitcoin", "ethereum", "tether", "xrp", "binance-coin", "solana")
 
 
@@ -97,7 +100,9 @@ class KafkaConfig:
     topic: str = "crypto_prices"
     group_id: str = "cryptostream-csv"
     client_id: str = "cryptostream"
-    partitions: int = 3
+    #: One partition keeps a total order of ticks (the CSV is then a pure function
+    #: of the topic: ``cryptostream replay`` reproduces it byte for byte).
+    partitions: int = 1
     replication_factor: int = 1
     #: 0 leaves the broker default.
     min_insync_replicas: int = 0
@@ -119,6 +124,10 @@ class StorageConfig:
     data_dir: Path = Path("data")
     #: fsync data and state files; turning it off trades crash safety for speed.
     fsync: bool = True
+    #: Days of rows kept in crypto_data.csv (0 = everything); history/ticks keeps all.
+    retention_days: int = 0
+    #: Build OHLC candles (1m, 1h, 1d) under history/candles.
+    candles: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +135,10 @@ class WebConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
+    #: Serve the live dashboard page and its JSON API (keeps the price history in memory).
+    dashboard: bool = True
+    #: Optional access token for the dashboard, its API and /metrics; never logged.
+    token: Secret = field(default_factory=lambda: Secret(""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +167,7 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for log redaction."""
-        return [s for s in (self.coincap.api_key.get(),) if s]
+        return [s for s in (self.coincap.api_key.get(), self.web.token.get()) if s]
 
 
 # Keys that are not read from the file or CRYPTOSTREAM_* variables.
@@ -300,6 +313,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, str):
             return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if hint is Secret:
+        if isinstance(value, str):
+            return Secret(value.strip())
+        # Never echo the value: it is meant to be secret.
+        raise ConfigError(f"{where}: expected a string")
     if hint is Path:
         if isinstance(value, str) and value.strip():
             return Path(str(value))
@@ -396,8 +414,16 @@ def _validate(config: Config, sources: Mapping[tuple[str, str], str]) -> None:
     if k.linger_ms < 0:
         raise ConfigError(f"{where('kafka', 'linger_ms')}: must not be negative")
 
+    if config.storage.retention_days < 0:
+        raise ConfigError(f"{where('storage', 'retention_days')}: must be 0 (keep all) or more")
     if not 0 <= config.web.port <= 65535:
         raise ConfigError(f"{where('web', 'port')}: must be a port number 0-65535")
+    token = config.web.token.get()
+    if token and (len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token):
+        raise ConfigError(
+            f"{where('web', 'token')}: must be at least {MIN_TOKEN_LENGTH} printable "
+            "characters without spaces"
+        )
     positive("shutdown", "timeout", config.shutdown.timeout)
 
 

@@ -55,7 +55,14 @@ class Service:
         self._signals = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         data_dir = config.storage.data_dir
-        self.sink = CsvSink(data_dir, config.kafka.topic, self.metrics, fsync=config.storage.fsync)
+        self.sink = CsvSink(
+            data_dir,
+            config.kafka.topic,
+            self.metrics,
+            fsync=config.storage.fsync,
+            retention_days=config.storage.retention_days,
+            candles=config.storage.candles,
+        )
         self.queue = TickQueue(config.source.queue_size, self.metrics)
         topic = Topic(config.kafka)
         self.producer = Producer(config.kafka, topic, self.queue, self.metrics, data_dir)

@@ -3,8 +3,9 @@
 The consumed Kafka offsets live *with the data*, in ``.cryptostream/sink_state.json``
 beside the CSV files, not only in Kafka. Each batch is one transaction:
 
-1. append the rows to ``crypto_data.csv`` (and poison messages to the
-   dead-letter file) and fsync;
+1. append the rows to ``crypto_data.csv`` and to the UTC day's
+   ``history/ticks/YYYY-MM-DD.csv`` (and poison messages to the dead-letter
+   file), fsync each;
 2. atomically replace ``crypto_last_values.csv``;
 3. atomically replace the state: next offset per partition, the durable length
    of every append-only file, the recent-tick keys used to drop duplicates, and
@@ -12,16 +13,23 @@ beside the CSV files, not only in Kafka. Each batch is one transaction:
 
 Kafka's committed offsets are written after that, for lag monitoring only.
 On start the sink truncates every append-only file to the length in the state
-(cutting off a torn line or rows whose batch never committed) and the consumer
-seeks to the state's offsets, so rows after a crash are written again exactly once.
-A record below the state's offset for its partition is ignored: a rewind of the
-consumer can never duplicate a row.
+(cutting off a torn line or rows whose batch never committed), removes a daily
+file the state does not know (created by a batch that never committed), and
+the consumer seeks to the state's offsets, so rows after a crash are written
+again exactly once. A record below the state's offset for its partition is
+ignored: a rewind of the consumer can never duplicate a row.
+
+Derived files are rebuilt from the durable rows, never the other way round:
+candles (see :mod:`cryptostream.sink.candles`) and the retention trim of
+``crypto_data.csv`` (the daily files keep everything).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +39,10 @@ import orjson
 
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.sink.candles import CandleBook
 from cryptostream.sink.csvrow import HEADER, csv_line
-from cryptostream.sink.files import AppendFile, atomic_write
+from cryptostream.sink.days import Days, day_start
+from cryptostream.sink.files import AppendFile, atomic_write, fsync_dir
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
 
 log = get_logger(__name__)
@@ -40,11 +50,15 @@ log = get_logger(__name__)
 DATA_FILE = "crypto_data.csv"
 LAST_VALUES_FILE = "crypto_last_values.csv"
 DEAD_LETTER_FILE = "errors/dead_letters.jsonl"
+TICKS_DIR = "history/ticks"
 STATE_FILE = ".cryptostream/sink_state.json"
 STATE_VERSION = 1
 # Per asset, how many recent (timestamp, price) keys are remembered to drop
 # a tick that reaches the topic twice (e.g. a producer retry across a restart).
 RECENT_KEYS = 64
+# Daily files kept open at once (today and yesterday cover nearly every batch).
+_OPEN_DAILY = 3
+_HEADER = HEADER.encode()
 
 
 class SinkError(Exception):
@@ -99,14 +113,33 @@ class _State:
         )
 
 
+def daily_file(day: str) -> str:
+    return f"{TICKS_DIR}/{day}.csv"
+
+
 class CsvSink:
-    def __init__(self, data_dir: Path, topic: str, metrics: Metrics, *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        topic: str,
+        metrics: Metrics,
+        *,
+        fsync: bool = True,
+        retention_days: int = 0,
+        candles: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.data_dir = data_dir
         self.topic = topic
         self.metrics = metrics
         self._fsync = fsync
+        self._retention_days = retention_days
+        self._clock = clock
         self._state = _State(topic, {}, {}, {}, {})
-        self._files: dict[str, AppendFile] = {}
+        self._files: OrderedDict[str, AppendFile] = OrderedDict()
+        self._days = Days()
+        self._trimmed_on = ""
+        self.candles = CandleBook(data_dir, fsync=fsync) if candles else None
         self.opened = False
         #: Seconds since the epoch of the last durable batch (for readiness).
         self.last_write = 0.0
@@ -126,45 +159,61 @@ class CsvSink:
             raise SinkError(f"cannot open data directory {self.data_dir}: {exc}") from exc
 
     def _open(self) -> None:
-        (self.data_dir / ".cryptostream").mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "errors").mkdir(parents=True, exist_ok=True)
+        for sub in (".cryptostream", "errors", TICKS_DIR):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         state_path = self.data_dir / STATE_FILE
         have_state = state_path.exists()
         if have_state:
             self._state = self._load_state(state_path)
-        for name in (DATA_FILE, DEAD_LETTER_FILE):
-            self._files[name] = AppendFile(self.data_dir / name, fsync=self._fsync)
-        for name, f in self._files.items():
-            recorded = self._state.sizes.get(name)
-            if recorded is None:
-                recorded = self._complete_lines_length(f) if f.size else 0
-            if f.size > recorded:
-                log.warning(
-                    "sink_uncommitted_tail_removed",
-                    file=name,
-                    bytes=f.size - recorded,
-                    committed_size=recorded,
-                )
-                f.truncate(recorded)
-            elif f.size < recorded:
-                # Someone shortened or replaced the file; keep appending from here.
-                log.warning(
-                    "sink_file_shorter_than_state",
-                    file=name,
-                    size=f.size,
-                    committed_size=recorded,
-                )
-            self._state.sizes[name] = f.size
-        self._check_header(self._files[DATA_FILE])
+        names = {DATA_FILE, DEAD_LETTER_FILE, *self._state.sizes}
+        daily_on_disk = {f"{TICKS_DIR}/{p.name}" for p in (self.data_dir / TICKS_DIR).glob("*.csv")}
+        for name in sorted(daily_on_disk - names):
+            if have_state:
+                # Created by a batch whose transaction never completed.
+                log.warning("sink_uncommitted_file_removed", file=name)
+                (self.data_dir / name).unlink()
+            else:
+                names.add(name)
+        for name in sorted(names):
+            self._recover(name, have_state)
+        self._check_header(self._file(DATA_FILE))
         self._write_last_values()
+        if self.candles is not None:
+            self.candles.recover(self.data_dir / TICKS_DIR)
         self.opened = True
         log.info(
             "sink_opened",
             data_dir=str(self.data_dir),
             state="recovered" if have_state else "new",
             offsets=self._state.offsets or None,
-            rows_bytes=self._files[DATA_FILE].size,
+            rows_bytes=self._file(DATA_FILE).size,
         )
+
+    def _recover(self, name: str, have_state: bool) -> None:
+        path = self.data_dir / name
+        recorded = self._state.sizes.get(name)
+        if not path.exists() and name not in (DATA_FILE, DEAD_LETTER_FILE):
+            if recorded:
+                log.warning("sink_file_missing", file=name, committed_size=recorded)
+            self._state.sizes.pop(name, None)
+            return
+        f = self._file(name)
+        if recorded is None:
+            recorded = self._complete_lines_length(f) if f.size else 0
+        if f.size > recorded:
+            log.warning(
+                "sink_uncommitted_tail_removed",
+                file=name,
+                bytes=f.size - recorded,
+                committed_size=recorded,
+            )
+            f.truncate(recorded)
+        elif f.size < recorded and have_state:
+            # Someone shortened or replaced the file; keep appending from here.
+            log.warning(
+                "sink_file_shorter_than_state", file=name, size=f.size, committed_size=recorded
+            )
+        self._state.sizes[name] = f.size
 
     def _load_state(self, path: Path) -> _State:
         try:
@@ -204,16 +253,28 @@ class CsvSink:
 
     def _check_header(self, f: AppendFile) -> None:
         if f.size == 0:
-            f.append(HEADER.encode())
+            f.append(_HEADER)
             self._state.sizes[DATA_FILE] = f.size
             return
-        head = f.read_head(len(HEADER))
-        if head != HEADER.encode():
+        head = f.read_head(len(_HEADER))
+        if head != _HEADER:
             first = head.split(b"\n", 1)[0].decode(errors="replace")
             raise SinkError(
                 f"{f.path} has other columns ({first!r}); expected {HEADER.strip()!r}. "
                 "Move the file away or use another storage.data_dir"
             )
+
+    def _file(self, name: str) -> AppendFile:
+        f = self._files.get(name)
+        if f is not None:
+            self._files.move_to_end(name)
+            return f
+        f = AppendFile(self.data_dir / name, fsync=self._fsync)
+        self._files[name] = f
+        daily = [n for n in self._files if n.startswith(TICKS_DIR)]
+        for old in daily[: max(0, len(daily) - _OPEN_DAILY)]:
+            self._files.pop(old).close()
+        return f
 
     # -- the transaction ----------------------------------------------------------
 
@@ -227,11 +288,13 @@ class CsvSink:
         result = BatchResult()
         offsets = dict(state.offsets)
         rows: list[str] = []
+        by_day: dict[str, list[str]] = {}
         dead: list[bytes] = []
         last_updates: dict[str, str] = {}
         new_keys: list[tuple[str, tuple[float, str]]] = []
         seen_in_batch: set[tuple[str, float, str]] = set()
         written: list[Tick] = []
+        day_of = self._days.name
         for rec in records:
             if rec.offset < offsets.get(rec.partition, 0):
                 result.skipped_below_offset += 1
@@ -252,6 +315,12 @@ class CsvSink:
             new_keys.append((tick.id, key))
             line = csv_line(tick)
             rows.append(line)
+            day = day_of(tick.timestamp)
+            day_rows = by_day.get(day)
+            if day_rows is None:
+                by_day[day] = [line]
+            else:
+                day_rows.append(line)
             written.append(tick)
             prev = last_updates.get(tick.id) or state.last.get(tick.id)
             if prev is None or _line_ts(prev) <= tick.timestamp:
@@ -262,11 +331,20 @@ class CsvSink:
             return result
 
         old_sizes = dict(state.sizes)
+        touched: list[str] = []
         try:
             if rows:
-                self._append(DATA_FILE, "".join(rows).encode())
+                touched.append(DATA_FILE)
+                self._file(DATA_FILE).append("".join(rows).encode())
+            for day, day_rows in by_day.items():
+                name = daily_file(day)
+                touched.append(name)
+                f = self._file(name)
+                data = "".join(day_rows).encode()
+                f.append(_HEADER + data if f.size == 0 else data)
             if dead:
-                self._append(DEAD_LETTER_FILE, b"".join(dead))
+                touched.append(DEAD_LETTER_FILE)
+                self._file(DEAD_LETTER_FILE).append(b"".join(dead))
             last = state.last
             if last_updates:
                 last = {**state.last, **last_updates}
@@ -274,36 +352,46 @@ class CsvSink:
             recent = {k: deque(v, maxlen=RECENT_KEYS) for k, v in state.recent.items()}
             for asset, key in new_keys:
                 recent.setdefault(asset, deque(maxlen=RECENT_KEYS)).append(key)
-            new_state = _State(
-                state.topic,
-                offsets,
-                {name: f.size for name, f in self._files.items()},
-                recent,
-                last,
-            )
+            sizes = dict(state.sizes)
+            for name in touched:
+                sizes[name] = self._files[name].size
+            new_state = _State(state.topic, offsets, sizes, recent, last)
             atomic_write(self.data_dir / STATE_FILE, new_state.to_json(), fsync=self._fsync)
         except OSError as exc:
-            self._rollback(old_sizes)
+            self._rollback(touched, old_sizes)
             kind = "disk_full" if exc.errno == 28 else "io_error"
             self.metrics.sink_errors.labels(kind).inc()
             raise SinkWriteError(kind, f"{exc.strerror or exc} ({exc.filename or ''})") from exc
         self._state = new_state
         self.last_write = done = time.time()
         result.latencies = [done - t.timestamp for t in written]
+        if written:
+            self._after_commit(written)
+        return result
+
+    def _after_commit(self, written: list[Tick]) -> None:
+        """Derived work; failures here never undo or block the committed batch."""
+        if self.candles is not None:
+            try:
+                self.candles.add(written, self.data_dir / TICKS_DIR)
+            except OSError as exc:
+                self.metrics.sink_errors.labels("candles").inc()
+                log.error("candles_not_written", error=exc.strerror or str(exc))
+        if self._retention_days:
+            self._maybe_trim()
         for observer in self._observers:
             try:
                 observer(written)
             except Exception:
                 log.exception("sink_observer_failed")
-        return result
 
-    def _append(self, name: str, data: bytes) -> None:
-        self._files[name].append(data)
-
-    def _rollback(self, sizes: dict[str, int]) -> None:
-        """Cut every file back to the last committed length (best effort)."""
-        for name, f in self._files.items():
-            size = sizes.get(name, f.size)
+    def _rollback(self, touched: list[str], sizes: dict[str, int]) -> None:
+        """Cut every touched file back to its last committed length (best effort)."""
+        for name in touched:
+            f = self._files.get(name)
+            if f is None:
+                continue
+            size = sizes.get(name, 0)
             try:
                 if f.actual_size() != size:
                     f.truncate(size)
@@ -311,8 +399,6 @@ class CsvSink:
             except OSError as exc:
                 # Start-up truncates again from the state, so nothing is lost.
                 log.error("sink_rollback_failed", file=name, error=exc.strerror)
-        if sizes != {n: f.size for n, f in self._files.items()}:
-            log.error("sink_sizes_diverged")
 
     def _dead_letter(self, rec: Record, exc: InvalidTick) -> bytes:
         value = rec.value or b""
@@ -339,7 +425,70 @@ class CsvSink:
         data = HEADER + "".join(rows[k] for k in sorted(rows))
         atomic_write(self.data_dir / LAST_VALUES_FILE, data.encode(), fsync=self._fsync)
 
+    # -- retention -----------------------------------------------------------------
+
+    def _maybe_trim(self) -> None:
+        today = self._days.name(self._clock())
+        if today == self._trimmed_on:
+            return
+        cutoff = day_start(today) - (self._retention_days - 1) * 86400
+        try:
+            removed = self._trim(cutoff)
+        except OSError as exc:
+            self.metrics.sink_errors.labels("retention").inc()
+            log.error("retention_trim_failed", error=exc.strerror or str(exc))
+            return
+        self._trimmed_on = today
+        if removed:
+            log.info(
+                "retention_trimmed",
+                file=DATA_FILE,
+                rows_removed=removed,
+                keep_days=self._retention_days,
+            )
+
+    def _trim(self, cutoff: float) -> int:
+        """Drop the leading rows older than ``cutoff`` from crypto_data.csv (atomic replace).
+
+        Rows are in arrival order, so the cut is at the first row at or after
+        the cutoff; an older late row after it stays (the daily files have it anyway).
+        """
+        path = self.data_dir / DATA_FILE
+        removed = 0
+        with path.open("rb") as src:
+            src.readline()
+            keep_from = src.tell()
+            while line := src.readline():
+                if _line_ts(line.decode()) >= cutoff:
+                    break
+                removed += 1
+                keep_from = src.tell()
+            if not removed:
+                return 0
+            src.seek(keep_from)
+            tmp = path.with_name(f".{path.name}.trim")
+            with tmp.open("wb") as dst:
+                dst.write(_HEADER)
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                if self._fsync:
+                    os.fsync(dst.fileno())
+        self._files.pop(DATA_FILE).close()
+        tmp.replace(path)
+        if self._fsync:
+            fsync_dir(path.parent)
+        # A crash before the next line leaves a file shorter than the state records:
+        # start-up accepts that (nothing uncommitted can be in it at this point).
+        self._state.sizes[DATA_FILE] = self._file(DATA_FILE).size
+        atomic_write(self.data_dir / STATE_FILE, self._state.to_json(), fsync=self._fsync)
+        return removed
+
     def close(self) -> None:
+        if self.candles is not None:
+            try:
+                self.candles.flush()
+            except OSError as exc:
+                log.error("candles_not_written", error=exc.strerror or str(exc))
         for f in self._files.values():
             f.close()
         self._files.clear()

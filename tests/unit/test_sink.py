@@ -176,3 +176,62 @@ def test_failed_write_rolls_back_and_counts(sink: CsvSink, tmp_path: Path) -> No
     assert result.written == 19
     assert len(rows(tmp_path)) == 21
     assert (tmp_path / DATA_FILE).stat().st_size > size
+
+
+DAY1 = 1741305600.0  # 2025-03-07T00:00:00Z
+DAY2 = DAY1 + 86400
+
+
+def test_daily_files_get_the_rows_of_their_utc_day(sink: CsvSink, tmp_path: Path) -> None:
+    sink.write(
+        [
+            rec(0, 0, tick("bitcoin", DAY1 + 86399.5, "10")),
+            rec(0, 1, tick("bitcoin", DAY2 + 0.25, "11")),
+            rec(0, 2, tick("xrp", DAY2 + 1, "2")),
+        ]
+    )
+    d1 = rows(tmp_path, "history/ticks/2025-03-07.csv")
+    d2 = rows(tmp_path, "history/ticks/2025-03-08.csv")
+    assert d1[0] == d2[0] == HEADER.strip().split(",")
+    assert [r[4] for r in d1[1:]] == ["10"]
+    assert [r[4] for r in d2[1:]] == ["11", "2"]
+    # The same rows as crypto_data.csv, split by day.
+    assert rows(tmp_path)[1:] == d1[1:] + d2[1:]
+
+
+def test_daily_file_of_an_uncommitted_batch_is_removed(tmp_path: Path) -> None:
+    s = CsvSink(tmp_path, TOPIC, Metrics())
+    s.open()
+    s.write([rec(0, 0, tick("bitcoin", DAY1 + 5, "10"))])
+    state = (tmp_path / ".cryptostream/sink_state.json").read_bytes()
+    s.write([rec(0, 1, tick("bitcoin", DAY2 + 5, "11")), rec(0, 2, tick("bitcoin", DAY1 + 6, "9"))])
+    s.close()
+    (tmp_path / ".cryptostream/sink_state.json").write_bytes(state)  # crash before the state
+    again = CsvSink(tmp_path, TOPIC, Metrics())
+    again.open()
+    assert not (tmp_path / "history/ticks/2025-03-08.csv").exists()
+    assert [r[4] for r in rows(tmp_path, "history/ticks/2025-03-07.csv")[1:]] == ["10"]
+    again.close()
+
+
+def test_retention_keeps_the_last_n_days_in_crypto_data(tmp_path: Path) -> None:
+    now = [DAY1 + 3600]
+    s = CsvSink(tmp_path, TOPIC, Metrics(), retention_days=2, clock=lambda: now[0])
+    s.open()
+    s.write([rec(0, i, tick("bitcoin", DAY1 - 86400 * 2 + i, str(i))) for i in range(3)])
+    s.write(
+        [rec(0, 3, tick("bitcoin", DAY1 - 86400 + 5, "3")), rec(0, 4, tick("bitcoin", DAY1, "4"))]
+    )
+    # On 2025-03-07 with 2 days kept: rows from 2025-03-06 00:00 on stay.
+    assert [r[4] for r in rows(tmp_path)[1:]] == ["3", "4"]
+    now[0] = DAY2 + 10  # next day: the 2025-03-06 row goes
+    s.write([rec(0, 5, tick("bitcoin", DAY2 + 5, "5"))])
+    assert [r[4] for r in rows(tmp_path)[1:]] == ["4", "5"]
+    # The daily files keep everything; appending after a trim stays consistent.
+    assert len(rows(tmp_path, "history/ticks/2025-03-05.csv")) == 4
+    s.close()
+    again = CsvSink(tmp_path, TOPIC, Metrics(), retention_days=2, clock=lambda: now[0])
+    again.open()
+    again.write([rec(0, 6, tick("bitcoin", DAY2 + 6, "6"))])
+    assert [r[4] for r in rows(tmp_path)[1:]] == ["4", "5", "6"]
+    again.close()

@@ -1,0 +1,259 @@
+"""OHLC candles per asset for 1 minute, 1 hour and 1 day, derived from the daily tick files.
+
+Files, all UTC:
+
+* ``history/candles/1m/YYYY-MM-DD.csv`` and ``history/candles/1h/YYYY-MM-DD.csv``;
+* ``history/candles/1d/YYYY.csv`` (one row per asset and day).
+
+Columns: ``start,id,symbol,open,high,low,close,firstTimestamp,lastTimestamp,ticks,vwap24HrMean``
+(``start`` in Unix seconds, the candle's period start).
+
+The rule for late and out-of-order ticks: a candle is a function of the ticks
+*observed* in its period, whatever order they arrived in — ``open`` is the
+price with the smallest timestamp, ``close`` the one with the largest — so a
+late tick corrects its candle instead of being dropped. Candles are rebuilt
+from the durable daily tick file whenever a day is not in memory (a late tick
+for an old day, or after a restart), which makes them correct across crashes:
+the tick files are the exactly-once source, candles are derived from them.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from cryptostream.logs import get_logger
+from cryptostream.sink.csvrow import text_cell
+from cryptostream.sink.days import Days, day_start
+from cryptostream.sink.files import atomic_write
+from cryptostream.tick import Tick
+
+log = get_logger(__name__)
+
+CANDLES_DIR = "history/candles"
+COLUMNS = (
+    "start",
+    "id",
+    "symbol",
+    "open",
+    "high",
+    "low",
+    "close",
+    "firstTimestamp",
+    "lastTimestamp",
+    "ticks",
+    "vwap24HrMean",
+)
+HEADER = ",".join(COLUMNS) + "\n"
+#: Seconds between rewrites of the candle files of the days that changed.
+FLUSH_EVERY = 5.0
+_MEAN = Decimal("1e-16")
+
+
+@dataclass(slots=True)
+class Candle:
+    symbol: str
+    first_ts: float
+    open: Decimal
+    open_text: str
+    high: Decimal
+    high_text: str
+    low: Decimal
+    low_text: str
+    last_ts: float
+    close_text: str
+    ticks: int
+    vwap_sum: Decimal
+    vwap_n: int
+
+    @classmethod
+    def of(cls, ts: float, symbol: str, price: str, vwap: str | None) -> Candle:
+        p = Decimal(price)
+        v = Decimal(vwap) if vwap else Decimal(0)
+        return cls(symbol, ts, p, price, p, price, p, price, ts, price, 1, v, 1 if vwap else 0)
+
+    def add(self, ts: float, price: str, vwap: str | None) -> None:
+        p = Decimal(price)
+        if ts < self.first_ts:
+            self.first_ts, self.open, self.open_text = ts, p, price
+        if ts >= self.last_ts:
+            self.last_ts, self.close_text = ts, price
+        if p > self.high:
+            self.high, self.high_text = p, price
+        if p < self.low:
+            self.low, self.low_text = p, price
+        self.ticks += 1
+        if vwap:
+            self.vwap_sum += Decimal(vwap)
+            self.vwap_n += 1
+
+    def merge(self, other: Candle) -> None:
+        """Fold a candle of a sub-period into this one (1m → 1h → 1d)."""
+        if other.first_ts < self.first_ts:
+            self.first_ts, self.open, self.open_text = other.first_ts, other.open, other.open_text
+        if other.last_ts >= self.last_ts:
+            self.last_ts, self.close_text = other.last_ts, other.close_text
+        if other.high > self.high:
+            self.high, self.high_text = other.high, other.high_text
+        if other.low < self.low:
+            self.low, self.low_text = other.low, other.low_text
+        self.ticks += other.ticks
+        self.vwap_sum += other.vwap_sum
+        self.vwap_n += other.vwap_n
+
+    def copy(self) -> Candle:
+        return Candle(*(getattr(self, f) for f in self.__slots__))
+
+    def row(self, start: int, asset: str) -> str:
+        mean = str((self.vwap_sum / self.vwap_n).quantize(_MEAN)) if self.vwap_n else ""
+        return (
+            f"{start},{text_cell(asset)},{text_cell(self.symbol)},{self.open_text},{self.high_text},{self.low_text},"
+            f"{self.close_text},{self.first_ts!r},{self.last_ts!r},{self.ticks},{mean}\n"
+        )
+
+
+# One day's 1-minute candles: (asset, minute start) -> candle.
+_Day = dict[tuple[str, int], Candle]
+
+
+class CandleBook:
+    def __init__(self, data_dir: Path, *, fsync: bool = True, keep_days: int = 2) -> None:
+        self._dir = data_dir / CANDLES_DIR
+        self._fsync = fsync
+        self._keep_days = keep_days
+        self._days: dict[str, _Day] = {}
+        self._dirty: set[str] = set()
+        self._last_flush = 0.0
+        self._day_of = Days().name
+
+    # -- feeding -------------------------------------------------------------------
+
+    def add(self, ticks: Iterable[Tick], ticks_dir: Path) -> None:
+        """Account for durable ticks; rewrites changed days at most every FLUSH_EVERY s."""
+        loaded: set[str] = set()
+        for tick in ticks:
+            day = self._day_of(tick.timestamp)
+            if day in loaded:
+                continue
+            candles = self._days.get(day)
+            if candles is None:
+                # Not in memory: the day's tick file already holds this batch's ticks.
+                self._days[day] = self._load_day(ticks_dir / f"{day}.csv")
+                loaded.add(day)
+            else:
+                _account(
+                    candles, tick.id, tick.timestamp, tick.symbol, tick.price_usd, tick.vwap_24h
+                )
+            self._dirty.add(day)
+        now = time.monotonic()
+        if now - self._last_flush >= FLUSH_EVERY:
+            self.flush()
+            self._last_flush = now
+
+    def recover(self, ticks_dir: Path) -> None:
+        """Rebuild the days whose candle files are older than their tick file."""
+        for tick_file in sorted(ticks_dir.glob("*.csv")):
+            day = tick_file.stem
+            candle_file = self._dir / "1m" / f"{day}.csv"
+            try:
+                stale = candle_file.stat().st_mtime < tick_file.stat().st_mtime
+            except FileNotFoundError:
+                stale = True
+            if stale:
+                self._days[day] = self._load_day(tick_file)
+                self._dirty.add(day)
+        if self._dirty:
+            log.info("candles_rebuilt", days=sorted(self._dirty))
+            self.flush()
+
+    def _load_day(self, tick_file: Path) -> _Day:
+        candles: _Day = {}
+        for ts, asset, symbol, price, vwap in _read_ticks(tick_file):
+            _account(candles, asset, ts, symbol, price, vwap)
+        return candles
+
+    # -- writing -------------------------------------------------------------------
+
+    def flush(self) -> None:
+        for day in sorted(self._dirty):
+            self._write_day(day, self._days[day])
+        self._dirty.clear()
+        # Keep only the newest days in memory; an older one is reloaded if needed.
+        for day in sorted(self._days)[: -self._keep_days]:
+            del self._days[day]
+
+    def _write_day(self, day: str, minutes: _Day) -> None:
+        hours: dict[tuple[str, int], Candle] = {}
+        daily: dict[str, Candle] = {}
+        lines_1m = []
+        for (asset, start), candle in sorted(minutes.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            lines_1m.append(candle.row(start, asset))
+            hour_key = (asset, start - start % 3600)
+            if hour_key in hours:
+                hours[hour_key].merge(candle)
+            else:
+                hours[hour_key] = candle.copy()
+        lines_1h = []
+        for (asset, start), candle in sorted(hours.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            lines_1h.append(candle.row(start, asset))
+            if asset in daily:
+                daily[asset].merge(candle)
+            else:
+                daily[asset] = candle.copy()
+        self._replace(self._dir / "1m" / f"{day}.csv", lines_1m)
+        self._replace(self._dir / "1h" / f"{day}.csv", lines_1h)
+        start_of_day = int(day_start(day))
+        year_file = self._dir / "1d" / f"{day[:4]}.csv"
+        rows = {
+            (int(line.split(",", 2)[0]), line.split(",", 2)[1]): line
+            for line in _read_lines(year_file)
+            if int(line.split(",", 1)[0]) != start_of_day
+        }
+        for asset, candle in daily.items():
+            rows[(start_of_day, asset)] = candle.row(start_of_day, asset)
+        self._replace(year_file, [rows[k] for k in sorted(rows)])
+
+    def _replace(self, path: Path, lines: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, (HEADER + "".join(lines)).encode(), fsync=self._fsync)
+
+
+def _account(
+    candles: _Day, asset: str, ts: float, symbol: str, price: str, vwap: str | None
+) -> None:
+    key = (asset, int(ts // 60) * 60)
+    candle = candles.get(key)
+    if candle is None:
+        candles[key] = Candle.of(ts, symbol, price, vwap)
+    else:
+        candle.add(ts, price, vwap)
+
+
+def _read_ticks(path: Path) -> Iterator[tuple[float, str, str, str, str | None]]:
+    try:
+        fh = path.open(newline="", encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for row in reader:
+            if len(row) != 8:
+                continue
+            try:
+                Decimal(row[4])
+                yield float(row[0]), row[1], row[2], row[4], row[7] or None
+            except (ValueError, InvalidOperation):
+                continue
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return fh.readlines()[1:]
+    except FileNotFoundError:
+        return []
