@@ -8,6 +8,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 from cryptostream import __version__
 from cryptostream.config import (
@@ -76,6 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask the running service's /readyz endpoint (at web.host:web.port).",
     )
     check.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="rebuild every CSV file from the Kafka topic's earliest offset",
+        description="Read the topic from its earliest offset to its current end through the "
+        "same sink the service uses, into an empty data directory. With one partition the "
+        "files are byte-identical to the ones the live service wrote.",
+    )
+    replay.add_argument(
+        "--to",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="target directory (default: storage.data_dir, which must not hold files yet)",
+    )
+    replay.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal; periodic log lines otherwise)",
+    )
     return parser
 
 
@@ -92,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         return check(config, args.timeout)
+    if args.command == "replay":
+        return replay(config, args.to or config.storage.data_dir, args.progress)
     return run(config)
 
 
@@ -108,6 +132,23 @@ def run(config: Config) -> int:
         return asyncio.run(_main())
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return 130
+
+
+def replay(config: Config, target: Path, progress: bool | None) -> int:
+    from cryptostream import logs
+    from cryptostream.replay import ReplayError
+    from cryptostream.replay import replay as do_replay
+
+    logs.configure(config.log.level, config.log.format, secrets=config.secrets(), stream=sys.stderr)
+    try:
+        count = asyncio.run(do_replay(config, target, progress=progress))
+    except ReplayError as exc:
+        print(f"cryptostream: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(f"replayed {count} messages into {target}")  # noqa: T201
+    return 0
 
 
 def check(config: Config, timeout: float) -> int:
