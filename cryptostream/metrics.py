@@ -72,6 +72,32 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # web / dashboard
+        self.web_rejected = Counter(
+            "cryptostream_web_rejected",
+            "Web requests refused, by reason (unauthorized, bad_request, not_found)",
+            ["reason"],
+            registry=r,
+        )
+        self.dashboard_rows_skipped = Counter(
+            "cryptostream_dashboard_rows_skipped",
+            "CSV rows the dashboard could not read at start, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.dashboard_points = Gauge(
+            "cryptostream_dashboard_points",
+            "Price points held in memory by the dashboard",
+            registry=r,
+        )
+        self.dashboard_load_seconds = Gauge(
+            "cryptostream_dashboard_load_seconds",
+            "Time the dashboard took to load the CSV history at start",
+            registry=r,
+        )
+        self.dashboard_clients = Gauge(
+            "cryptostream_dashboard_clients", "Live dashboard connections (SSE)", registry=r
+        )
         # supervisor
         self.task_failures = Counter(
             "cryptostream_task_failures", "Tasks that ended with an error", ["task"], registry=r

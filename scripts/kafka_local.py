@@ -22,12 +22,21 @@ Python API (the test suite loads this file by path, see ``tests/support/kafka.py
 
 Every node is a combined broker+controller; all nodes are controller voters (static quorum,
 ``controller.quorum.voters``).  Node ``i`` (1-based) listens for clients on ``port + i - 1``
-and for the controller quorum on ``port + 100 + i - 1``.
+and for the controller quorum on ``port + 100 + i - 1``.  A node's config, data, pid file
+and logs (``server.log`` from Log4j 2, ``stdout.log`` from the JVM) are in
+``<dir>/node-<i>/``.  Readiness is checked over the Kafka protocol itself: every node must
+answer a Metadata request that lists every running broker (registered and unfenced).
+
+Start-up speed (it matters to the test suite): storage is formatted by copying the
+``bootstrap.checkpoint`` that ``kafka-storage format`` wrote once per version (cached) and
+writing ``meta.properties``, instead of one StorageTool JVM per node; and the brokers share
+an AppCDS class data archive made once per version and JVM.
 
 Environment:
     CRYPTOSTREAM_KAFKA_CACHE     cache folder for the jars
                                  (default ~/.cache/cryptostream/kafka-<version>)
     CRYPTOSTREAM_KAFKA_JVM_OPTS  extra JVM options for the brokers, appended to the defaults
+    CRYPTOSTREAM_KAFKA_CDS=0     do not use (or make) the class data sharing archive
     JAVA_HOME                    Java installation to use (default: ``java`` on PATH)
 """
 
@@ -98,6 +107,7 @@ NODE_MARKER = "-Dcryptostream.kafka.node="
 LOG4J2_PROPERTIES = """\
 # Written by scripts/kafka_local.py: broker logs go to <node dir>/server.log.
 status = warn
+shutdownHook = disable
 appender.file.type = RollingFile
 appender.file.name = FILE
 appender.file.fileName = ${sys:kafka.logs.dir}/server.log
@@ -410,6 +420,8 @@ def probe_metadata(port: int, host: str = HOST, timeout: float = 2.0) -> Cluster
             sock.settimeout(timeout)
             sock.sendall(struct.pack(">i", len(request)) + request)
             (size,) = struct.unpack(">i", _recv_exactly(sock, 4))
+            if not 0 < size <= 1 << 20:  # not a Kafka answer (some other server on the port)
+                return None
             data = _recv_exactly(sock, size)
     except OSError:
         return None
@@ -451,28 +463,45 @@ def probe_metadata(port: int, host: str = HOST, timeout: float = 2.0) -> Cluster
 # ------------------------------------------------------------------ processes by pid
 
 
-def _read_cmdline(pid: int) -> str | None:
-    """The command line of a live (non-zombie) process, or None."""
+def _process_state(pid: int) -> tuple[str, str] | None:
+    """(state letter, command line) of process ``pid``, or None when there is none.
+
+    The command line is empty for a process that is exiting (after the kernel released its
+    memory, before it closed its files and sockets), so it still counts as there.
+    """
     proc = Path("/proc")
     if proc.is_dir():
         try:
             stat = (proc / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
-            if stat.rsplit(")", 1)[-1].split()[0] in {"Z", "X"}:
-                return None
             raw = (proc / str(pid) / "cmdline").read_bytes()
         except OSError:
             return None
-        return raw.replace(b"\0", b" ").decode("utf-8", "replace") or None
+        state = stat.rsplit(")", 1)[-1].split()[0]
+        return state, raw.replace(b"\0", b" ").decode("utf-8", "replace")
     ps = shutil.which("ps")  # macOS and other systems without /proc
     if ps is None:
         return None
     result = subprocess.run(
         [ps, "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True, check=False
     )
-    line = result.stdout.strip()
-    if result.returncode != 0 or not line or line.startswith("Z"):
+    fields = result.stdout.strip().split(None, 1)
+    if result.returncode != 0 or not fields:
         return None
-    return line.split(None, 1)[-1]
+    return fields[0][:1], fields[1] if len(fields) > 1 else ""
+
+
+def _process_exists(pid: int) -> bool:
+    """A process (not a zombie) with this id exists, even if it is just exiting."""
+    state = _process_state(pid)
+    return state is not None and state[0] not in {"Z", "X"}
+
+
+def _read_cmdline(pid: int) -> str | None:
+    """The command line of a live process, or None."""
+    state = _process_state(pid)
+    if state is None or state[0] in {"Z", "X"} or not state[1]:
+        return None
+    return state[1]
 
 
 def _pid_matches(pid: int, marker: str) -> bool:
@@ -742,6 +771,12 @@ class KafkaCluster:
         """
         deadline = time.monotonic() + timeout
         self._prepare()
+        if self.running_node_ids():  # started before: start the missing nodes only
+            for node_id in self._nodes:
+                if not self.is_running(node_id):
+                    self._launch(self._nodes[node_id])
+            self._wait_ready(list(self._nodes), deadline)
+            return
         # Automatic ports nobody has seen yet are picked again if another process took one.
         attempts = 1 if self._ports_published else 3
         for attempt in range(1, attempts + 1):
@@ -758,26 +793,31 @@ class KafkaCluster:
             else:
                 return
 
-    def stop(self, timeout: float = 30) -> None:
-        """Stop every node (SIGTERM, then SIGKILL after ``timeout`` seconds); idempotent."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop every node (SIGTERM, then SIGKILL after ``timeout`` seconds); idempotent.
+
+        ``timeout=None``: 30 s, but 2 s for a temporary ``work_dir``, which is deleted anyway
+        (the last voters of a 3-node quorum wait ~5 s for a new leader when stopped gently).
+        """
+        if timeout is None:
+            timeout = 2.0 if self._temporary else 30.0
         deadline = time.monotonic() + timeout
-        for node_id in self._nodes:
-            self._signal_node(node_id, signal.SIGTERM)
-        for node_id in self._nodes:
-            self._wait_gone(node_id, deadline)
+        pids = {node_id: self._signal_node(node_id, signal.SIGTERM) for node_id in self._nodes}
+        for node_id, pid in pids.items():
+            self._wait_gone(node_id, pid, deadline)
         _LIVE_CLUSTERS.discard(self)
         if self._temporary:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def kill_node(self, node_id: int) -> None:
         """SIGKILL one node; returns once the process is gone."""
-        self._signal_node(node_id, signal.SIGKILL)
-        self._wait_gone(node_id, time.monotonic() + 30)
+        pid = self._signal_node(node_id, signal.SIGKILL)
+        self._wait_gone(node_id, pid, time.monotonic() + 30)
 
     def stop_node(self, node_id: int, timeout: float = 30) -> None:
         """Stop one node gracefully (SIGTERM; SIGKILL if it is still there after ``timeout``)."""
-        self._signal_node(node_id, signal.SIGTERM)
-        self._wait_gone(node_id, time.monotonic() + timeout)
+        pid = self._signal_node(node_id, signal.SIGTERM)
+        self._wait_gone(node_id, pid, time.monotonic() + timeout)
 
     def start_node(self, node_id: int, timeout: float = 60) -> None:
         """(Re)start a stopped or killed node on its old storage and wait until it serves."""
@@ -805,7 +845,8 @@ class KafkaCluster:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"KafkaCluster(nodes={self.nodes}, bootstrap={self.bootstrap_servers!r})"
+        ports = ",".join(str(node.port) for node in self._nodes.values())
+        return f"KafkaCluster(nodes={self.nodes}, ports={ports}, work_dir={str(self.work_dir)!r})"
 
     # ------------------------------------------------------------ persistent state
 
@@ -956,14 +997,22 @@ class KafkaCluster:
         if errors:
             raise KafkaLocalError("formatting Kafka storage failed:\n" + "\n".join(errors))
 
-    def _launch(self, node: _Node) -> None:
-        assert self._libs is not None
+    @staticmethod
+    def _check_ports(node: _Node, wait: float = 0.0) -> None:
+        """Raise unless the node's ports are free (waiting up to ``wait`` s for them)."""
+        deadline = time.monotonic() + wait
         for port in (node.port, node.controller_port):
+            while not _port_is_free(port) and time.monotonic() < deadline:
+                time.sleep(0.1)
             if not _port_is_free(port):
                 raise _PortClashError(
                     f"port {port} on {HOST} is already in use (another Kafka running? "
-                    "stop it or choose another --port)"
+                    "stop it or use other ports)"
                 )
+
+    def _launch(self, node: _Node) -> None:
+        assert self._libs is not None
+        self._check_ports(node, wait=3.0)  # a node killed just now may still hold them
         extra_jvm = shlex.split(os.environ.get("CRYPTOSTREAM_KAFKA_JVM_OPTS", ""))
         command = [
             _java(),
@@ -996,12 +1045,7 @@ class KafkaCluster:
 
     def _start_once(self, deadline: float, *, fresh: bool) -> None:
         for node in self._nodes.values():
-            for port in (node.port, node.controller_port):
-                if not _port_is_free(port):
-                    raise _PortClashError(
-                        f"port {port} on {HOST} is already in use (another Kafka running? "
-                        "stop it or choose another --port)"
-                    )
+            self._check_ports(node)
         self._write_configs()
         self._format(fresh)
         for node in self._nodes.values():
@@ -1049,28 +1093,42 @@ class KafkaCluster:
             f"{tail}"
         )
 
-    def _signal_node(self, node_id: int, signum: int) -> None:
+    def _signal_node(self, node_id: int, signum: int) -> int | None:
+        """Send ``signum`` to the node's process: its pid, or None when it does not run."""
         node = self._node(node_id)
         if node.process is not None:
-            if node.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    node.process.send_signal(signum)
-            return
+            if node.process.poll() is not None:
+                return None
+            with contextlib.suppress(ProcessLookupError):
+                node.process.send_signal(signum)
+            return node.process.pid
         pid = node.pid()
-        if pid is not None and _pid_matches(pid, node.marker):
-            _signal(pid, signum)
+        if pid is None or not _pid_matches(pid, node.marker):
+            return None
+        _signal(pid, signum)
+        return pid
 
-    def _wait_gone(self, node_id: int, deadline: float) -> None:
-        """Wait until the node's process is gone; SIGKILL it at ``deadline``."""
+    def _gone(self, node: _Node, pid: int | None) -> bool:
+        if node.process is not None:
+            return node.process.poll() is not None  # poll() reaps our own child
+        return pid is None or not _process_exists(pid)
+
+    def _wait_gone(self, node_id: int, pid: int | None, deadline: float) -> None:
+        """Wait until the process ``pid`` of the node is gone (its sockets closed too);
+        SIGKILL it at ``deadline``."""
         node = self._node(node_id)
         killed = False
-        while self.is_running(node_id):
+        while not self._gone(node, pid):
             if not killed and time.monotonic() >= deadline:
-                self._signal_node(node_id, signal.SIGKILL)
+                if node.process is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        node.process.kill()
+                elif pid is not None:
+                    _signal(pid, signal.SIGKILL)
                 killed = True
                 deadline = time.monotonic() + 10
             elif killed and time.monotonic() >= deadline:
-                raise KafkaLocalError(f"Kafka node {node_id} (pid {node.pid()}) does not die")
+                raise KafkaLocalError(f"Kafka node {node_id} (pid {pid}) does not die")
             time.sleep(0.05)
         if node.process is not None:
             node.process.wait()
@@ -1079,11 +1137,10 @@ class KafkaCluster:
             node.pid_file.unlink()
 
     def _kill_all(self) -> None:
-        for node_id in self._nodes:
-            self._signal_node(node_id, signal.SIGKILL)
-        for node_id in self._nodes:
+        pids = {node_id: self._signal_node(node_id, signal.SIGKILL) for node_id in self._nodes}
+        for node_id, pid in pids.items():
             with contextlib.suppress(KafkaLocalError):
-                self._wait_gone(node_id, time.monotonic() + 10)
+                self._wait_gone(node_id, pid, time.monotonic() + 10)
 
 
 class _PortClashError(KafkaLocalError):
@@ -1115,10 +1172,10 @@ def class_data_archive(version: str = KAFKA_VERSION, *, build: bool = True) -> P
     fetch(version)
     cds = cache_dir(version) / "cds"
     archive = cds / f"broker-{_java_fingerprint()}.jsa"
-    failed = archive.with_suffix(".failed")  # delete it to try again
+    failed = archive.with_suffix(".failed")  # a failed training is tried again after a day
     if archive.is_file():
         return archive
-    if failed.exists() or not build:
+    if not build or (failed.exists() and time.time() - failed.stat().st_mtime < 86400):
         return None
     with _locked(cache_dir(version) / ".cds.lock"):
         if archive.is_file():
@@ -1148,11 +1205,11 @@ def class_data_archive(version: str = KAFKA_VERSION, *, build: bool = True) -> P
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    libs = fetch(args.version, quiet=False)
-    _info(f"Kafka {args.version} jars are in {libs}")
-    if class_data_archive(args.version, build=False) is None:
+    libs = fetch(args.kafka_version, quiet=False)
+    _info(f"Kafka {args.kafka_version} jars are in {libs}")
+    if class_data_archive(args.kafka_version, build=False) is None:
         _info("preparing the class data archive (AppCDS) for faster broker starts ...")
-        archive = class_data_archive(args.version)
+        archive = class_data_archive(args.kafka_version)
         _info(f"class data archive: {archive or 'not available (brokers start without it)'}")
     _out(str(libs))
     return 0
@@ -1182,7 +1239,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         if running:
             raise KafkaLocalError(
                 f"a Kafka cluster is already running from {work_dir} (nodes {running}); "
-                f"run: {Path(sys.argv[0]).name} stop --dir {work_dir}"
+                f"run: {sys.argv[0]} stop --dir {work_dir}"
             )
         if existing.nodes != args.nodes and not args.fresh:
             raise KafkaLocalError(
@@ -1194,7 +1251,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         base_port=args.port,
         work_dir=work_dir,
         extra_props=extra,
-        version=args.version,
+        version=args.kafka_version,
     )
     if existing is not None and not fresh:
         cluster.cluster_id = existing.cluster_id
@@ -1202,9 +1259,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
     if fresh and work_dir.exists():
         for child in work_dir.glob("node-*"):
             shutil.rmtree(child, ignore_errors=True)
-    fetch(args.version, quiet=False)
+    fetch(args.kafka_version, quiet=False)
     _info(
-        f"starting {args.nodes} Kafka {args.version} node(s) in {work_dir} "
+        f"starting {args.nodes} Kafka {args.kafka_version} node(s) in {work_dir} "
         f"({'fresh storage' if fresh else 'keeping existing data'}) ..."
     )
     began = time.monotonic()
@@ -1255,41 +1312,65 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kafka_local.py",
-        description=(
-            f"Run a real Apache Kafka {KAFKA_VERSION} cluster (KRaft, combined broker+controller "
-            "nodes) on 127.0.0.1 without Docker. Needs java (17+) and mvn on PATH; the jars "
-            "come from Maven Central into a cache outside the repository "
-            "($CRYPTOSTREAM_KAFKA_CACHE, default ~/.cache/cryptostream/kafka-<version>)."
-        ),
-        epilog="""\
+_HELP_DESCRIPTION = f"""\
+Run a real Apache Kafka {KAFKA_VERSION} cluster on 127.0.0.1 without Docker: KRaft mode,
+every node a combined broker+controller and a controller voter. Needs java (17+) and mvn
+on PATH. The jars come from Maven Central into a cache outside the repository."""
+
+_HELP_EPILOG = """\
 examples:
-  python3 scripts/kafka_local.py fetch                 # download the jars once
-  python3 scripts/kafka_local.py start                 # 1 node on 127.0.0.1:9092
-  python3 scripts/kafka_local.py start --nodes 3       # ports 9092-9094 (controllers 9192-9194)
+  python3 scripts/kafka_local.py fetch                # download the jars once
+  python3 scripts/kafka_local.py start                # 1 node on 127.0.0.1:9092
+  python3 scripts/kafka_local.py start --nodes 3      # 9092-9094, controllers 9192-9194
   export KAFKA_BOOTSTRAP_SERVERS=$(python3 scripts/kafka_local.py start --nodes 3)
   python3 scripts/kafka_local.py status
   python3 scripts/kafka_local.py stop
 
-Kafka's own tools run from the cache, for instance:
+Kafka's own command line tools run from the cache, e.g.:
   java -cp "$(python3 scripts/kafka_local.py fetch)/*" org.apache.kafka.tools.TopicCommand \\
       --bootstrap-server 127.0.0.1:9092 --create --topic prices --partitions 3
 
-exit codes: 0 ok, 1 failure (one-line reason on stderr; `status`: not all nodes running).
-""",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+broker settings: auto.create.topics.enable=false (create topics explicitly),
+  group.initial.rebalance.delay.ms=0; 1 node: every replication factor and min ISR 1;
+  2 nodes: replication factor 2, min ISR 1; 3+ nodes: replication factor 3, min ISR 2
+  (default.replication.factor, min.insync.replicas, offsets/transaction/share-state topics).
+  Override any of them with --set KEY=VALUE.
+
+environment:
+  CRYPTOSTREAM_KAFKA_CACHE     jar cache (default ~/.cache/cryptostream/kafka-<version>)
+  CRYPTOSTREAM_KAFKA_JVM_OPTS  more broker JVM options, after the defaults (-Xmx384m ...)
+  CRYPTOSTREAM_KAFKA_CDS=0     no class data sharing archive (it makes brokers start faster)
+  JAVA_HOME                    the Java to use (default: java on PATH)
+
+exit codes: 0 ok; 1 failure, with a one-line reason on stderr (details, such as the tail of
+  a broker log, follow on the next lines); `status` exits 1 unless every node runs."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="kafka_local.py",
+        description=_HELP_DESCRIPTION,
+        epilog=_HELP_EPILOG,
+        formatter_class=raw,
     )
     parser.add_argument(
-        "--version", default=KAFKA_VERSION, help=f"Kafka version (default {KAFKA_VERSION})"
+        "--kafka-version",
+        default=KAFKA_VERSION,
+        metavar="VERSION",
+        help=f"Apache Kafka version, 4.x (default {KAFKA_VERSION})",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fetch_parser = commands.add_parser(
         "fetch",
         help="download the Kafka jars into the cache (skipped when present)",
-        description="Download the Kafka jars into the cache once; prints the libs folder.",
+        description=(
+            "Download the Kafka jars into the cache (skipped when present) and prepare the class\n"
+            "data archive that makes brokers start faster. Prints the folder of the jars."
+        ),
+        epilog='example: java -cp "$(python3 scripts/kafka_local.py fetch)/*" CLASS ARGS...',
+        formatter_class=raw,
     )
     fetch_parser.set_defaults(handler=_cmd_fetch)
 
@@ -1297,14 +1378,17 @@ exit codes: 0 ok, 1 failure (one-line reason on stderr; `status`: not all nodes 
     start_parser = commands.add_parser(
         "start",
         help="start a cluster in the background and print its bootstrap servers",
-        description=(
-            "Start N combined broker+controller nodes in the background (detached; pid files and "
-            "logs in DIR), wait until every node serves metadata listing all brokers, then print "
-            "the bootstrap servers (the only line on stdout). Node i listens on PORT+i-1 and its "
-            f"controller on PORT+{CONTROLLER_PORT_OFFSET}+i-1. Data in DIR is kept between stop "
-            "and start unless --fresh. Topics are not auto-created."
-        ),
-        epilog="example: python3 scripts/kafka_local.py start --nodes 3 --port 19092 --dir /tmp/k",
+        description=f"""\
+Start N nodes in the background (detached from the terminal; configs, data, logs and
+pid files in DIR), wait until every node serves metadata that lists all brokers, then
+print the bootstrap servers: the only line on stdout. Node i listens for clients on
+PORT+i-1 and for the controller quorum on PORT+{CONTROLLER_PORT_OFFSET}+i-1. The data in DIR is
+kept from one start to the next unless --fresh. Broker logs: DIR/node-<i>/server.log.""",
+        epilog="""\
+examples:
+  python3 scripts/kafka_local.py start --nodes 3 --port 19092 --dir /tmp/kafka3
+  python3 scripts/kafka_local.py start --partitions 3 --set log.retention.hours=1 --fresh""",
+        formatter_class=raw,
     )
     start_parser.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
     start_parser.add_argument(
@@ -1315,13 +1399,16 @@ exit codes: 0 ok, 1 failure (one-line reason on stderr; `status`: not all nodes 
     )
     start_parser.add_argument("--dir", default=str(DEFAULT_RUN_DIR), help=dir_help)
     start_parser.add_argument(
-        "--partitions", type=int, default=None, help="default partitions of new topics (default 1)"
+        "--partitions",
+        type=int,
+        default=None,
+        help="partitions of a new topic that does not say (num.partitions, default 1)",
     )
     start_parser.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="extra broker property for every node (repeatable), e.g. --set log.retention.hours=1",
+        help="broker property for every node (repeatable)",
     )
     start_parser.add_argument(
         "--fresh", action="store_true", help="wipe the data of an earlier cluster in DIR first"
@@ -1334,7 +1421,9 @@ exit codes: 0 ok, 1 failure (one-line reason on stderr; `status`: not all nodes 
     stop_parser = commands.add_parser(
         "stop",
         help="stop the cluster started from DIR (idempotent)",
-        description="SIGTERM every node started from DIR, SIGKILL the ones left after --timeout.",
+        description="SIGTERM every node started from DIR; SIGKILL the ones left after --timeout.",
+        epilog="example: python3 scripts/kafka_local.py stop --dir /tmp/kafka3",
+        formatter_class=raw,
     )
     stop_parser.add_argument("--dir", default=str(DEFAULT_RUN_DIR), help=dir_help)
     stop_parser.add_argument(
@@ -1344,8 +1433,10 @@ exit codes: 0 ok, 1 failure (one-line reason on stderr; `status`: not all nodes 
 
     status_parser = commands.add_parser(
         "status",
-        help="show which nodes run and their ports",
-        description="Show the nodes of the cluster in DIR; exit 1 unless all of them run.",
+        help="show which nodes run, and their ports",
+        description="Show the nodes of the cluster in DIR; exit 1 unless every one of them runs.",
+        epilog="example: python3 scripts/kafka_local.py status --dir /tmp/kafka3",
+        formatter_class=raw,
     )
     status_parser.add_argument("--dir", default=str(DEFAULT_RUN_DIR), help=dir_help)
     status_parser.set_defaults(handler=_cmd_status)

@@ -69,7 +69,7 @@ async def test_replay_equals_live_output(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert b"replay_finished" in err and b"messages_per_second" in err
     live, replayed = files(running.data_dir), files(target)
