@@ -98,6 +98,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="progress bar (default: on a terminal; periodic log lines otherwise)",
     )
+    bf = sub.add_parser(
+        "backfill",
+        parents=[common],
+        help="fetch CoinCap price history into history/backfill/<interval>/ CSV files",
+        description="Fetch /assets/{id}/history in windows the API accepts and write "
+        "history/backfill/<interval>/YYYY-MM-DD.csv (same columns as crypto_data.csv). "
+        "Idempotent: the same range twice adds nothing. Resumable: finished windows are "
+        "remembered, so after Ctrl-C or a crash the same command continues.",
+        epilog="example: cryptostream backfill --assets bitcoin,ethereum "
+        "--start 2025-03-01 --end 2025-04-01 --interval h1",
+    )
+    bf.add_argument(
+        "--assets",
+        default=None,
+        help="comma-separated CoinCap ids (default: source.assets)",
+    )
+    bf.add_argument("--start", required=True, help="UTC date or date-time, e.g. 2025-03-01")
+    bf.add_argument("--end", default=None, help="UTC date or date-time, exclusive (default: now)")
+    bf.add_argument(
+        "--interval",
+        default="h1",
+        choices=["m1", "m5", "m15", "m30", "h1", "h2", "h6", "h12", "d1"],
+        help="price step (default: h1)",
+    )
+    bf.add_argument(
+        "--max-requests",
+        type=int,
+        default=None,
+        metavar="N",
+        help="spend at most N API requests (credits) in this run; re-run to continue",
+    )
+    bf.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal; periodic log lines otherwise)",
+    )
     return parser
 
 
@@ -114,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         return check(config, args.timeout)
+    if args.command == "backfill":
+        return backfill(config, args)
     if args.command == "replay":
         return replay(config, args.to or config.storage.data_dir, args.progress)
     return run(config)
@@ -149,6 +188,42 @@ def replay(config: Config, target: Path, progress: bool | None) -> int:
         return 130
     print(f"replayed {count} messages into {target}")  # noqa: T201
     return 0
+
+
+def backfill(config: Config, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from cryptostream import logs
+    from cryptostream.backfill import Backfill, BackfillError, parse_when, plan
+
+    if not config.coincap.api_key:
+        print(f"cryptostream: configuration error: {API_KEY_ENV} is not set", file=sys.stderr)  # noqa: T201
+        return 2
+    try:
+        assets = (
+            [a.strip() for a in args.assets.split(",") if a.strip()]
+            if args.assets
+            else list(config.source.assets)
+        )
+        start = parse_when(args.start)
+        end = parse_when(args.end) if args.end else dt.datetime.now(tz=dt.UTC)
+        windows = plan(assets, start, end, args.interval)
+    except BackfillError as exc:
+        print(f"cryptostream: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    logs.configure(config.log.level, config.log.format, secrets=config.secrets(), stream=sys.stderr)
+    job = Backfill(config, args.interval, max_requests=args.max_requests)
+    try:
+        result = asyncio.run(job.run(windows, progress=args.progress))
+    except KeyboardInterrupt:
+        print("cryptostream: interrupted; run the same command to continue", file=sys.stderr)  # noqa: T201
+        return 130
+    print(  # noqa: T201
+        f"backfill {args.interval}: {result.rows_added} rows added, "
+        f"{result.windows - len(result.incomplete)}/{result.windows} windows done, "
+        f"{result.requests} requests"
+    )
+    return 1 if result.incomplete else 0
 
 
 def check(config: Config, timeout: float) -> int:

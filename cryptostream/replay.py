@@ -97,7 +97,7 @@ async def _copy(
     with bar:
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
-            records = []
+            records: list[Record] = []
             for tp, messages in sorted(batches.items(), key=lambda kv: kv[0].partition):
                 records.extend(
                     Record(tp.partition, m.offset, m.value, m.timestamp)

@@ -18,8 +18,9 @@ import datetime as dt
 import email.utils
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import tenacity
@@ -33,6 +34,7 @@ from cryptostream.tick import InvalidTick, Tick, tick_from_api
 log = get_logger(__name__)
 
 MAX_RETRY_AFTER = 600.0
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -138,7 +140,7 @@ class CoinCapClient:
         self._config = config
         self._session = session
         self._metrics = metrics
-        self._url = config.base_url.rstrip("/") + "/assets"
+        self._base = config.base_url.rstrip("/")
         self._headers = {
             "Authorization": f"Bearer {config.api_key.get()}",
             "Accept": "application/json",
@@ -149,10 +151,21 @@ class CoinCapClient:
 
     async def get_assets(self, ids: tuple[str, ...]) -> AssetsResponse:
         """One request, no retries. Raises an :class:`ApiError` subclass."""
+        return parse_envelope(await self.get("/assets", {"ids": ",".join(ids)}))
+
+    async def get_history(
+        self, asset: str, interval: str, start_ms: int, end_ms: int
+    ) -> AssetsResponse:
+        """One ``/assets/{id}/history`` request: rows of ``{priceUsd, time, date}``."""
+        params = {"interval": interval, "start": str(start_ms), "end": str(end_ms)}
+        return parse_envelope(await self.get(f"/assets/{asset}/history", params))
+
+    async def get(self, path: str, params: dict[str, str]) -> bytes:
+        """GET ``base_url + path``; the body of a 200, else an :class:`ApiError` subclass."""
         try:
             async with self._session.get(
-                self._url,
-                params={"ids": ",".join(ids)},
+                self._base + path,
+                params=params,
                 headers=self._headers,
                 timeout=self._timeout,
             ) as resp:
@@ -167,7 +180,7 @@ class CoinCapClient:
             raise TransientError(f"{type(exc).__name__}: {exc}") from None
         self._metrics.api_requests.labels(str(status)).inc()
         if status == 200:
-            return parse_envelope(body)
+            return body
         detail = _error_text(body)
         if status == 429:
             raise RateLimited(f"429 rate limited: {detail}", parse_retry_after(retry_after))
@@ -208,6 +221,10 @@ class CoinCapClient:
 
     async def fetch(self, ids: tuple[str, ...]) -> AssetsResponse:
         """``get_assets`` with the declared retry policy; raises after ``retry_deadline``."""
+        return await self.retrying(lambda: self.get_assets(ids))
+
+    async def retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` under the declared retry policy; raises after ``retry_deadline``."""
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(ApiError),
             wait=self._wait,
@@ -220,7 +237,7 @@ class CoinCapClient:
         async for attempt in retrying:
             with attempt:
                 attempts += 1
-                result = await self.get_assets(ids)
+                result = await call()
         if attempts > 1:
             log.info("api_recovered", attempts=attempts)
         return result

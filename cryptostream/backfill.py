@@ -1,0 +1,284 @@
+"""``cryptostream backfill``: CoinCap's price history into CSV files for analysis.
+
+Writes ``history/backfill/<interval>/YYYY-MM-DD.csv`` (UTC days) with the same
+eight columns as ``crypto_data.csv``. The history endpoint only has a price per
+step, so ``changePercent24Hr`` and ``vwap24Hr`` stay empty; ``firstValue`` is
+the first price of that asset in that day's file. Symbol and name come from
+``/assets/{id}``.
+
+The files are kept apart from the live sink's ``history/ticks`` (which only the
+sink writes, under its exactly-once state); Power BI's folder connector on
+``history/`` combines both.
+
+* Windows: the range is cut at UTC midnights into windows the API accepts
+  (:data:`WINDOW_DAYS`), one request per asset and window.
+* Idempotent: rows are keyed by (asset, timestamp); each day file is rewritten
+  atomically as the sorted union of what it had and what came, so running the
+  same range twice changes nothing.
+* Resumable: finished windows are recorded in
+  ``.cryptostream/backfill-<interval>.json``; after Ctrl-C or a crash a re-run
+  skips them (and re-fetching one would add nothing anyway).
+* Rate limits: the CoinCap client's declared retry policy (``Retry-After`` on
+  429, backoff on 5xx); ``--max-requests`` caps the credits one run may spend.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+from tqdm import tqdm
+
+from cryptostream.config import Config
+from cryptostream.logs import get_logger
+from cryptostream.metrics import Metrics
+from cryptostream.sink.csvrow import HEADER, csv_line
+from cryptostream.sink.files import atomic_write
+from cryptostream.source.coincap import ApiError, ClientError, CoinCapClient
+from cryptostream.tick import InvalidTick, Tick, decimal_text
+
+log = get_logger(__name__)
+
+BACKFILL_DIR = "history/backfill"
+INTERVALS = {
+    "m1": 60,
+    "m5": 300,
+    "m15": 900,
+    "m30": 1800,
+    "h1": 3600,
+    "h2": 7200,
+    "h6": 21600,
+    "h12": 43200,
+    "d1": 86400,
+}
+#: Days per request, per interval: at most ~2,000 points, within the API's limits.
+WINDOW_DAYS = {
+    "m1": 1,
+    "m5": 5,
+    "m15": 7,
+    "m30": 14,
+    "h1": 30,
+    "h2": 60,
+    "h6": 180,
+    "h12": 360,
+    "d1": 3650,
+}
+LOG_EVERY = 5.0
+
+
+class BackfillError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    asset: str
+    start_ms: int
+    end_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.asset}:{self.start_ms}:{self.end_ms}"
+
+
+@dataclass(slots=True)
+class BackfillResult:
+    windows: int = 0
+    skipped_done: int = 0
+    requests: int = 0
+    rows_added: int = 0
+    rows_invalid: int = 0
+    incomplete: list[str] = field(default_factory=list)
+
+
+def plan(
+    assets: Iterable[str], start: dt.datetime, end: dt.datetime, interval: str
+) -> list[Window]:
+    """Windows cut at UTC midnights, each within the API's limit for ``interval``."""
+    if interval not in INTERVALS:
+        raise BackfillError(f"unknown interval {interval!r}: one of {', '.join(INTERVALS)}")
+    if end <= start:
+        raise BackfillError("--end must be after --start")
+    step = dt.timedelta(days=WINDOW_DAYS[interval])
+    windows = []
+    for asset in assets:
+        cursor = start
+        while cursor < end:
+            midnight = dt.datetime(cursor.year, cursor.month, cursor.day, tzinfo=dt.UTC)
+            stop = min(midnight + step, end)
+            windows.append(Window(asset, _ms(cursor), _ms(stop)))
+            cursor = stop
+    return windows
+
+
+def _ms(when: dt.datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+class Backfill:
+    def __init__(self, config: Config, interval: str, *, max_requests: int | None = None) -> None:
+        self._config = config
+        self._interval = interval
+        self._max_requests = max_requests
+        data_dir = config.storage.data_dir
+        self._dir = data_dir / BACKFILL_DIR / interval
+        self._progress_file = data_dir / ".cryptostream" / f"backfill-{interval}.json"
+        self._names: dict[str, tuple[str, str]] = {}
+
+    def _load_done(self) -> set[str]:
+        try:
+            return set(orjson.loads(self._progress_file.read_bytes())["done"])
+        except FileNotFoundError:
+            return set()
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            log.warning("backfill_progress_unreadable", error=str(exc))
+            return set()
+
+    def _save_done(self, done: set[str]) -> None:
+        self._progress_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._progress_file, orjson.dumps({"done": sorted(done)}))
+
+    async def run(self, windows: list[Window], *, progress: bool | None = None) -> BackfillResult:
+        result = BackfillResult(windows=len(windows))
+        done = self._load_done()
+        todo = [w for w in windows if w.key not in done]
+        result.skipped_done = len(windows) - len(todo)
+        log.info(
+            "backfill_planned",
+            interval=self._interval,
+            windows=len(windows),
+            already_done=result.skipped_done,
+            requests_needed=len(todo) + len({w.asset for w in todo}),
+        )
+        show_bar = sys.stderr.isatty() if progress is None else progress
+        metrics = Metrics()
+        last_log = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            client = CoinCapClient(self._config.coincap, session, metrics)
+            with tqdm(total=len(todo), unit="window", disable=not show_bar, desc="backfill") as bar:
+                for window in todo:
+                    if self._max_requests is not None and result.requests >= self._max_requests:
+                        result.incomplete.append(window.key)
+                        continue
+                    try:
+                        added, invalid, calls = await self._window(client, window)
+                    except ApiError as exc:
+                        # This window stays undone; a re-run picks it up.
+                        log.error("backfill_window_failed", window=window.key, error=str(exc))
+                        result.incomplete.append(window.key)
+                        continue
+                    result.requests += calls
+                    result.rows_added += added
+                    result.rows_invalid += invalid
+                    done.add(window.key)
+                    self._save_done(done)
+                    bar.update()
+                    now = time.monotonic()
+                    if not show_bar and now - last_log >= LOG_EVERY:
+                        last_log = now
+                        log.info("backfill_progress", windows_done=bar.n, of=len(todo))
+        log.info(
+            "backfill_finished",
+            rows_added=result.rows_added,
+            rows_invalid=result.rows_invalid or None,
+            requests=result.requests,
+            incomplete=len(result.incomplete) or None,
+        )
+        return result
+
+    async def _window(self, client: CoinCapClient, window: Window) -> tuple[int, int, int]:
+        calls = 0
+        if window.asset not in self._names:
+            try:
+                body = await client.retrying(lambda: client.get(f"/assets/{window.asset}", {}))
+            except ClientError as exc:
+                raise ApiError(f"asset {window.asset!r}: {exc}") from None
+            calls += 1
+            data = orjson.loads(body).get("data") or {}
+            self._names[window.asset] = (str(data.get("symbol") or ""), str(data.get("name") or ""))
+        symbol, name = self._names[window.asset]
+        response = await client.retrying(
+            lambda: client.get_history(window.asset, self._interval, window.start_ms, window.end_ms)
+        )
+        calls += 1
+        ticks: list[Tick] = []
+        invalid = 0
+        for row in response.records:
+            try:
+                ticks.append(_history_tick(row, window.asset, symbol, name))
+            except InvalidTick as exc:
+                invalid += 1
+                log.warning("backfill_row_invalid", asset=window.asset, reason=exc.reason)
+        ticks = [t for t in ticks if window.start_ms <= t.timestamp * 1000 < window.end_ms]
+        return self._merge(ticks), invalid, calls
+
+    def _merge(self, ticks: list[Tick]) -> int:
+        """Add ``ticks`` to their day files; returns how many rows were new."""
+        by_day: dict[str, list[Tick]] = {}
+        for t in ticks:
+            by_day.setdefault(_day(t.timestamp), []).append(t)
+        added = 0
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for day, new in by_day.items():
+            path = self._dir / f"{day}.csv"
+            rows = {(t.id, t.timestamp): t for t in _read(path)}
+            before = len(rows)
+            for t in new:
+                rows.setdefault((t.id, t.timestamp), t)
+            if len(rows) == before:
+                continue
+            added += len(rows) - before
+            ordered = sorted(rows.values(), key=lambda t: (t.timestamp, t.id))
+            first: dict[str, str] = {}
+            lines = [
+                csv_line(t.with_first_value(first.setdefault(t.id, t.price_usd))) for t in ordered
+            ]
+            atomic_write(path, (HEADER + "".join(lines)).encode())
+        return added
+
+
+def _day(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).date().isoformat()
+
+
+def _history_tick(row: object, asset: str, symbol: str, name: str) -> Tick:
+    if not isinstance(row, dict):
+        raise InvalidTick("not_an_object")
+    try:
+        ts = int(row["time"]) / 1000
+    except (KeyError, TypeError, ValueError):
+        raise InvalidTick("invalid_time") from None
+    price = decimal_text(row.get("priceUsd"), field="price", required=True, allow_negative=False)
+    assert price is not None
+    return Tick(ts, asset, symbol, name, price, None, None, None, "coincap-history")
+
+
+def _read(path: Path) -> list[Tick]:
+    try:
+        fh = path.open(newline="", encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    with fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        return [
+            Tick(float(r[0]), r[1], r[2], r[3], r[4], r[5] or None, r[6] or None, r[7] or None)
+            for r in reader
+            if len(r) == 8
+        ]
+
+
+def parse_when(text: str) -> dt.datetime:
+    """``2025-03-01`` or ``2025-03-01T12:00[:00][Z|+00:00]``; naive means UTC."""
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BackfillError(f"not a date or date-time: {text!r} (e.g. 2025-03-01)") from None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)

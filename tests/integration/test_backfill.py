@@ -1,0 +1,183 @@
+"""`cryptostream backfill` against the fake CoinCap history endpoint (real HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from cryptostream.backfill import Backfill, parse_when, plan
+from cryptostream.sink.csvrow import COLUMNS
+from tests.conftest import API_KEY, ConfigFactory
+from tests.support.fake_coincap import FakeCoinCap, Fault
+
+START = "2025-03-06T12:00:00Z"
+END = "2025-03-09T00:00:00Z"
+
+
+def day_rows(data_dir: Path, interval: str, day: str) -> list[dict[str, str]]:
+    with (data_dir / "history/backfill" / interval / f"{day}.csv").open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == COLUMNS
+        return list(reader)
+
+
+def snapshot(data_dir: Path) -> dict[str, bytes]:
+    root = data_dir / "history/backfill"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.csv"))}
+
+
+def windows(assets: list[str], interval: str = "m1"):
+    return plan(assets, parse_when(START), parse_when(END), interval)
+
+
+async def test_multi_window_backfill_writes_day_files(
+    make_config: ConfigFactory, fake_coincap: FakeCoinCap
+) -> None:
+    config = make_config(base_url=fake_coincap.base_url)
+    plan_ = windows(["bitcoin", "solana"])
+    # 12:00 on the 6th to midnight on the 9th, cut at UTC midnights: 3 windows per asset.
+    assert len(plan_) == 6
+    result = await Backfill(config, "m1").run(plan_, progress=False)
+    assert (result.rows_added, result.incomplete) == (2 * (720 + 1440 + 1440), [])
+    assert result.requests == 6 + 2  # one history call per window, one /assets/{id} per asset
+    rows = day_rows(config.storage.data_dir, "m1", "2025-03-07")
+    btc = [r for r in rows if r["id"] == "bitcoin"]
+    assert len(btc) == 1440
+    assert (btc[0]["symbol"], btc[0]["name"]) == ("BTC", "Bitcoin")
+    t0 = int(dt.datetime(2025, 3, 7, tzinfo=dt.UTC).timestamp() * 1000)
+    assert btc[0]["priceUsd"] == fake_coincap.history_price("bitcoin", t0)
+    assert btc[5]["priceUsd"] == fake_coincap.history_price("bitcoin", t0 + 5 * 60_000)
+    assert {r["firstValue"] for r in btc} == {btc[0]["priceUsd"]}
+    assert {r["changePercent24Hr"] for r in rows} == {""}  # the endpoint lacks them
+    assert {r["vwap24Hr"] for r in rows} == {""}
+    first_day = day_rows(config.storage.data_dir, "m1", "2025-03-06")
+    assert float(first_day[0]["timestamp"]) == parse_when(START).timestamp()
+
+
+async def test_rate_limit_mid_backfill_is_waited_out(
+    make_config: ConfigFactory, fake_coincap: FakeCoinCap
+) -> None:
+    config = make_config(base_url=fake_coincap.base_url)
+    fake_coincap.inject(
+        Fault.status(429, headers={"Retry-After": "0.5"}, path_prefix="/v3/assets/bitcoin/history")
+    )
+    result = await Backfill(config, "h1").run(windows(["bitcoin"], "h1"), progress=False)
+    assert result.incomplete == []
+    history = fake_coincap.requests_to("/v3/assets/bitcoin/history")
+    assert [r.status for r in history] == [429, 200]
+    assert history[1].monotonic - history[0].monotonic >= 0.45
+    assert len(day_rows(config.storage.data_dir, "h1", "2025-03-08")) == 24
+
+
+async def test_interrupted_backfill_resumes_and_reruns_add_nothing(
+    make_config: ConfigFactory, fake_coincap: FakeCoinCap
+) -> None:
+    config = make_config(base_url=fake_coincap.base_url)
+    plan_ = windows(["bitcoin", "ethereum"])
+    first = await Backfill(config, "m1", max_requests=3).run(plan_, progress=False)
+    assert first.incomplete and len(first.incomplete) < len(plan_)
+    second = await Backfill(config, "m1").run(plan_, progress=False)
+    assert second.incomplete == []
+    assert second.skipped_done == len(plan_) - len(first.incomplete)
+    history_calls = fake_coincap.calls("/v3/assets/bitcoin/history") + fake_coincap.calls(
+        "/v3/assets/ethereum/history"
+    )
+    assert history_calls == len(plan_), "no finished window is fetched twice"
+    files = snapshot(config.storage.data_dir)
+
+    # The same range again: nothing to do, nothing changes.
+    third = await Backfill(config, "m1").run(plan_, progress=False)
+    assert (third.rows_added, third.requests) == (0, 0)
+    # Even without the progress record, re-fetching adds no row.
+    (config.storage.data_dir / ".cryptostream/backfill-m1.json").unlink()
+    fourth = await Backfill(config, "m1").run(plan_, progress=False)
+    assert fourth.rows_added == 0 and fourth.requests > 0
+    assert snapshot(config.storage.data_dir) == files
+
+
+async def test_cli_ctrl_c_then_same_command_continues(
+    fake_coincap: FakeCoinCap, tmp_path: Path
+) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "COINCAP_API_KEY": API_KEY,
+        "CRYPTOSTREAM_COINCAP__BASE_URL": fake_coincap.base_url,
+        "CRYPTOSTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "cryptostream",
+        "backfill",
+        "--assets",
+        "bitcoin",
+        "--start",
+        START,
+        "--end",
+        END,
+        "--interval",
+        "m1",
+        "--no-progress",
+    ]
+    # The third history request hangs: Ctrl-C arrives while it is in flight.
+    fake_coincap.inject(
+        Fault.delay(30, path_prefix="/v3/assets/bitcoin/history"),
+    )
+    fake_coincap.clear_faults()
+    fake_coincap.inject(
+        Fault.delay(0, path_prefix="/v3/assets/bitcoin/history", times=2),
+        Fault.delay(30, path_prefix="/v3/assets/bitcoin/history"),
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await fake_coincap.wait_for_calls(3, path_prefix="/v3/assets/bitcoin/history", timeout=30)
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130
+    assert b"run the same command to continue" in err
+    fake_coincap.clear_faults()
+    again = await asyncio.create_subprocess_exec(
+        *args,
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(again.communicate(), 60)
+    assert again.returncode == 0, err.decode()
+    assert b"3/3 windows done" in out
+    # Only the window that was cut off is fetched again.
+    assert fake_coincap.calls("/v3/assets/bitcoin/history") == 4
+    rows = day_rows(tmp_path / "data", "m1", "2025-03-08")
+    assert len(rows) == 1440
+
+
+async def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "COINCAP_API_KEY": API_KEY}
+    for bad in (["--start", "yesterday"], ["--start", END, "--end", START]):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cryptostream",
+            "backfill",
+            *bad,
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2
+        assert len(err.decode().strip().splitlines()) == 1
