@@ -10,8 +10,6 @@ import signal
 import sys
 from pathlib import Path
 
-import pytest
-
 from cryptostream.backfill import Backfill, parse_when, plan
 from cryptostream.sink.csvrow import COLUMNS
 from tests.conftest import API_KEY, ConfigFactory
