@@ -1,0 +1,82 @@
+"""Fan-out of live events to the open dashboard pages (Server-Sent Events).
+
+Each page holds one ``GET /api/stream`` connection with its own small queue.
+A page that cannot keep up (its queue is full) is disconnected rather than
+allowed to hold memory: its browser reconnects at once and reloads what it
+shows, so it misses nothing and the service never buffers without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from cryptostream.logs import get_logger
+from cryptostream.metrics import Metrics
+
+log = get_logger(__name__)
+
+#: Messages a page may fall behind before it is cut off.
+QUEUE_SIZE = 64
+
+
+def sse_message(event: str, data: bytes) -> bytes:
+    """One Server-Sent Event (``data`` is JSON, so it holds no newline)."""
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class Broadcaster:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._clients: set[asyncio.Queue[bytes | None]] = set()
+        self._closed = False
+        self._slow_logged = False
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def send(self, event: str, data: bytes) -> None:
+        """Queue one event for every page; never blocks."""
+        message = sse_message(event, data)
+        for queue in list(self._clients):
+            try:
+                queue.put_nowait(message)
+            except asyncio.QueueFull:
+                self._drop(queue)
+
+    def _drop(self, queue: asyncio.Queue[bytes | None]) -> None:
+        self._clients.discard(queue)
+        self._metrics.web_rejected.labels("slow_client").inc()
+        if not self._slow_logged:
+            self._slow_logged = True
+            log.warning("dashboard_client_too_slow", note="disconnected; it reconnects and reloads")
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[bytes | None]]:
+        """A queue of messages for one page; ``None`` means: end the stream."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_SIZE)
+        if self._closed:
+            queue.put_nowait(None)
+        else:
+            self._clients.add(queue)
+            self._metrics.dashboard_clients.set(len(self._clients))
+        try:
+            yield queue
+        finally:
+            self._clients.discard(queue)
+            self._metrics.dashboard_clients.set(len(self._clients))
+
+    def close(self) -> None:
+        """End every stream (the web server is stopping)."""
+        self._closed = True
+        for queue in list(self._clients):
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(None)
+        self._clients.clear()
+        self._metrics.dashboard_clients.set(0)
