@@ -14,10 +14,11 @@ import dataclasses
 import json
 import math
 import os
+import ssl
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +26,38 @@ from typing import Any, Literal
 ENV_PREFIX = "CRYPTOSTREAM_"
 CONFIG_PATH_ENV = "CRYPTOSTREAM_CONFIG"
 API_KEY_ENV = "COINCAP_API_KEY"
+SASL_PASSWORD_ENV = "KAFKA_SASL_PASSWORD"  # noqa: S105 - the name of a variable
 DEFAULT_CONFIG_FILE = "config.toml"
 
 # A shorter access token is guessable; a long random one costs nothing.
 MIN_TOKEN_LENGTH = 16
 
 DEFAULT_ASSETS = ("bitcoin", "ethereum", "tether", "xrp", "binance-coin", "solana")
+
+#: The price sources ``source.name`` and ``source.fallbacks`` may name.
+SourceName = Literal["coincap", "coincap-ws", "binance", "kraken", "demo", "auto"]
+#: Sources that can stand in for one another in a failover chain (real prices only).
+CHAIN_SOURCES = ("coincap", "coincap-ws", "binance", "kraken")
+#: Sources that need COINCAP_API_KEY.
+KEYED_SOURCES = ("coincap", "coincap-ws")
+
+# CoinCap id -> exchange market. Binance quotes in USDT (taken as USD); it has no
+# tether/USD market, so tether is not priced by Binance. Kraken quotes in real USD
+# and keys its answers by these canonical pair names; it lists no BNB market.
+DEFAULT_BINANCE_SYMBOLS = (
+    "bitcoin=BTCUSDT",
+    "ethereum=ETHUSDT",
+    "xrp=XRPUSDT",
+    "binance-coin=BNBUSDT",
+    "solana=SOLUSDT",
+)
+DEFAULT_KRAKEN_PAIRS = (
+    "bitcoin=XXBTZUSD",
+    "ethereum=XETHZUSD",
+    "tether=USDTZUSD",
+    "xrp=XXRPZUSD",
+    "solana=SOLUSD",
+)
 
 
 class ConfigError(Exception):
@@ -74,13 +101,24 @@ class CoinCapConfig:
     max_backoff: float = 30.0
     #: Wait between retries after 401/403: a bad key must not hammer the API.
     auth_retry_interval: float = 60.0
+    #: CoinCap's price stream (``coincap-ws``); ``assets`` and ``apiKey`` are added.
+    ws_url: str = "wss://wss.coincap.io/prices"
+    #: A stream quiet for this long is taken as dead and reconnected, seconds.
+    ws_silence_timeout: float = 30.0
+    #: How often ``coincap-ws`` refreshes symbol, name, change and VWAP over REST, seconds.
+    ws_refresh_interval: float = 60.0
     api_key: Secret = field(default_factory=lambda: Secret(""))
 
 
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
-    #: ``coincap`` (needs COINCAP_API_KEY) or ``demo`` (synthetic prices, offline).
-    name: Literal["coincap", "demo"] = "coincap"
+    #: ``coincap``/``coincap-ws`` (need COINCAP_API_KEY), ``binance``, ``kraken`` (keyless),
+    #: ``demo`` (synthetic prices, offline) or ``auto`` (see :func:`source_chain`).
+    name: SourceName = "coincap"
+    #: Sources to fail over to, in order, when the one in use keeps failing.
+    fallbacks: tuple[str, ...] = ()
+    #: Seconds the active source may fail before the next one takes over.
+    failover_after: float = 60.0
     assets: tuple[str, ...] = DEFAULT_ASSETS
     poll_interval: float = 20.0
     #: Ticks buffered between fetcher and producer while Kafka is slow or down.
@@ -92,6 +130,29 @@ class DemoConfig:
     #: Ticks per second, all assets together.
     rate: float = 10.0
     seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BinanceConfig:
+    base_url: str = "https://api.binance.com"
+    #: ``coincap-id=SYMBOL`` pairs: which Binance market prices which asset.
+    symbols: tuple[str, ...] = DEFAULT_BINANCE_SYMBOLS
+    timeout: float = 10.0
+    retry_deadline: float = 300.0
+    max_backoff: float = 30.0
+    #: Request weight this service allows itself per minute (Binance's IP limit is 6000,
+    #: shared with every other program on the same address).
+    max_weight: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class KrakenConfig:
+    base_url: str = "https://api.kraken.com"
+    #: ``coincap-id=PAIR`` pairs: which Kraken pair prices which asset.
+    pairs: tuple[str, ...] = DEFAULT_KRAKEN_PAIRS
+    timeout: float = 10.0
+    retry_deadline: float = 300.0
+    max_backoff: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +178,20 @@ class KafkaConfig:
     session_timeout: float = 10.0
     #: Longest pause between polls before the consumer is considered stuck and leaves.
     max_poll_interval: float = 300.0
+    #: How to talk to the brokers: ``plaintext``, ``ssl``, ``sasl_plaintext``, ``sasl_ssl``.
+    security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
+    #: SASL mechanism with a ``sasl_*`` protocol.
+    sasl_mechanism: Literal["plain", "scram-sha-256", "scram-sha-512"] = "plain"
+    sasl_username: str = ""
+    #: A file holding the SASL password (e.g. a Docker or Kubernetes secret). The other
+    #: way is the KAFKA_SASL_PASSWORD variable; the password itself is never a setting.
+    sasl_password_file: str = ""
+    #: PEM files for TLS: the CA of the brokers' certificates (empty: the system's CAs),
+    #: and a client certificate and its (unencrypted) key when the brokers ask for one.
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    sasl_password: Secret = field(default_factory=lambda: Secret(""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +234,8 @@ class Config:
     coincap: CoinCapConfig = field(default_factory=CoinCapConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    binance: BinanceConfig = field(default_factory=BinanceConfig)
+    kraken: KrakenConfig = field(default_factory=KrakenConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     web: WebConfig = field(default_factory=WebConfig)
@@ -167,11 +244,56 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for log redaction."""
-        return [s for s in (self.coincap.api_key.get(), self.web.token.get()) if s]
+        return [
+            s
+            for s in (
+                self.coincap.api_key.get(),
+                self.web.token.get(),
+                self.kafka.sasl_password.get(),
+            )
+            if s
+        ]
+
+
+def source_chain(config: Config) -> tuple[str, ...]:
+    """The sources to use, most preferred first: ``source.name`` then ``source.fallbacks``.
+
+    ``auto`` is CoinCap when COINCAP_API_KEY is set, else Binance; with no fallbacks
+    configured it falls back to the keyless sources (Binance, then Kraken).
+    """
+    src = config.source
+    if src.name != "auto":
+        return (src.name, *src.fallbacks)
+    first = "coincap" if config.coincap.api_key else "binance"
+    rest = src.fallbacks or ("binance", "kraken")
+    return tuple(dict.fromkeys((first, *rest)))
+
+
+def asset_mapping(entries: tuple[str, ...]) -> dict[str, str]:
+    """Parse ``("bitcoin=BTCUSDT", ...)``; raises ValueError naming the bad entry."""
+    mapping: dict[str, str] = {}
+    for entry in entries:
+        asset, sep, market = (part.strip() for part in entry.partition("="))
+        if not sep or not asset or not market:
+            raise ValueError(f"expected coincap-id=MARKET, got {entry!r}")
+        if asset != asset.lower() or any(c in asset for c in ", /?&#"):
+            raise ValueError(f"invalid asset id {asset!r} in {entry!r}")
+        if not all(c.isalnum() or c in "-_." for c in market):
+            raise ValueError(f"invalid market name {market!r} in {entry!r}")
+        if asset in mapping:
+            raise ValueError(f"asset {asset!r} is mapped twice")
+        mapping[asset] = market
+    return mapping
 
 
 # Keys that are not read from the file or CRYPTOSTREAM_* variables.
-_EXTERNAL_KEYS = {("coincap", "api_key")}
+_EXTERNAL_KEYS = {("coincap", "api_key"), ("kafka", "sasl_password")}
+_EXTERNAL_HINTS = {
+    "api_key": f" (set it with the {API_KEY_ENV} environment variable)",
+    "sasl_password": (
+        f" (set it with the {SASL_PASSWORD_ENV} environment variable or kafka.sasl_password_file)"
+    ),
+}
 
 
 def _sections() -> dict[str, type[Any]]:
@@ -218,10 +340,33 @@ def load_config(
             kwargs[key] = _coerce(value, hints[key], where)
         if section == "coincap":
             kwargs["api_key"] = Secret(env.get(API_KEY_ENV, "").strip())
+        if section == "kafka":
+            kwargs["sasl_password"] = _sasl_password(
+                kwargs.get("sasl_password_file", ""),
+                env,
+                sources.get(("kafka", "sasl_password_file"), "[kafka] sasl_password_file"),
+            )
         built[section] = cls(**kwargs)
     config = Config(**built)
     _validate(config, sources)
     return config
+
+
+def _sasl_password(path: str, env: Mapping[str, str], where: str) -> Secret:
+    """The SASL password, from $KAFKA_SASL_PASSWORD or the file; never echoed in errors."""
+    from_env = env.get(SASL_PASSWORD_ENV, "")
+    if not path:
+        return Secret(from_env.rstrip("\r\n"))
+    if from_env:
+        raise ConfigError(f"{where} and {SASL_PASSWORD_ENV} are both set: use one of them")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
+    # `echo secret > file` adds a line end that is not part of the password.
+    return Secret(text.rstrip("\r\n"))
 
 
 def _resolve_path(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
@@ -256,11 +401,7 @@ def _read_toml(path: Path) -> list[tuple[str, str, Any]]:
             raise ConfigError(f"{path}: {section} must be a table [{section}]")
         for key, value in table.items():
             if not _has_field(sections[section], key) or (section, key) in _EXTERNAL_KEYS:
-                hint = (
-                    " (set it with the COINCAP_API_KEY environment variable)"
-                    if (key == "api_key")
-                    else ""
-                )
+                hint = _EXTERNAL_HINTS.get(key, "")
                 raise ConfigError(f"{path}: unknown key [{section}] {key}{hint}")
             out.append((section, key, value))
     return out
@@ -370,17 +511,36 @@ def _validate(config: Config, sources: Mapping[tuple[str, str], str]) -> None:
     positive("source", "queue_size", src.queue_size)
 
     positive("demo", "rate", config.demo.rate)
+    _validate_sources(config, where)
 
     cc = config.coincap
     if not cc.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where('coincap', 'base_url')}: must start with http:// or https://")
-    for key in ("timeout", "retry_deadline", "max_backoff", "auth_retry_interval"):
+    for key in (
+        "timeout",
+        "retry_deadline",
+        "max_backoff",
+        "auth_retry_interval",
+        "ws_silence_timeout",
+        "ws_refresh_interval",
+    ):
         positive("coincap", key, getattr(cc, key))
-    if src.name == "coincap" and not cc.api_key:
+    if not cc.ws_url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"{where('coincap', 'ws_url')}: must start with ws:// or wss://")
+    keyed = [s for s in source_chain(config) if s in KEYED_SOURCES]
+    if keyed and not cc.api_key:
         raise ConfigError(
-            f"{API_KEY_ENV} is not set: CoinCap API v3 needs a key "
-            "(get one at https://pro.coincap.io/dashboard)"
+            f"{API_KEY_ENV} is not set: CoinCap API v3 needs a key for source {keyed[0]} "
+            "(get one at https://pro.coincap.io/dashboard, or use source.name = auto, "
+            "binance or kraken without one)"
         )
+    for section in ("binance", "kraken"):
+        sub = getattr(config, section)
+        if not sub.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where(section, 'base_url')}: must start with http:// or https://")
+        for key in ("timeout", "retry_deadline", "max_backoff"):
+            positive(section, key, getattr(sub, key))
+    positive("binance", "max_weight", config.binance.max_weight)
 
     k = config.kafka
     if not k.bootstrap_servers.strip():
@@ -413,6 +573,7 @@ def _validate(config: Config, sources: Mapping[tuple[str, str], str]) -> None:
         )
     if k.linger_ms < 0:
         raise ConfigError(f"{where('kafka', 'linger_ms')}: must not be negative")
+    _validate_kafka_security(k, where)
 
     if config.storage.retention_days < 0:
         raise ConfigError(f"{where('storage', 'retention_days')}: must be 0 (keep all) or more")
@@ -425,6 +586,80 @@ def _validate(config: Config, sources: Mapping[tuple[str, str], str]) -> None:
             "characters without spaces"
         )
     positive("shutdown", "timeout", config.shutdown.timeout)
+
+
+def _validate_sources(config: Config, where: typing.Callable[[str, str], str]) -> None:
+    src = config.source
+    for name in src.fallbacks:
+        if name not in CHAIN_SOURCES:
+            raise ConfigError(
+                f"{where('source', 'fallbacks')}: unknown source {name!r} "
+                f"(expected {', '.join(CHAIN_SOURCES)})"
+            )
+    if len(set(src.fallbacks)) != len(src.fallbacks) or src.name in src.fallbacks:
+        raise ConfigError(f"{where('source', 'fallbacks')}: a source is listed twice")
+    if src.name == "demo" and src.fallbacks:
+        raise ConfigError(
+            f"{where('source', 'fallbacks')}: the demo source cannot be mixed with real "
+            "prices; leave fallbacks empty with source.name = demo"
+        )
+    if src.failover_after <= 0:
+        raise ConfigError(
+            f"{where('source', 'failover_after')}: must be greater than 0, got {src.failover_after}"
+        )
+    chain = source_chain(config)
+    for section, key, label in (
+        ("binance", "symbols", "Binance symbol"),
+        ("kraken", "pairs", "Kraken pair"),
+    ):
+        try:
+            mapping = asset_mapping(getattr(getattr(config, section), key))
+        except ValueError as exc:
+            raise ConfigError(f"{where(section, key)}: {exc}") from None
+        if section in chain and not any(a in mapping for a in src.assets):
+            raise ConfigError(
+                f"{where(section, key)}: no asset of source.assets has a {label}; "
+                f"add coincap-id={label.split()[1].upper()} entries"
+            )
+
+
+def _validate_kafka_security(k: KafkaConfig, where: Callable[[str, str], str]) -> None:
+    protocol = k.security_protocol
+    if protocol.startswith("sasl_"):
+        if not k.sasl_username:
+            raise ConfigError(f"{where('kafka', 'sasl_username')}: needed with {protocol}")
+        if not k.sasl_password:
+            raise ConfigError(
+                f"{SASL_PASSWORD_ENV} is not set (nor kafka.sasl_password_file): "
+                f"security_protocol {protocol} needs the SASL password"
+            )
+    else:
+        for key in ("sasl_username", "sasl_password_file"):
+            if getattr(k, key):
+                raise ConfigError(
+                    f"{where('kafka', key)}: only used with security_protocol "
+                    f"sasl_plaintext or sasl_ssl (it is {protocol})"
+                )
+    tls = protocol in ("ssl", "sasl_ssl")
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(k, key)
+        if value and not tls:
+            raise ConfigError(
+                f"{where('kafka', key)}: only used with security_protocol ssl or sasl_ssl "
+                f"(it is {protocol})"
+            )
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{where('kafka', key)}: no such file {value}")
+    if k.ssl_keyfile and not k.ssl_certfile:
+        raise ConfigError(f"{where('kafka', 'ssl_keyfile')}: needs kafka.ssl_certfile too")
+    if tls:
+        # Load the files once now: a bad PEM is a configuration error, not a retry loop.
+        try:
+            context = ssl.create_default_context(cafile=k.ssl_cafile or None)
+            if k.ssl_certfile:
+                context.load_cert_chain(k.ssl_certfile, k.ssl_keyfile or None)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"kafka.ssl_* files cannot be loaded: {exc}") from None
 
 
 _TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

@@ -6,6 +6,7 @@ Every event is a short snake_case name plus key-value pairs, e.g.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -25,13 +26,18 @@ class SecretMasker:
 
     def __init__(self) -> None:
         self._secrets: set[str] = set()
+        self._ordered: list[str] = []
 
     def add(self, secrets: Iterable[str]) -> None:
         # Very short values would mask innocent text; real keys are long.
-        self._secrets.update(s for s in secrets if len(s) >= 4)
+        for secret in secrets:
+            if len(secret) >= 4:
+                self._secrets.update(_spellings(secret))
+        # Longest first: a spelling that contains another is masked whole.
+        self._ordered = sorted(self._secrets, key=len, reverse=True)
 
     def mask(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in self._ordered:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
@@ -39,6 +45,17 @@ class SecretMasker:
     def __call__(self, _logger: Any, _method: str, rendered: str | bytes) -> str:
         text = rendered.decode() if isinstance(rendered, bytes) else rendered
         return self.mask(text)
+
+
+def _spellings(secret: str) -> set[str]:
+    """How a secret can look in rendered output: as is, as Python's repr() shows it,
+    and as JSON escapes either (quotes, backslashes, non-ASCII as \\u00e4)."""
+    plain = {secret, repr(secret)[1:-1]}
+    forms = set(plain)
+    for form in plain:
+        forms.add(json.dumps(form)[1:-1])
+        forms.add(json.dumps(form, ensure_ascii=False)[1:-1])
+    return {form for form in forms if form}
 
 
 masker = SecretMasker()
@@ -72,7 +89,13 @@ def configure(
         _drop_none,
     ]
     if use_json:
-        processors.append(structlog.processors.dict_tracebacks)
+        # No local variables in tracebacks: a secret in a local, cut short by the
+        # renderer's length limit, would no longer match the masker.
+        processors.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
     processors += [renderer, masker]
     structlog.configure(
         processors=processors,

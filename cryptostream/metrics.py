@@ -29,6 +29,49 @@ class Metrics:
             "Poll slots skipped because an earlier poll ran past them",
             registry=r,
         )
+        # price sources and failover (source/)
+        self.source_requests = Counter(
+            "cryptostream_source_requests",
+            "Requests to each price source, by outcome (HTTP status or error kind)",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.source_switches = Counter(
+            "cryptostream_source_switches",
+            "Failover switches from one price source to another",
+            ["from", "to"],
+            registry=r,
+        )
+        self.source_active = Gauge(
+            "cryptostream_source_active",
+            "1 for the price source whose ticks are used now, 0 for the others",
+            ["source"],
+            registry=r,
+        )
+        self.source_healthy = Gauge(
+            "cryptostream_source_healthy",
+            "1 when the source's last request or frame succeeded, 0 while it fails",
+            ["source"],
+            registry=r,
+        )
+        self.ticks_repeated = Counter(
+            "cryptostream_ticks_repeated",
+            "Ticks not emitted because the source repeated an observation it had already given",
+            ["source"],
+            registry=r,
+        )
+        self.ws_reconnects = Counter(
+            "cryptostream_ws_reconnects",
+            "Price-stream reconnects, by reason (closed, error, silent, handshake)",
+            ["reason"],
+            registry=r,
+        )
+        self.ws_malformed_frames = Counter(
+            "cryptostream_ws_malformed_frames",
+            "Price-stream frames skipped as malformed, by reason",
+            ["reason"],
+            registry=r,
+        )
         # queue between fetcher and producer
         self.queue_depth = Gauge(
             "cryptostream_queue_depth", "Ticks waiting to be published", registry=r

@@ -1,13 +1,17 @@
 """Producer stage: publish queued ticks to Kafka with ``acks=all`` and idempotence.
 
 A batch leaves the producer's hands only when Kafka acknowledged every tick in
-it. Any failure — broker down, timeout, metadata stuck — closes the Kafka
-client (aiokafka can hang with a broken connection), waits per the retry
-policy and sends the whole batch again with a fresh client. A resend may put a
-tick on the topic twice; the sink drops such duplicates (same asset, time, price).
+it, and a tick counts as published only once its own acknowledgement came back.
+Any failure — broker down, timeout, metadata stuck — closes the Kafka client
+(aiokafka can hang with a broken connection), waits per the retry policy and
+sends the ticks still unacknowledged again with a fresh client. A resend may
+put a tick on the topic twice (its acknowledgement was lost), never more than
+one batch apart; the sink drops such duplicates (same asset, time, price).
 
 On shutdown the queue is drained under a deadline; ticks still unpublished are
-spooled to ``.cryptostream/unpublished.jsonl`` and published first on the next start.
+spooled to ``.cryptostream/unpublished.jsonl`` and published first on the next
+start. How far that got is kept in ``unpublished.progress``, so a crash while
+publishing the spool resends at most the batch in flight.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
+import orjson
 import tenacity
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -31,6 +37,7 @@ from cryptostream.topic import Topic, client_options
 log = get_logger(__name__)
 
 SPOOL_FILE = ".cryptostream/unpublished.jsonl"
+SPOOL_PROGRESS_FILE = ".cryptostream/unpublished.progress"
 BATCH = 2000
 
 
@@ -54,6 +61,9 @@ class Producer:
         self._queue = queue
         self._metrics = metrics
         self._spool = data_dir / SPOOL_FILE
+        self._progress = data_dir / SPOOL_PROGRESS_FILE
+        #: Spooled ticks not yet handed to delivery; None until the spool was read.
+        self._spool_rest: list[Tick] | None = None
         self._client: AIOKafkaProducer | None = None
         self._closing = False
         self._in_hand: list[Tick] = []
@@ -74,9 +84,9 @@ class Producer:
                 self._in_hand = []
         finally:
             # Whatever is not acknowledged goes to disk, never into thin air.
-            leftovers = self._in_hand + self._queue.drain_all()
+            leftovers = self._in_hand + (self._spool_rest or []) + self._queue.drain_all()
             self._in_hand = []
-            if leftovers:
+            if leftovers or self._spool_rest is not None:
                 self._write_spool(leftovers)
             await self._close_client()
         log.info("producer_stopped", published=self.published)
@@ -89,6 +99,8 @@ class Producer:
     # -- delivery ------------------------------------------------------------------
 
     async def _deliver(self, batch: list[Tick]) -> None:
+        """Publish ``batch`` until every tick is acknowledged; retries send only the rest."""
+        self._in_hand = batch
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(PublishError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
@@ -100,30 +112,67 @@ class Producer:
         async for attempt in retrying:
             with attempt:
                 attempts += 1
-                await self._send(batch)
+                await self._send(self._in_hand)
+        self._in_hand = []
         if attempts > 1:
             log.info("kafka_publish_recovered", attempts=attempts, batch=len(batch))
 
-    async def _send(self, batch: list[Tick]) -> None:
+    async def _send(self, ticks: list[Tick]) -> None:
+        """One attempt. Counts every tick Kafka acknowledged; on failure ``_in_hand``
+        keeps only the others, in their order, and :class:`PublishError` is raised."""
+        futures: list[asyncio.Future[Any]] = []
+        failure: tuple[str, str] | None = None
         try:
             client = await self._ensure_client()
             async with asyncio.timeout(self._config.send_timeout):
-                futures = [
-                    await client.send(self._config.topic, tick.to_json(), key=tick.key())
-                    for tick in batch
-                ]
-                await asyncio.gather(*futures)
+                # One by one, not a comprehension: when a send fails midway, the
+                # futures gathered so far still say which ticks went out.
+                for tick in ticks:
+                    futures.append(  # noqa: PERF401
+                        await client.send(self._config.topic, tick.to_json(), key=tick.key())
+                    )
+                if futures:
+                    await asyncio.wait(futures)
         except TimeoutError:
-            await self._fail(
-                "timeout", f"no acknowledgement within {self._config.send_timeout:g} s"
-            )
+            failure = ("timeout", f"no acknowledgement within {self._config.send_timeout:g} s")
         except KafkaError as exc:
-            await self._fail(type(exc).__name__, str(exc) or type(exc).__name__)
+            failure = (type(exc).__name__, str(exc) or type(exc).__name__)
         except OSError as exc:
-            await self._fail("connection", str(exc))
+            failure = ("connection", str(exc))
+        except asyncio.CancelledError:
+            # Forced stop: what Kafka confirmed is done; only the rest gets spooled.
+            self._settle(ticks, futures)
+            raise
+        error = self._settle(ticks, futures)
+        if self._in_hand:
+            await self._fail(*(failure or error or ("unacknowledged", "no acknowledgement")))
         self.connected = True
-        self.published += len(batch)
-        self._metrics.ticks_published.inc(len(batch))
+
+    def _settle(
+        self, ticks: list[Tick], futures: list[asyncio.Future[Any]]
+    ) -> tuple[str, str] | None:
+        """Count the acknowledged ticks; keep the others in ``_in_hand``. Returns the
+        first error Kafka reported for one of them, if any."""
+        unacked: list[Tick] = []
+        error: tuple[str, str] | None = None
+        for i, tick in enumerate(ticks):
+            future = futures[i] if i < len(futures) else None
+            if future is None or not future.done() or future.cancelled():
+                unacked.append(tick)
+            elif (exc := future.exception()) is not None:
+                unacked.append(tick)
+                error = error or (type(exc).__name__, str(exc) or type(exc).__name__)
+        acked = len(ticks) - len(unacked)
+        if acked:
+            self.published += acked
+            self._metrics.ticks_published.inc(acked)
+        self._in_hand = unacked
+        if unacked:
+            for future in futures:
+                # Late outcomes of an abandoned client are of no interest: no
+                # "exception was never retrieved" noise when it is closed.
+                future.add_done_callback(_ignore_outcome)
+        return error
 
     async def _fail(self, kind: str, message: str) -> None:
         self.connected = False
@@ -167,6 +216,7 @@ class Producer:
                     await asyncio.wait_for(client.stop(), 5)
                 raise
         self._client = client
+        self.connected = True
         log.info("kafka_producer_connected", bootstrap_servers=self._config.bootstrap_servers)
         return client
 
@@ -183,16 +233,44 @@ class Producer:
     # -- spool ---------------------------------------------------------------------
 
     def _write_spool(self, ticks: list[Tick]) -> None:
-        previous = self._read_spool()
+        """Replace the spool with everything still unpublished (``ticks`` last)."""
+        # Spooled ticks not read back yet (the run ended before) stay first.
+        previous = self._read_spool() if self._spool_rest is None else []
         all_ticks = previous + ticks
-        atomic_write(self._spool, b"".join(t.to_json() + b"\n" for t in all_ticks))
-        log.warning("unpublished_ticks_spooled", count=len(ticks), path=str(self._spool))
+        try:
+            if all_ticks:
+                atomic_write(self._spool, b"".join(t.to_json() + b"\n" for t in all_ticks))
+            else:
+                self._spool.unlink(missing_ok=True)
+            self._progress.unlink(missing_ok=True)
+        except OSError as exc:
+            self._metrics.publish_errors.labels("spool_failed").inc()
+            log.error(
+                "unpublished_ticks_lost",
+                count=len(ticks),
+                error=exc.strerror or str(exc),
+                path=str(self._spool),
+            )
+            return
+        if ticks:
+            log.warning("unpublished_ticks_spooled", count=len(ticks), path=str(self._spool))
+
+    def _spool_id(self) -> list[int]:
+        # A rewritten spool is a new file (atomic replace): another inode and mtime.
+        st = self._spool.stat()
+        return [st.st_ino, st.st_size, st.st_mtime_ns]
 
     def _read_spool(self) -> list[Tick]:
+        """The spooled ticks not yet acknowledged (as far as the progress file says)."""
+        return self._load_spool()[0]
+
+    def _load_spool(self) -> tuple[list[Tick], int]:
+        """(ticks still to publish, how many before them were acknowledged already)."""
         try:
             data = self._spool.read_bytes()
+            spool_id = self._spool_id()
         except FileNotFoundError:
-            return []
+            return [], 0
         ticks: list[Tick] = []
         for line in data.splitlines():
             if not line.strip():
@@ -201,16 +279,36 @@ class Producer:
                 ticks.append(tick_from_json(line))
             except InvalidTick as exc:
                 log.error("spooled_tick_unreadable", reason=exc.reason)
-        return ticks
+        try:
+            progress = orjson.loads(self._progress.read_bytes())
+            if progress["spool"] == spool_id:
+                done = min(len(ticks), max(0, int(progress["done"])))
+                return ticks[done:], done
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            pass  # no (or another spool's) progress: publish it all
+        return ticks, 0
 
     async def _publish_spool(self) -> None:
-        ticks = self._read_spool()
-        if not ticks:
+        rest, done = self._load_spool()
+        self._spool_rest = rest
+        if not rest:
+            self._write_spool([])  # nothing (left) to publish: tidy up
             return
-        log.info("publishing_spooled_ticks", count=len(ticks))
-        for start in range(0, len(ticks), BATCH):
-            self._in_hand = ticks[start : start + BATCH]
-            await self._deliver(self._in_hand)
-        self._in_hand = []
-        # Only now: a crash before this line publishes them again (the sink dedups).
-        self._spool.unlink()
+        log.info("publishing_spooled_ticks", count=len(rest), already_published=done or None)
+        spool_id = self._spool_id()
+        while rest:
+            chunk, rest = rest[:BATCH], rest[BATCH:]
+            self._spool_rest = rest
+            await self._deliver(chunk)
+            done += len(chunk)
+            try:
+                # A crash from here on does not publish this chunk again.
+                atomic_write(self._progress, orjson.dumps({"spool": spool_id, "done": done}))
+            except OSError as exc:
+                log.warning("spool_progress_not_saved", error=exc.strerror or str(exc))
+        self._write_spool([])
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

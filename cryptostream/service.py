@@ -28,6 +28,7 @@ import aiohttp
 from cryptostream import __version__
 from cryptostream.config import Config
 from cryptostream.consumer import Consumer
+from cryptostream.dashboard import Dashboard
 from cryptostream.fetcher import Fetcher
 from cryptostream.firstvalue import FirstValues
 from cryptostream.logs import get_logger
@@ -67,7 +68,13 @@ class Service:
         topic = Topic(config.kafka)
         self.producer = Producer(config.kafka, topic, self.queue, self.metrics, data_dir)
         self.consumer = Consumer(config.kafka, topic, self.sink, self.metrics)
-        self.web = WebServer(config.web, self.metrics, self.readiness)
+        # The dashboard sees each batch once it is durable, never re-reading the CSV.
+        self.dashboard = (
+            Dashboard(config, self.metrics) if config.web.enabled and config.web.dashboard else None
+        )
+        if self.dashboard is not None:
+            self.sink.subscribe(self.dashboard.on_batch)
+        self.web = WebServer(config.web, self.metrics, self.readiness, self.dashboard)
         self.fetcher: Fetcher | None = None
 
     # -- control -------------------------------------------------------------------
@@ -90,7 +97,9 @@ class Service:
                 task.cancel()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        kafka_ok = self.producer.connected or self.consumer.connected
+        # The producer's flag is current (it drops at the first failed publish); the
+        # consumer's only says it has polled once: alone it would hide an outage.
+        kafka_ok = self.producer.connected and self.consumer.connected
         sink_ok = self.sink.opened and self.consumer.sink_failing is None
         details = {
             "kafka": "ok" if kafka_ok else "unreachable",
@@ -133,7 +142,9 @@ class Service:
         first_values = FirstValues(
             cfg.storage.data_dir / FIRST_VALUES_FILE, fsync=cfg.storage.fsync
         )
-        connector = aiohttp.TCPConnector(limit=4, ttl_dns_cache=300)
+        # Room for a failover chain running at once: a price stream holds one
+        # connection for good, its REST refresh and each probing source need one more.
+        connector = aiohttp.TCPConnector(limit=8, ttl_dns_cache=300)
         async with aiohttp.ClientSession(connector=connector) as session:
             source = make_source(cfg, session, self.metrics)
             self.fetcher = Fetcher(source, self.queue, first_values, self.metrics)

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
 from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
@@ -15,12 +16,25 @@ log = get_logger(__name__)
 
 
 def client_options(config: KafkaConfig) -> dict[str, object]:
-    """Options every aiokafka client of the service shares."""
-    return {
+    """Options every aiokafka client of the service shares, security included."""
+    options: dict[str, object] = {
         "bootstrap_servers": config.bootstrap_servers.split(","),
         "client_id": config.client_id,
         "request_timeout_ms": int(config.request_timeout * 1000),
+        "security_protocol": config.security_protocol.upper(),
     }
+    if config.security_protocol in ("ssl", "sasl_ssl"):
+        # Verifies the brokers' certificates and host names (aiokafka's default context).
+        options["ssl_context"] = create_ssl_context(
+            cafile=config.ssl_cafile or None,
+            certfile=config.ssl_certfile or None,
+            keyfile=config.ssl_keyfile or None,
+        )
+    if config.security_protocol.startswith("sasl_"):
+        options["sasl_mechanism"] = config.sasl_mechanism.upper()
+        options["sasl_plain_username"] = config.sasl_username
+        options["sasl_plain_password"] = config.sasl_password.get()
+    return options
 
 
 class Topic:
@@ -57,6 +71,11 @@ class Topic:
                     await admin.create_topics([new])
                 except TopicAlreadyExistsError:
                     log.debug("topic_exists", topic=config.topic)
+                except AttributeError as exc:
+                    # aiokafka's admin client, while the metadata names no controller
+                    # yet (a broker just restarted), fails like this: a transient
+                    # Kafka condition the callers retry, not a bug to stop for.
+                    raise KafkaConnectionError(f"no controller known yet ({exc})") from exc
                 else:
                     log.info(
                         "topic_created",

@@ -1,4 +1,4 @@
-"""The small aiohttp server: health, readiness and Prometheus metrics."""
+"""The small aiohttp server: health, readiness, Prometheus metrics and the dashboard."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from cryptostream.config import WebConfig
+from cryptostream.dashboard import Dashboard
+from cryptostream.dashboard.access import Refusals, access_middleware, security_headers
+from cryptostream.dashboard.api import DashboardApi
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 
@@ -19,30 +22,51 @@ Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class WebServer:
-    def __init__(self, config: WebConfig, metrics: Metrics, readiness: Readiness) -> None:
+    def __init__(
+        self,
+        config: WebConfig,
+        metrics: Metrics,
+        readiness: Readiness,
+        dashboard: Dashboard | None = None,
+    ) -> None:
         self._config = config
         self._metrics = metrics
         self._readiness = readiness
+        self._dashboard = dashboard
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self.port: int | None = None
-        self.app = web.Application()
+        refusals = Refusals(metrics)
+        self.app = web.Application(middlewares=[access_middleware(config.token, refusals)])
+        self.app.on_response_prepare.append(security_headers)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self._metrics_view)
+        if dashboard is not None:
+            DashboardApi(dashboard, refusals).install(self.app)
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # Open live streams end on shutdown; the timeout only bounds a stuck handler.
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=3.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.host, self._config.port)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._config.port
-        log.info("web_started", url=f"http://{self._config.host}:{self.port}")
+        log.info(
+            "web_started",
+            url=f"http://{self._config.host}:{self.port}",
+            dashboard=self._dashboard is not None,
+            token=bool(self._config.token),
+        )
 
     async def run(self) -> None:
         await self.start()
+        if self._dashboard is not None:
+            await self._dashboard.load()
         await self._stopped.wait()
 
     async def stop(self) -> None:

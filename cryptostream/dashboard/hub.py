@@ -28,6 +28,8 @@ import orjson
 from cryptostream.config import Config
 from cryptostream.dashboard.live import Broadcaster
 from cryptostream.dashboard.store import (
+    DAY,
+    FULL_DETAIL_DAYS,
     HistorySnapshot,
     LoadCancelled,
     PriceStore,
@@ -47,6 +49,8 @@ log = get_logger(__name__)
 #: Live events are sent at most this often: "within a second", without a
 #: message per tick when the demo source runs at thousands of ticks a second.
 FLUSH_INTERVAL = 0.25
+#: Seconds between thinnings of the ticks that grew older than FULL_DETAIL_DAYS.
+COMPACT_EVERY = 3600.0
 #: Points per asset in one live event; more are thinned like a range query.
 LIVE_POINTS = 40
 DEMO_MARK = "[demo]"
@@ -58,7 +62,7 @@ class Dashboard:
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._data_dir = config.storage.data_dir
         self._metrics = metrics
-        self.source = config.source.name
+        self.source: str = config.source.name
         self._order = {asset: i for i, asset in enumerate(config.source.assets)}
         self.store = PriceStore()
         #: waiting: not loading yet; loading: reading the CSV; ready: live.
@@ -71,11 +75,16 @@ class Dashboard:
         #: Live ticks not yet sent to the pages: asset -> [(time, price, variation)].
         self._pending: dict[str, list[tuple[float, float, float | None]]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._compacted_at = time.monotonic()
 
     # -- feeding -------------------------------------------------------------------
 
     def on_batch(self, ticks: list[Tick]) -> None:
         """Sink observer: the ticks of a batch that just became durable."""
+        if ticks:
+            # The source in use, as the ticks say: after a failover it is not the
+            # configured one.
+            self.source = ticks[-1].source
         if self.state == "ready":
             self._add(ticks)
         elif self.state == "loading":
@@ -89,7 +98,11 @@ class Dashboard:
             price, base = store.add_tick(tick)
             pct = _round((price / base - 1.0) * 100.0) if base > 0 else None
             pending.setdefault(tick.id, []).append((tick.timestamp, price, pct))
-        self._metrics.dashboard_points.set(store.records)
+        now = time.monotonic()
+        if now - self._compacted_at >= COMPACT_EVERY:
+            self._compacted_at = now
+            store.compact(time.time() - FULL_DETAIL_DAYS * DAY)
+        self._metrics.dashboard_points.set(store.points)
         if pending and self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(FLUSH_INTERVAL, self._flush)
@@ -105,7 +118,12 @@ class Dashboard:
             kept = downsample(ts, prices, 0, len(points), LIVE_POINTS)
             ticks[asset] = [list(points[i]) for i in kept]
             assets.append(self._asset_json(self.store.series[asset]))
-        payload = {"ticks": ticks, "assets": assets, "totals": self._totals()}
+        payload = {
+            "ticks": ticks,
+            "assets": assets,
+            "totals": self._totals(),
+            "source": self.source,
+        }
         self.live.send("ticks", orjson.dumps(payload))
 
     # -- loading -------------------------------------------------------------------
@@ -135,7 +153,7 @@ class Dashboard:
         self._add(buffered)
         self.load_seconds = time.perf_counter() - started
         self._metrics.dashboard_load_seconds.set(self.load_seconds)
-        self._metrics.dashboard_points.set(store.records)
+        self._metrics.dashboard_points.set(store.points)
         log.info(
             "dashboard_loaded",
             records=store.records,

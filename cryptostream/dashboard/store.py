@@ -34,6 +34,9 @@ DAY = 86400
 _CHUNK = 1 << 22  # bytes read at a time while loading: bounded memory whatever the file size
 _HEADER_LINE = HEADER.rstrip("\n")
 _INF = math.inf
+#: Ticks older than this many days are kept as hourly lows and highs (memory bound).
+FULL_DETAIL_DAYS = 30
+COMPACT_STEP = 3600.0
 
 
 def day_of(ts: float) -> int:
@@ -81,6 +84,8 @@ class Series:
     #: The first base seen per UTC day, for a row that has no firstValue.
     first: dict[int, float] = field(default_factory=dict)
     last: Last | None = None
+    #: Points before this index are thinned (see :meth:`compact`).
+    compacted: int = 0
 
     def add(self, ts: float, price: float, first_value: str, change: str, price_text: str) -> float:
         """Add a live tick; returns its variation base."""
@@ -114,6 +119,43 @@ class Series:
             self.ts.insert(i, ts)
             self.price.insert(i, price)
             self.base.insert(i, base)
+            if i < self.compacted:
+                self.compacted += 1
+
+    def compact(self, before: float, step: float = COMPACT_STEP) -> int:
+        """Thin the points older than ``before`` to the low and high of each ``step``.
+
+        Memory stays bounded however long the service runs: a chart of weeks or
+        months draws one low and one high per bucket anyway (see :func:`downsample`),
+        so hourly lows and highs of old days look the same, at a fraction of the
+        points. Returns how many points were dropped.
+        """
+        lo = self.compacted
+        hi = bisect_left(self.ts, before, lo)
+        if hi - lo < 3:
+            return 0
+        ts, price = self.ts, self.price
+        keep: list[int] = []
+        start = lo
+        while start < hi:
+            end = bisect_left(ts, (ts[start] // step + 1) * step, start, hi)
+            if end - start > 2:
+                seg = price[start:end]
+                keep.extend(start + i for i in sorted({seg.index(min(seg)), seg.index(max(seg))}))
+            else:
+                keep.extend(range(start, end))
+            start = end
+        if len(keep) == hi - lo:
+            self.compacted = hi
+            return 0
+        for name in ("ts", "price", "base"):
+            column: array[float] = getattr(self, name)
+            thinned = array("d", column[:lo])
+            thinned.extend(column[i] for i in keep)
+            thinned.extend(column[hi:])
+            setattr(self, name, thinned)
+        self.compacted = lo + len(keep)
+        return hi - lo - len(keep)
 
     def variation(self, i: int) -> float | None:
         """Price change of point ``i`` in % against its day's firstValue."""
@@ -238,6 +280,10 @@ class PriceStore:
         self.days |= newer.days
         self.skipped.update(newer.skipped)
 
+    def compact(self, before: float) -> int:
+        """Thin every series' points older than ``before``; returns how many went."""
+        return sum(s.compact(before) for s in self.series.values())
+
     @property
     def points(self) -> int:
         return sum(len(s.ts) for s in self.series.values())
@@ -279,7 +325,13 @@ def csv_lines(fh: BinaryIO, limit: int, cancel: threading.Event) -> Iterator[lis
         yield lines
 
 
-def load_file(store: PriceStore, fh: BinaryIO, limit: int, cancel: threading.Event) -> None:
+def load_file(
+    store: PriceStore,
+    fh: BinaryIO,
+    limit: int,
+    cancel: threading.Event,
+    compact_before: float | None = None,
+) -> None:
     """Add every row of one CSV to ``store``; unreadable rows are counted by reason.
 
     The hot loop of start-up (a million rows in about a second): plain
@@ -292,7 +344,11 @@ def load_file(store: PriceStore, fh: BinaryIO, limit: int, cancel: threading.Eve
     last_row: dict[str, list[str]] = {}
     last_day: dict[str, int] = {}
     bases: dict[str, tuple[str, int, float]] = {}
+    rows = 0
     for lines in csv_lines(fh, limit, cancel):
+        if compact_before is not None:
+            # Chunk by chunk, so a year of history never sits in memory at full detail.
+            store.compact(compact_before)
         for line in lines:
             row = next(csv.reader((line,))) if '"' in line else line.split(",")
             if len(row) != width:
@@ -326,6 +382,7 @@ def load_file(store: PriceStore, fh: BinaryIO, limit: int, cancel: threading.Eve
             else:
                 base = s.base_for(ts, price, _to_float(fv))
                 bases[asset] = (fv, day, base)
+            rows += 1
             if s.ts and ts < s.ts[-1]:
                 s.place(ts, price, base)
             else:
@@ -337,7 +394,7 @@ def load_file(store: PriceStore, fh: BinaryIO, limit: int, cancel: threading.Eve
         s = series[asset]
         s.symbol, s.name = row[2], row[3]
         s.last = Last(float(row[0]), row[4], row[5], row[6])
-    store.records = store.points
+    store.records += rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,8 +419,9 @@ def load_history(snapshot: HistorySnapshot, cancel: threading.Event) -> PriceSto
     first row are read from their daily file, so the chart still shows them.
     """
     store = PriceStore()
+    cutoff = (snapshot.today - FULL_DETAIL_DAYS) * DAY
     if snapshot.data is not None:
-        load_file(store, snapshot.data, snapshot.data_size, cancel)
+        load_file(store, snapshot.data, snapshot.data_size, cancel, cutoff)
     first_day = min(store.days, default=snapshot.today)
     older = [d for d in snapshot.daily if d[0] < min(first_day, snapshot.today)]
     if older:
@@ -371,9 +429,10 @@ def load_history(snapshot: HistorySnapshot, cancel: threading.Event) -> PriceSto
         for _day, path, size in sorted(older):
             try:
                 with path.open("rb") as fh:
-                    load_file(past, fh, size, cancel)
+                    load_file(past, fh, size, cancel, cutoff)
             except OSError:
                 past.skipped["unreadable_daily_file"] += 1
         past.merge(store)
         store = past
+    store.compact(cutoff)
     return store

@@ -2,7 +2,9 @@
 
 The hot path of the sink: one call per tick, so it builds the line with plain
 string operations instead of :mod:`csv` (numeric cells are validated decimals
-and never need quoting; only the three text cells do).
+and never need quoting; only the three text cells do). The text cells of an
+asset (id, symbol, name) are the same tick after tick, so they are made safe
+once and remembered.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A leading character that makes Excel/Power BI/LibreOffice treat a cell as a formula.
 _FORMULA_START = ("=", "+", "-", "@")
 _NEEDS_QUOTES = re.compile(r'[",]')
+# (id, symbol, name) -> "id,symbol,name" as safe cells. A handful of assets in
+# practice; cleared when full, so odd input can never make it grow without bound.
+_TEXT_CELLS: dict[tuple[str, str, str], str] = {}
+_TEXT_CELLS_MAX = 4096
 
 
 def text_cell(value: str) -> str:
@@ -38,7 +44,8 @@ def text_cell(value: str) -> str:
     """
     if _CONTROL.search(value):
         value = _CONTROL.sub(" ", value)
-    if value.startswith(_FORMULA_START):
+    # Leading blanks (a tab or CR turned into a space) do not disarm a formula.
+    if value.lstrip().startswith(_FORMULA_START):
         value = "'" + value
     if _NEEDS_QUOTES.search(value):
         return '"' + value.replace('"', '""') + '"'
@@ -52,8 +59,14 @@ def timestamp_cell(timestamp: float) -> str:
 
 def csv_line(tick: Tick) -> str:
     """One CSV line (with ``\\n``) in :data:`COLUMNS` order."""
+    key = (tick.id, tick.symbol, tick.name)
+    texts = _TEXT_CELLS.get(key)
+    if texts is None:
+        if len(_TEXT_CELLS) >= _TEXT_CELLS_MAX:
+            _TEXT_CELLS.clear()
+        texts = _TEXT_CELLS[key] = ",".join(map(text_cell, key))
+    # {!r} of a float is timestamp_cell(), inlined: this runs once per row.
     return (
-        f"{timestamp_cell(tick.timestamp)},{text_cell(tick.id)},{text_cell(tick.symbol)},"
-        f"{text_cell(tick.name)},{tick.price_usd},{tick.change_percent_24h or ''},"
+        f"{tick.timestamp!r},{texts},{tick.price_usd},{tick.change_percent_24h or ''},"
         f"{tick.first_value or ''},{tick.vwap_24h or ''}\n"
     )

@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,14 @@ STATE_FILE = ".cryptostream/sink_state.json"
 STATE_VERSION = 1
 # Per asset, how many recent (timestamp, price) keys are remembered to drop
 # a tick that reaches the topic twice (e.g. a producer retry across a restart).
-RECENT_KEYS = 64
+# A retry resends at most one producer batch (2000 ticks, producer.BATCH), all of
+# one asset in the worst case: the window must hold that many, or copies slip through.
+RECENT_KEYS = 2048
 # Daily files kept open at once (today and yesterday cover nearly every batch).
 _OPEN_DAILY = 3
 _HEADER = HEADER.encode()
+_INF = float("inf")
+_Key = tuple[float, str]  # (timestamp, priceUsd): a tick's identity within its asset
 
 
 class SinkError(Exception):
@@ -136,6 +141,9 @@ class CsvSink:
         self._retention_days = retention_days
         self._clock = clock
         self._state = _State(topic, {}, {}, {}, {})
+        # The state's recent keys per asset as sets, for "seen before?" in O(1); kept
+        # equal to ``self._state.recent`` (updated only once a batch is committed).
+        self._known: dict[str, set[_Key]] = {}
         self._files: OrderedDict[str, AppendFile] = OrderedDict()
         self._days = Days()
         self._trimmed_on = ""
@@ -165,6 +173,7 @@ class CsvSink:
         have_state = state_path.exists()
         if have_state:
             self._state = self._load_state(state_path)
+            self._known = {}
         names = {DATA_FILE, DEAD_LETTER_FILE, *self._state.sizes}
         daily_on_disk = {f"{TICKS_DIR}/{p.name}" for p in (self.data_dir / TICKS_DIR).glob("*.csv")}
         for name in sorted(daily_on_disk - names):
@@ -291,40 +300,58 @@ class CsvSink:
         by_day: dict[str, list[str]] = {}
         dead: list[bytes] = []
         last_updates: dict[str, str] = {}
-        new_keys: list[tuple[str, tuple[float, str]]] = []
-        seen_in_batch: set[tuple[str, float, str]] = set()
+        newest_ts: dict[str, float] = {}
+        # Per asset: the keys of earlier batches (a set mirroring the state's deque), and
+        # this batch's keys as a set and in arrival order.
+        seen: dict[str, tuple[set[_Key], set[_Key], list[_Key]]] = {}
         written: list[Tick] = []
-        day_of = self._days.name
+        recent = state.recent
+        last = state.last
+        # The UTC day of the previous row: nearly every row of a batch is on the same one.
+        day_rows: list[str] = []
+        day_begin = day_end = 0.0
+        # The loop below runs once per message: locals, no per-row calls it can avoid.
         for rec in records:
-            if rec.offset < offsets.get(rec.partition, 0):
+            partition = rec.partition
+            offset = rec.offset
+            if offset < offsets.get(partition, 0):
                 result.skipped_below_offset += 1
                 continue
-            offsets[rec.partition] = rec.offset + 1
+            offsets[partition] = offset + 1
             try:
                 tick = tick_from_json(rec.value)
             except InvalidTick as exc:
                 dead.append(self._dead_letter(rec, exc))
                 self.metrics.dead_letters.labels(exc.reason).inc()
                 continue
-            key = (tick.timestamp, tick.price_usd)
-            known = state.recent.get(tick.id)
-            if (known is not None and key in known) or ((tick.id, *key) in seen_in_batch):
+            asset = tick.id
+            ts = tick.timestamp
+            key = (ts, tick.price_usd)
+            keys = seen.get(asset)
+            if keys is None:
+                keys = seen[asset] = (self._known_keys(asset, recent), set(), [])
+            if key in keys[0] or key in keys[1]:
                 result.duplicates += 1
                 continue
-            seen_in_batch.add((tick.id, *key))
-            new_keys.append((tick.id, key))
+            keys[1].add(key)
+            keys[2].append(key)
             line = csv_line(tick)
             rows.append(line)
-            day = day_of(tick.timestamp)
-            day_rows = by_day.get(day)
-            if day_rows is None:
-                by_day[day] = [line]
-            else:
-                day_rows.append(line)
+            if not day_begin <= ts < day_end:
+                day = self._days.name(ts)
+                day_rows = by_day.setdefault(day, [])
+                day_begin = day_start(day)
+                day_end = day_begin + 86400
+            day_rows.append(line)
             written.append(tick)
-            prev = last_updates.get(tick.id) or state.last.get(tick.id)
-            if prev is None or _line_ts(prev) <= tick.timestamp:
-                last_updates[tick.id] = line
+            newest = newest_ts.get(asset)
+            if newest is None:
+                prev = last.get(asset)
+                newest = -_INF if prev is None else _line_ts(prev)
+            if newest <= ts:
+                last_updates[asset] = line
+                newest = ts
+            newest_ts[asset] = newest
         result.written = len(rows)
         result.dead_letters = len(dead)
         if offsets == state.offsets:
@@ -333,15 +360,17 @@ class CsvSink:
         old_sizes = dict(state.sizes)
         touched: list[str] = []
         try:
+            data = "".join(rows).encode()
             if rows:
                 touched.append(DATA_FILE)
-                self._file(DATA_FILE).append("".join(rows).encode())
+                self._file(DATA_FILE).append(data)
             for day, day_rows in by_day.items():
                 name = daily_file(day)
                 touched.append(name)
                 f = self._file(name)
-                data = "".join(day_rows).encode()
-                f.append(_HEADER + data if f.size == 0 else data)
+                # One day (the usual case) holds every row of the batch: the same bytes.
+                chunk = data if len(by_day) == 1 else "".join(day_rows).encode()
+                f.append(_HEADER + chunk if f.size == 0 else chunk)
             if dead:
                 touched.append(DEAD_LETTER_FILE)
                 self._file(DEAD_LETTER_FILE).append(b"".join(dead))
@@ -349,9 +378,12 @@ class CsvSink:
             if last_updates:
                 last = {**state.last, **last_updates}
                 self._write_last_values(last)
-            recent = {k: deque(v, maxlen=RECENT_KEYS) for k, v in state.recent.items()}
-            for asset, key in new_keys:
-                recent.setdefault(asset, deque(maxlen=RECENT_KEYS)).append(key)
+            # Copy on write: an asset without new keys shares its deque with the old state.
+            recent = dict(state.recent)
+            for asset, (_, _, order) in seen.items():
+                if order:
+                    window = recent[asset] = deque(state.recent.get(asset, ()), maxlen=RECENT_KEYS)
+                    window.extend(order)
             sizes = dict(state.sizes)
             for name in touched:
                 sizes[name] = self._files[name].size
@@ -363,11 +395,23 @@ class CsvSink:
             self.metrics.sink_errors.labels(kind).inc()
             raise SinkWriteError(kind, f"{exc.strerror or exc} ({exc.filename or ''})") from exc
         self._state = new_state
+        for asset, (known, fresh, order) in seen.items():
+            # The keys that fell out of the window leave the set too.
+            evicted = len(state.recent.get(asset, ())) + len(order) - RECENT_KEYS
+            known |= fresh
+            if evicted > 0:
+                known.difference_update(islice(chain(state.recent.get(asset, ()), order), evicted))
         self.last_write = done = time.time()
         result.latencies = [done - t.timestamp for t in written]
         if written:
             self._after_commit(written)
         return result
+
+    def _known_keys(self, asset: str, recent: dict[str, deque[_Key]]) -> set[_Key]:
+        known = self._known.get(asset)
+        if known is None:
+            known = self._known[asset] = set(recent.get(asset, ()))
+        return known
 
     def _after_commit(self, written: list[Tick]) -> None:
         """Derived work; failures here never undo or block the committed batch."""
@@ -423,7 +467,12 @@ class CsvSink:
     def _write_last_values(self, last: dict[str, str] | None = None) -> None:
         rows = last if last is not None else self._state.last
         data = HEADER + "".join(rows[k] for k in sorted(rows))
-        atomic_write(self.data_dir / LAST_VALUES_FILE, data.encode(), fsync=self._fsync)
+        # No directory fsync: a lost rename leaves the previous file (whole), and open()
+        # writes this file again from the state, which is what makes a batch durable.
+        # It saves one of the six fsyncs of every batch (measured in docs/performance.md).
+        atomic_write(
+            self.data_dir / LAST_VALUES_FILE, data.encode(), fsync=self._fsync, sync_dir=False
+        )
 
     # -- retention -----------------------------------------------------------------
 

@@ -16,8 +16,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, whole."""
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, whole.
+
+    With ``fsync`` the data is on disk before the rename, so even after a power cut
+    the file is the old one or the new one; ``sync_dir`` then also makes the rename
+    itself durable (skip it only for files rebuilt from durable state at start-up).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -35,7 +40,7 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    if fsync:
+    if fsync and sync_dir:
         fsync_dir(path.parent)
 
 

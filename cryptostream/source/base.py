@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -13,9 +14,55 @@ from cryptostream.tick import Tick
 Emit = Callable[[list[Tick]], None]
 
 
+class SourceHealth:
+    """Whether a source is getting data, for failover decisions and the health gauge.
+
+    A source calls :meth:`ok` after each successful request or frame and :meth:`failed`
+    after each failed one. ``failing_since`` is the start of the current failure
+    episode, so a source that keeps failing is measured from its *first* failure.
+    """
+
+    __slots__ = ("_clock", "failing_since", "last_error", "last_ok")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.last_ok: float | None = None
+        self.failing_since: float | None = None
+        self.last_error = ""
+
+    def ok(self) -> None:
+        self.last_ok = self._clock()
+        self.failing_since = None
+        self.last_error = ""
+
+    def reset(self) -> None:
+        """Forget the past: a source (re)started gets a fresh chance to prove itself."""
+        self.last_ok = None
+        self.failing_since = None
+        self.last_error = ""
+
+    def failed(self, error: str) -> None:
+        if self.failing_since is None:
+            self.failing_since = self._clock()
+        self.last_error = error
+
+    @property
+    def healthy(self) -> bool:
+        return self.failing_since is None and self.last_ok is not None
+
+    def failing_for(self) -> float:
+        """Seconds since the current failure episode began; 0 when not failing."""
+        return 0.0 if self.failing_since is None else self._clock() - self.failing_since
+
+
 class Source(Protocol):
     #: Short name, recorded in every tick's ``source`` field.
     name: str
+
+    @property
+    def health(self) -> SourceHealth:
+        """Updated by the source as it succeeds or fails; read by the failover."""
+        ...
 
     async def run(self, emit: Emit) -> None:
         """Produce ticks until cancelled. Transient failures are retried inside."""

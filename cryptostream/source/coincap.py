@@ -28,7 +28,7 @@ import tenacity
 from cryptostream.config import CoinCapConfig, Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.source.base import Emit, poll_slots
+from cryptostream.source.base import Emit, SourceHealth, poll_slots
 from cryptostream.tick import InvalidTick, Tick, tick_from_api
 
 log = get_logger(__name__)
@@ -136,10 +136,22 @@ def parse_envelope(body: bytes) -> AssetsResponse:
 
 
 class CoinCapClient:
-    def __init__(self, config: CoinCapConfig, session: aiohttp.ClientSession, metrics: Metrics):
+    def __init__(
+        self,
+        config: CoinCapConfig,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        health: SourceHealth | None = None,
+        source: str = "coincap",
+    ):
         self._config = config
         self._session = session
         self._metrics = metrics
+        # Every /assets attempt updates it: failover watches each attempt, not just
+        # the end of a retry sequence that may last minutes.
+        self._health = health
+        self._source = source
         self._base = config.base_url.rstrip("/")
         self._headers = {
             "Authorization": f"Bearer {config.api_key.get()}",
@@ -151,7 +163,17 @@ class CoinCapClient:
 
     async def get_assets(self, ids: tuple[str, ...]) -> AssetsResponse:
         """One request, no retries. Raises an :class:`ApiError` subclass."""
-        return parse_envelope(await self.get("/assets", {"ids": ",".join(ids)}))
+        try:
+            response = parse_envelope(await self.get("/assets", {"ids": ",".join(ids)}))
+        except ApiError as exc:
+            self._metrics.source_requests.labels(self._source, str(exc.status or exc.kind)).inc()
+            if self._health is not None:
+                self._health.failed(str(exc))
+            raise
+        self._metrics.source_requests.labels(self._source, "200").inc()
+        if self._health is not None:
+            self._health.ok()
+        return response
 
     async def get_history(
         self, asset: str, interval: str, start_ms: int, end_ms: int
@@ -251,7 +273,8 @@ class CoinCapSource:
     def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self._assets = config.source.assets
         self._interval = config.source.poll_interval
-        self._client = CoinCapClient(config.coincap, session, metrics)
+        self.health = SourceHealth()
+        self._client = CoinCapClient(config.coincap, session, metrics, health=self.health)
         self._metrics = metrics
         # (asset, reason) pairs already logged: a record that stays bad is said once.
         self._reported: set[tuple[str, str]] = set()

@@ -418,7 +418,7 @@
       }
     }
     if (state.summary) state.summary.totals = msg.totals;
-    renderTotals(msg.totals);
+    renderTotals(msg.totals, msg.source);
     renderDemo();
   }
 

@@ -21,7 +21,7 @@ TOPIC = "prices"
 
 
 def tick(asset: str, ts: float, price: str, first: str = "100") -> Tick:
-    return Tick(ts, asset, asset[:3].upper(), asset.title(), price, "2.5", first, None)
+    return Tick(ts, asset, asset[:3].upper(), asset.title(), price, "2.5", first, None, "demo")
 
 
 class Feed:
@@ -214,3 +214,11 @@ async def test_a_pause_in_the_data_becomes_empty_points_on_a_shared_grid(tmp_pat
     finally:
         dash.close()
         feed.sink.close()
+
+
+def test_source_card_follows_the_ticks_after_a_failover(tmp_path: Path) -> None:
+    dash, _, _ = make(tmp_path)
+    assert dash.summary()["source"] == "demo"  # configured, before any tick
+    t = Tick(T0, "bitcoin", "BTC", "Bitcoin", "1", None, "1", None, "kraken")
+    dash.on_batch([t])
+    assert dash.summary()["source"] == "kraken"

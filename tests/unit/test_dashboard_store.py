@@ -192,3 +192,26 @@ def test_history_without_main_rows_reads_only_daily_files_before_today(tmp_path:
     store = load_history(HistorySnapshot(None, 0, daily, day_of(T0) + 1), threading.Event())
     # Today's rows arrive live from the sink; reading them here would count them twice.
     assert list(store.series["bitcoin"].price) == [1.0]
+
+
+def test_old_points_are_thinned_to_hourly_lows_and_highs() -> None:
+    from cryptostream.dashboard.store import PriceStore
+    from cryptostream.tick import Tick
+
+    store = PriceStore()
+    # Two hours of a tick every 20 s (360 points), then recent ticks.
+    for i in range(360):
+        price = 100 + (i % 7) - (3 if i == 100 else 0) + (9 if i == 250 else 0)
+        store.add_tick(Tick(i * 20.0, "bitcoin", "BTC", "Bitcoin", str(price), None, "100", None))
+    store.add_tick(Tick(10_000.0, "bitcoin", "BTC", "Bitcoin", "101", None, "100", None))
+    s = store.series["bitcoin"]
+    dropped = store.compact(7200.0)
+    assert dropped == 360 - 4  # two hours → a low and a high each
+    assert list(s.price[:4]) == [106.0, 99.0, 100.0, 114.0]  # in time order
+    assert list(s.ts) == sorted(s.ts)
+    assert s.ts[-1] == 10_000.0 and s.price[-1] == 101.0  # recent detail untouched
+    assert store.records == 361  # the card still counts every row
+    assert store.compact(7200.0) == 0  # idempotent
+    # A late tick before the thinned part lands in order and is not lost.
+    store.add_tick(Tick(5.0, "bitcoin", "BTC", "Bitcoin", "50", None, "100", None))
+    assert s.ts[0] == 5.0 and s.compacted == 5

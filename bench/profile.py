@@ -1,0 +1,74 @@
+"""Where the sink's time goes: py-spy's raw (collapsed) stacks summed per cost centre.
+
+Each sample is charged to the innermost frame that names a cost centre: a
+frame that names none (libc, libpython, the standard library) counts for the
+caller that does, so ``rename`` under ``atomic_write`` is a file write and
+``gc_collect`` anywhere is the garbage collector.
+
+    python -m bench.profile build/bench/<run>/profile-sink-py-spy.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+#: (cost centre, substrings of a frame that belong to it), tried in this order per frame.
+CENTRES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # py-spy's idle detection misses epoll here: a sample in epoll_wait is the event
+    # loop with nothing to do, not work.
+    ("idle: event loop waiting (epoll)", ("epoll_wait",)),
+    ("fsync", ("fsync (", "fdatasync (")),
+    ("garbage collector", ("gc_collect",)),
+    ("JSON decoding (orjson)", ("orjson",)),
+    ("aiokafka: fetch, decode records, ConsumerRecord", ("aiokafka/",)),
+    ("metrics (latency histogram, per row)", ("prometheus_client/",)),
+    ("candles", ("sink/candles.py",)),
+    ("CSV formatting (csv_line)", ("sink/csvrow.py",)),
+    ("tick validation + Tick objects", ("cryptostream/tick.py",)),
+    ("file writes, renames", ("sink/files.py",)),
+    ("sink loop: offsets, dedup, days, last values", ("sink/csvsink.py",)),
+    ("consumer loop: Record copies, commit", ("cryptostream/consumer.py",)),
+    ("event loop, sockets", ("asyncio/", "selectors.py")),
+)
+OTHER = "other (start-up, shutdown)"
+IMPORTS = "imports"
+
+
+def centre_of(frames: list[str]) -> str:
+    if any("importlib" in frame for frame in frames):
+        return IMPORTS
+    for frame in reversed(frames):
+        for centre, marks in CENTRES:
+            if any(mark in frame for mark in marks):
+                return centre
+    return OTHER
+
+
+def summarize(path: Path) -> list[tuple[str, int, float]]:
+    """(cost centre, samples, share in %) from a py-spy ``--format raw`` file, biggest first."""
+    counts: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if stack and n.isdigit():
+            counts[centre_of(stack.split(";"))] += int(n)
+    total = sum(counts.values()) or 1
+    return [(centre, n, 100 * n / total) for centre, n in counts.most_common()]
+
+
+def table(rows: list[tuple[str, int, float]]) -> str:
+    lines = ["| cost centre | samples | share |", "|---|---:|---:|"]
+    lines += [f"| {centre} | {n} | {share:.1f} % |" for centre, n, share in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("profile", type=Path, help="py-spy record --format raw output")
+    sys.stdout.write(table(summarize(parser.parse_args().profile)))
+
+
+if __name__ == "__main__":
+    main()

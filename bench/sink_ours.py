@@ -1,0 +1,80 @@
+"""Contender: the service's own consumer and exactly-once CSV sink, fsync on.
+
+The same objects ``cryptostream run`` wires together (``Consumer`` with a fresh
+consumer group, ``CsvSink`` with its defaults: fsync per batch, daily files,
+candles), configured the way users configure the service: environment
+variables over an empty config file. The clock runs from before the Kafka
+client is created until the sink's state file records the last offset, i.e.
+until the last row is durable under the exactly-once guarantee.
+
+    CRYPTOSTREAM_KAFKA__BOOTSTRAP_SERVERS=... CRYPTOSTREAM_KAFKA__TOPIC=... \\
+    CRYPTOSTREAM_STORAGE__DATA_DIR=... python -m bench.sink_ours --config EMPTY.toml --end N
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import now, report
+
+
+async def consume(args: argparse.Namespace) -> dict[str, Any]:
+    from cryptostream.config import load_config
+    from cryptostream.consumer import Consumer
+    from cryptostream.metrics import Metrics
+    from cryptostream.sink.csvsink import CsvSink
+    from cryptostream.topic import Topic
+
+    config = load_config(args.config, os.environ)
+    metrics = Metrics()
+    sink = CsvSink(
+        config.storage.data_dir,
+        config.kafka.topic,
+        metrics,
+        fsync=config.storage.fsync,
+        retention_days=config.storage.retention_days,
+        candles=config.storage.candles,
+    )
+    sink.open()
+    consumer = Consumer(config.kafka, Topic(config.kafka), sink, metrics)
+    start = now()
+    task = asyncio.create_task(consumer.run())
+    first_write: float | None = None
+    while sink.committed_offsets().get(0, 0) < args.end:
+        if task.done():
+            task.result()  # raises what stopped the consumer
+            raise SystemExit("consumer stopped before the end of the topic")
+        if first_write is None and sink.last_write:
+            first_write = now()
+        await asyncio.sleep(0.005)
+    done = now()
+    consumer.close()
+    await task
+    sink.close()
+    return {
+        "rows": consumer.written,
+        "seconds": done - start,
+        "first_batch_seconds": (first_write or done) - start,
+        "offset": sink.committed_offsets().get(0, 0),
+        "code": str(Path(sys.modules["cryptostream"].__file__ or "").parent),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="(empty) config file")
+    parser.add_argument("--end", type=int, required=True, help="offset to consume up to")
+    args = parser.parse_args()
+    from cryptostream import logs
+
+    logs.configure("warning", "json", stream=sys.stderr)
+    report(asyncio.run(consume(args)))
+
+
+if __name__ == "__main__":
+    main()

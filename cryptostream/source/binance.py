@@ -1,0 +1,238 @@
+"""Binance spot market data, keyless: ``GET /api/v3/ticker/24hr?symbols=[...]``.
+
+One request per poll answers every configured market (``binance.symbols`` maps
+CoinCap ids to Binance symbols, e.g. ``bitcoin=BTCUSDT``). Field mapping, all
+exact text as Binance sends it:
+
+==================== ======================================================
+tick field           Binance 24 h ticker field
+==================== ======================================================
+``priceUsd``         ``lastPrice`` (the USDT quote, taken as USD)
+``changePercent24Hr`` ``priceChangePercent`` (rolling 24 h)
+``vwap24Hr``         ``weightedAvgPrice`` (rolling 24 h)
+``timestamp``        ``closeTime`` (ms; the statistics' as-of time)
+``symbol``/``name``  from :mod:`cryptostream.source.assets`
+==================== ======================================================
+
+Limits are Binance's, per IP: every answer reports the request weight used in
+the current minute (``X-MBX-USED-WEIGHT-1m``); this request weighs 2 for up to
+20 symbols, 40 up to 100, 80 beyond. The source stays within ``binance.max_weight``
+per minute by waiting for the next minute when the next request would exceed it.
+A 429 means back off for ``Retry-After`` seconds; ignoring it earns a 418, an IP ban
+for ``Retry-After`` seconds. Both waits hold across polls: no request is sent to
+Binance before the time it gave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from cryptostream.config import Config, asset_mapping
+from cryptostream.logs import get_logger
+from cryptostream.metrics import Metrics
+from cryptostream.source.assets import describe
+from cryptostream.source.coincap import (
+    ClientError,
+    RateLimited,
+    TransientError,
+    parse_retry_after,
+)
+from cryptostream.source.rest import HttpAnswer, PollingSource, now, short
+from cryptostream.tick import InvalidTick, Tick, decimal_text
+
+log = get_logger(__name__)
+
+WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1m"
+_WINDOW = 60.0  # Binance's weight window: the calendar minute
+_WINDOW_MARGIN = 0.5  # wait this much past the minute: our clock and theirs differ a little
+
+
+class IpBanned(RateLimited):
+    """418: Binance banned this IP for not backing off after 429s."""
+
+    kind = "banned"
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, retry_after)
+        self.status = 418
+
+
+def request_weight(symbols: int) -> int:
+    """Weight of one ``ticker/24hr`` request with ``symbols`` symbols (Binance's table)."""
+    if symbols <= 20:
+        return 2
+    if symbols <= 100:
+        return 40
+    return 80
+
+
+def _binance_error(body: bytes) -> str:
+    """Binance's ``{"code": -1121, "msg": "Invalid symbol."}``, else a short description."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("msg"), str):
+        return short(f"{data['msg']} (code {data.get('code')})")
+    if not body.strip():
+        return "empty body"
+    if body.lstrip()[:1] == b"<":
+        return "HTML instead of JSON"
+    return f"{len(body)} bytes that are not Binance's JSON"
+
+
+class BinanceSource(PollingSource):
+    name = "binance"
+
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = now,
+    ) -> None:
+        b = config.binance
+        super().__init__(
+            assets=config.source.assets,
+            markets=asset_mapping(b.symbols),
+            interval=config.source.poll_interval,
+            session=session,
+            metrics=metrics,
+            timeout=b.timeout,
+            retry_deadline=b.retry_deadline,
+            max_backoff=b.max_backoff,
+        )
+        self._url = b.base_url.rstrip("/") + "/api/v3/ticker/24hr"
+        self._by_symbol = {symbol: asset for asset, symbol in self.markets.items()}
+        # Binance wants a JSON array: symbols=["BTCUSDT","ETHUSDT"] (no spaces).
+        self._params = {"symbols": json.dumps(list(self.markets.values()), separators=(",", ":"))}
+        self.weight = request_weight(len(self.markets))
+        # A budget below one request would never let a request out.
+        self._budget = max(b.max_weight, self.weight)
+        self._clock = clock
+        self._used = 0
+        self._used_window = -1
+        #: Wall-clock time before which Binance asked us not to call (429/418).
+        self.blocked_until = 0.0
+        self._budget_logged_window = -1
+
+    async def _respect_limits(self) -> None:
+        wait = self.blocked_until - self._clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        t = self._clock()
+        window = int(t // _WINDOW)
+        if window == self._used_window and self._used + self.weight > self._budget:
+            wait = (window + 1) * _WINDOW - t + _WINDOW_MARGIN
+            if self._budget_logged_window != window:
+                self._budget_logged_window = window
+                log.warning(
+                    "binance_weight_budget_reached",
+                    used=self._used,
+                    budget=self._budget,
+                    wait=round(wait, 2),
+                )
+            await asyncio.sleep(wait)
+
+    def _note_weight(self, answer: HttpAnswer) -> None:
+        t = self._clock()
+        window = int(t // _WINDOW)
+        reported = answer.headers.get(WEIGHT_HEADER)
+        try:
+            used = int(reported) if reported is not None else None
+        except ValueError:
+            used = None
+        if used is None:
+            # No header (a proxy stripped it?): count our own weight instead.
+            used = (self._used if window == self._used_window else 0) + self.weight
+        self._used, self._used_window = used, window
+
+    async def request(self) -> list[Tick]:
+        await self._respect_limits()
+        answer = await self.get(self._url, self._params)
+        self._note_weight(answer)
+        status = answer.status
+        if status == 200:
+            return self.to_ticks(answer.body)
+        detail = _binance_error(answer.body)
+        if status in (418, 429):
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            if retry_after is not None:
+                self.blocked_until = self._clock() + retry_after
+            if status == 418:
+                raise IpBanned(f"418 IP banned by Binance: {detail}", retry_after)
+            raise RateLimited(f"429 rate limited by Binance: {detail}", retry_after)
+        if status >= 500:
+            raise TransientError(f"{status} {detail}", status)
+        if status == 451:
+            detail += "; Binance does not serve this location: use another source"
+        elif status == 400:
+            detail += "; check binance.symbols"
+        raise ClientError(f"{status} {detail}", status)
+
+    def to_ticks(self, body: bytes) -> list[Tick]:
+        try:
+            # parse_float keeps any bare number as its exact text; prices come as strings.
+            data = json.loads(body, parse_float=str)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise TransientError(_binance_error(body)) from None
+        if isinstance(data, dict) and "symbol" in data:
+            data = [data]  # the single-symbol form of the same endpoint
+        if not isinstance(data, list):
+            raise TransientError("JSON that is not a list of tickers")
+        received = now()
+        ticks: list[Tick] = []
+        seen: set[str] = set()
+        for record in data:
+            symbol = record.get("symbol") if isinstance(record, dict) else None
+            asset = self._by_symbol.get(symbol) if isinstance(symbol, str) else None
+            if asset is None or asset in seen:
+                label = symbol if isinstance(symbol, str) else "?"
+                self.reject(label, InvalidTick("unexpected_asset", "not asked for, or twice"))
+                continue
+            try:
+                tick = self._tick(asset, record, received)
+            except InvalidTick as exc:
+                self.reject(asset, exc)
+                continue
+            seen.add(asset)
+            ticks.append(tick)
+        return self.accepted(ticks)
+
+    def _tick(self, asset: str, record: dict[str, Any], received: float) -> Tick:
+        price = decimal_text(
+            record.get("lastPrice"), field="price", required=True, allow_negative=False
+        )
+        assert price is not None
+        symbol, name = describe(asset)
+        return Tick(
+            timestamp=_close_time(record.get("closeTime"), received),
+            id=asset,
+            symbol=symbol,
+            name=name,
+            price_usd=price,
+            change_percent_24h=decimal_text(
+                record.get("priceChangePercent"),
+                field="change",
+                required=False,
+                allow_negative=True,
+            ),
+            first_value=None,
+            vwap_24h=decimal_text(
+                record.get("weightedAvgPrice"), field="vwap", required=False, allow_negative=False
+            ),
+            source=self.name,
+        )
+
+
+def _close_time(value: Any, fallback: float) -> float:
+    """``closeTime`` (epoch ms) as Unix seconds; our receive time if it is unusable."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 32503680000000:
+        return value / 1000.0
+    return fallback

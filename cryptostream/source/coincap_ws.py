@@ -1,0 +1,307 @@
+"""CoinCap's price stream (``coincap-ws``): ``wss://wss.coincap.io/prices?assets=...``.
+
+Each text frame is a JSON object of the assets whose price changed, e.g.
+``{"bitcoin": "86467.40", "solana": "143.04"}``; every entry becomes a tick
+stamped with the time the frame arrived (the stream carries no time of its own).
+The fields the stream lacks (symbol, name, changePercent24Hr, vwap24Hr) come
+from CoinCap's REST ``/assets``, refreshed every ``coincap.ws_refresh_interval``
+seconds, so they are at most that old; until the first refresh answers, symbol
+and name come from the built-in table and the other two cells stay empty.
+
+Faults:
+
+* a frame that is not a JSON object, or has no valid price in it, is skipped and
+  counted (``cryptostream_ws_malformed_frames_total{reason}``); a bad value next to
+  good ones is a bad record (``cryptostream_ticks_invalid_total``) and the rest pass;
+* a stream quiet for ``coincap.ws_silence_timeout`` seconds is taken as dead;
+* closed, broken, silent or refused connections are reconnected per a declared
+  tenacity policy: exponential backoff with jitter, capped at ``coincap.max_backoff``,
+  reset after a session that delivered prices for a while. Each reconnect is counted
+  (``cryptostream_ws_reconnects_total{reason}``).
+
+The API key travels in the URL (the stream's only way to take it), so the URL is
+never logged and connection errors are reported without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import NoReturn
+
+import aiohttp
+import tenacity
+
+from cryptostream.config import Config
+from cryptostream.logs import get_logger
+from cryptostream.metrics import Metrics
+from cryptostream.source.assets import describe
+from cryptostream.source.base import Emit, SourceHealth, poll_slots
+from cryptostream.source.coincap import ApiError, CoinCapClient
+from cryptostream.tick import InvalidTick, Tick, decimal_text, tick_from_api
+
+log = get_logger(__name__)
+
+#: A session that delivered prices for this long resets the reconnect backoff.
+STABLE_SESSION = 10.0
+#: Malformed frames of one kind are logged at most this often (all are counted).
+_FRAME_LOG_EVERY = 60.0
+#: Seconds to wait for the close handshake before dropping the connection.
+_CLOSE_TIMEOUT = 1.0
+
+
+class StreamBroken(Exception):
+    """The connection could not be made or ended early; reconnect with backoff."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class StreamEnded(Exception):
+    """A long, healthy session ended: reconnect at once with a fresh backoff."""
+
+
+class CoinCapWsSource:
+    name = "coincap-ws"
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        cc = config.coincap
+        self._assets = config.source.assets
+        self._wanted = frozenset(self._assets)
+        self._session = session
+        self._metrics = metrics
+        self._url = cc.ws_url
+        self._safe_url = cc.ws_url.split("?", 1)[0]
+        self._key = cc.api_key.get()
+        self._connect_timeout = cc.timeout
+        self._silence = cc.ws_silence_timeout
+        self._refresh = cc.ws_refresh_interval
+        self._max_backoff = cc.max_backoff
+        # Metadata requests must not make the stream look unhealthy: no health here.
+        self._client = CoinCapClient(cc, session, metrics, source=self.name)
+        self.health = SourceHealth()
+        #: The newest REST record per asset (symbol, name, change, VWAP are read from it).
+        self.metadata: dict[str, Tick] = {}
+        self._last_ts: dict[str, float] = {}
+        self._reported: set[tuple[str, str]] = set()
+        self._frame_logged: dict[str, float] = {}
+        #: Connection attempts so far (for tests and logs).
+        self.connects = 0
+
+    # -- run ---------------------------------------------------------------------------
+
+    async def run(self, emit: Emit) -> None:
+        log.info(
+            "coincap_ws_starting",
+            url=self._safe_url,
+            assets=list(self._assets),
+            silence_timeout=self._silence,
+            refresh_interval=self._refresh,
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._refresh_metadata())
+            await self._stream(emit)
+
+    async def _stream(self, emit: Emit) -> None:
+        while True:
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception_type(StreamBroken),
+                # 0.5 s, 1 s, 2 s ... plus up to 0.5 s of jitter, capped at max_backoff.
+                wait=tenacity.wait_exponential_jitter(
+                    multiplier=0.5, max=self._max_backoff, jitter=0.5
+                ),
+                before_sleep=self._before_reconnect,
+                sleep=asyncio.sleep,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._session_once(emit)
+            except StreamEnded:
+                continue
+
+    def _before_reconnect(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.debug("ws_reconnect_scheduled", error=str(exc), attempt=state.attempt_number, in_s=wait)
+
+    async def _session_once(self, emit: Emit) -> None:
+        """One connection, read until it ends; always ends in StreamBroken or StreamEnded."""
+        self.connects += 1
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                ws = await self._session.ws_connect(
+                    self._url,
+                    params={"assets": ",".join(self._assets), "apiKey": self._key},
+                    autoping=True,
+                    heartbeat=None,
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            hint = ": check COINCAP_API_KEY" if exc.status in (401, 403) else ""
+            self._ended("handshake", f"server answered {exc.status} {exc.message}{hint}")
+        except TimeoutError:
+            self._ended("error", f"no connection within {self._connect_timeout:g} s")
+        except (aiohttp.ClientError, OSError) as exc:
+            self._ended("error", self._clean(f"{type(exc).__name__}: {exc}"))
+        started = loop.time()
+        frames = 0
+        (log.info if self.connects == 1 else log.debug)(
+            "ws_connected", url=self._safe_url, attempt=self.connects
+        )
+        try:
+            while True:
+                try:
+                    msg = await ws.receive(timeout=self._silence)
+                except TimeoutError:
+                    reason, detail = "silent", f"no frame for {self._silence:g} s"
+                    break
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    if self._on_frame(msg.data, emit):
+                        frames += 1
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    self._malformed("binary", f"{len(msg.data)} bytes")
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    reason, detail = "error", self._clean(str(ws.exception()))
+                    break
+                else:  # CLOSE, CLOSING, CLOSED
+                    reason, detail = "closed", f"close code {ws.close_code}"
+                    break
+        finally:
+            # A dead peer never answers the close handshake: do not wait long for it
+            # (a cancelled close drops the connection).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await ws.close()
+        stable = frames > 0 and loop.time() - started >= STABLE_SESSION
+        self._ended(reason, detail, frames=frames, stable=stable)
+
+    def _ended(
+        self, reason: str, detail: str, *, frames: int = 0, stable: bool = False
+    ) -> NoReturn:
+        first = self.health.failing_since is None
+        self.health.failed(f"stream {reason}: {detail}")
+        self._metrics.ws_reconnects.labels(reason).inc()
+        # A failure that repeats is said once, then counted (and logged at debug level).
+        (log.warning if first else log.debug)(
+            "ws_disconnected", reason=reason, detail=detail, frames=frames, reconnecting=True
+        )
+        if stable:
+            raise StreamEnded
+        raise StreamBroken(reason, detail)
+
+    def _clean(self, text: str) -> str:
+        """Error text without the API key (aiohttp puts URLs with queries in some)."""
+        return text.replace(self._key, "***") if self._key else text
+
+    # -- frames ------------------------------------------------------------------------
+
+    def _on_frame(self, data: str, emit: Emit) -> bool:
+        """Turn one text frame into ticks and emit them; False when nothing was usable."""
+        try:
+            frame = json.loads(data, parse_float=str, parse_int=str)
+        except (ValueError, RecursionError):
+            self._malformed("not_json", data[:40])
+            return False
+        if not isinstance(frame, dict):
+            self._malformed("not_an_object", type(frame).__name__)
+            return False
+        received = time.time()
+        ticks: list[Tick] = []
+        for asset, raw in frame.items():
+            if asset not in self._wanted:
+                self._reject(asset, InvalidTick("unexpected_asset", "not asked for"))
+                continue
+            try:
+                price = decimal_text(raw, field="price", required=True, allow_negative=False)
+            except InvalidTick as exc:
+                self._reject(asset, exc)
+                continue
+            assert price is not None
+            ticks.append(self._tick(asset, price, received))
+        if not ticks:
+            if frame:
+                self._malformed("no_valid_price", f"{len(frame)} entries")
+            return False
+        if self.health.failing_since is not None:
+            log.info("ws_recovered", after_s=round(self.health.failing_for(), 1))
+        self.health.ok()
+        emit(ticks)
+        return True
+
+    def _tick(self, asset: str, price: str, received: float) -> Tick:
+        # Strictly increasing time per asset: two frames within the clock's resolution
+        # are still two observations.
+        last = self._last_ts.get(asset, 0.0)
+        ts = received if received > last else last + 1e-6
+        self._last_ts[asset] = ts
+        if self._reported:
+            # A value that is good again may be reported again when it next fails.
+            self._reported = {r for r in self._reported if r[0] != asset}
+        meta = self.metadata.get(asset)
+        if meta is None:
+            symbol, name = describe(asset)
+            return Tick(ts, asset, symbol, name, price, None, None, None, self.name)
+        return Tick(
+            ts,
+            asset,
+            meta.symbol,
+            meta.name,
+            price,
+            meta.change_percent_24h,
+            None,
+            meta.vwap_24h,
+            self.name,
+        )
+
+    def _malformed(self, reason: str, detail: str) -> None:
+        self._metrics.ws_malformed_frames.labels(reason).inc()
+        # A stream of nothing but garbage is as good as down (a good frame clears it).
+        self.health.failed(f"malformed frame: {reason}")
+        now = time.monotonic()
+        last = self._frame_logged.get(reason)
+        if last is None or now - last >= _FRAME_LOG_EVERY:
+            self._frame_logged[reason] = now
+            log.warning("ws_frame_malformed", reason=reason, detail=detail, action="skipped")
+
+    def _reject(self, asset: str, exc: InvalidTick) -> None:
+        self._metrics.ticks_invalid.labels(exc.reason).inc()
+        if (asset, exc.reason) not in self._reported:
+            self._reported.add((asset, exc.reason))
+            log.warning(
+                "record_invalid",
+                source=self.name,
+                asset=asset,
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+
+    # -- metadata over REST ------------------------------------------------------------
+
+    async def _refresh_metadata(self) -> None:
+        async for _ in poll_slots(self._refresh):
+            try:
+                response = await self._client.fetch(self._assets)
+            except ApiError as exc:
+                log.error(
+                    "ws_metadata_refresh_failed",
+                    kind=exc.kind,
+                    error=str(exc),
+                    keeping="the previous values",
+                )
+                continue
+            fresh = 0
+            for record in response.records:
+                try:
+                    tick = tick_from_api(record, response.timestamp, source=self.name)
+                except InvalidTick as exc:
+                    asset = record.get("id") if isinstance(record, dict) else None
+                    self._reject(asset if isinstance(asset, str) and asset else "?", exc)
+                    continue
+                if tick.id in self._wanted:
+                    self.metadata[tick.id] = tick
+                    fresh += 1
+            log.debug("ws_metadata_refreshed", assets=fresh)

@@ -1,0 +1,488 @@
+"""What every fault case needs: the service as a child process, the audit of the
+files against the topic, and the figures line each case prints.
+
+The audit reads the topic and the CSV files independently of the product code
+(plain ``orjson`` and :mod:`csv`), so a bug in the sink's own parsing cannot
+hide itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import csv
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from tests.conftest import wait_until
+
+COLUMNS = [
+    "timestamp",
+    "id",
+    "symbol",
+    "name",
+    "priceUsd",
+    "changePercent24Hr",
+    "firstValue",
+    "vwap24Hr",
+]
+HEADER = (",".join(COLUMNS) + "\n").encode()
+_DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+#: Identity of a tick, as the issue defines a duplicate: asset, event time, price.
+TickKey = tuple[str, str, str]
+
+
+def key_of(asset: str, timestamp: float | str, price: str) -> TickKey:
+    return (asset, repr(float(timestamp)), price)
+
+
+# -- the figures ---------------------------------------------------------------------
+
+FIGURES: list[str] = []
+"""Every figures line of this run, printed again in the terminal summary."""
+
+
+@dataclass
+class Figures:
+    case: str
+    produced: int
+    in_csv: int
+    lost: int
+    duplicated: int
+    torn: int
+    notes: dict[str, object] = field(default_factory=dict)
+
+    def line(self) -> str:
+        text = (
+            f"{self.case}: produced={self.produced} in_csv={self.in_csv} "
+            f"lost={self.lost} duplicated={self.duplicated} torn={self.torn}"
+        )
+        if self.notes:
+            text += " | " + " ".join(f"{k}={v}" for k, v in self.notes.items())
+        return text
+
+    def report(self) -> None:
+        line = self.line()
+        FIGURES.append(line)
+        print(f"\nFIGURES {line}", flush=True)
+
+    def assert_exact(self) -> None:
+        assert (self.lost, self.duplicated, self.torn) == (0, 0, 0), self.line()
+        assert self.in_csv == self.produced, self.line()
+
+
+# -- reading the topic ---------------------------------------------------------------
+
+
+@dataclass
+class TopicContent:
+    ticks: list[TickKey]
+    #: (partition, offset, value) of every message that is not a tick.
+    others: list[tuple[int, int, bytes | None]]
+
+    @property
+    def distinct(self) -> set[TickKey]:
+        return set(self.ticks)
+
+
+class _NotATick(Exception):
+    pass
+
+
+def _decimal(value: Any, *, required: bool, negative: bool) -> str | None:
+    """The data contract of a decimal field: a finite decimal (string or JSON number)."""
+    if value is None or value == "":
+        if required:
+            raise _NotATick
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _NotATick
+    text = value.strip() if isinstance(value, str) else repr(value)
+    if not _DECIMAL.fullmatch(text):
+        raise _NotATick
+    if not negative and text.startswith("-") and text.strip("-0.eE"):
+        raise _NotATick
+    return text
+
+
+def message_key(value: bytes | None) -> TickKey | None:
+    """The tick identity of a message value, or None when it breaks the data contract."""
+    try:
+        data = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    ts, asset = data.get("timestamp"), data.get("id")
+    try:
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or ts != ts or ts < 0:
+            raise _NotATick
+        if ts == float("inf") or not isinstance(asset, str) or not asset.strip():
+            raise _NotATick
+        for text_field in ("symbol", "name"):
+            if not isinstance(data.get(text_field) or "", str):
+                raise _NotATick
+        price = _decimal(data.get("priceUsd"), required=True, negative=False)
+        _decimal(data.get("changePercent24Hr"), required=False, negative=True)
+        _decimal(data.get("vwap24Hr"), required=False, negative=False)
+        _decimal(data.get("firstValue"), required=False, negative=False)
+    except _NotATick:
+        return None
+    assert price is not None
+    return key_of(asset, ts, price)
+
+
+async def read_topic(bootstrap: str, topic: str, timeout: float = 120) -> TopicContent:
+    """Every message on ``topic`` up to its current end (read_committed, all partitions)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_poll_records=20_000,
+        fetch_max_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        async with asyncio.timeout(timeout):
+            partitions = consumer.partitions_for_topic(topic)
+            while partitions is None:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            by_partition: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                batch = await consumer.getmany(timeout_ms=500)
+                for tp, messages in batch.items():
+                    by_partition[tp.partition].extend(m for m in messages if m.offset < ends[tp])
+    finally:
+        await consumer.stop()
+    content = TopicContent([], [])
+    for partition, messages in sorted(by_partition.items()):
+        for m in messages:
+            key = message_key(m.value)
+            if key is None:
+                content.others.append((partition, m.offset, m.value))
+            else:
+                content.ticks.append(key)
+    return content
+
+
+async def end_offsets(bootstrap: str, topic: str, timeout: float = 30) -> dict[int, int]:
+    """The topic's end offset per partition (a fresh client: brokers may have moved)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    async with asyncio.timeout(timeout):
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(topic)
+            while partitions is None:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            ends = await consumer.end_offsets(tps)
+            return {tp.partition: offset for tp, offset in ends.items()}
+        finally:
+            await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, timeout: float = 30) -> dict[int, int]:
+    """Kafka's committed offsets of ``group`` (what the service told Kafka it has written)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    async with asyncio.timeout(timeout):
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+            return {tp.partition: meta.offset for tp, meta in offsets.items()}
+        finally:
+            await admin.close()
+
+
+async def partition_leader(bootstrap: str, topic: str, partition: int = 0) -> tuple[int, list[int]]:
+    """(leader node id, in-sync replicas) of one partition, from the cluster's metadata."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    async with asyncio.timeout(30):
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+    for p in described["partitions"]:
+        if p["partition"] == partition:
+            return int(p["leader"]), sorted(int(n) for n in p["isr"])
+    raise AssertionError(f"no partition {partition} in {described}")
+
+
+# -- reading the files ---------------------------------------------------------------
+
+
+@dataclass
+class CsvContent:
+    keys: list[TickKey]
+    rows: list[list[str]]
+    torn: int
+    header_ok: bool
+
+
+def read_csv(path: Path, *, header: bool = True) -> CsvContent:
+    """Every row of a CSV the sink writes; a line that is not a whole valid row is torn."""
+    data = path.read_bytes() if path.exists() else b""
+    content = CsvContent([], [], 0, True)
+    if header:
+        content.header_ok = data.startswith(HEADER)
+        data = data[len(HEADER) :] if content.header_ok else data
+    if data and not data.endswith(b"\n"):
+        content.torn += 1
+        data = data[: data.rfind(b"\n") + 1]
+    for raw in data.split(b"\n")[:-1]:
+        try:
+            line = raw.decode("utf-8")
+            fields = next(csv.reader([line], strict=True))
+            if len(fields) != len(COLUMNS):
+                raise ValueError(f"{len(fields)} fields")
+            float(fields[0])
+            if not fields[1] or not _DECIMAL.fullmatch(fields[4]):
+                raise ValueError("no id or price")
+            for cell in fields[5:]:
+                if cell and not _DECIMAL.fullmatch(cell):
+                    raise ValueError(f"not a number: {cell!r}")
+        except (UnicodeDecodeError, csv.Error, ValueError, StopIteration):
+            content.torn += 1
+            continue
+        content.rows.append(fields)
+        content.keys.append(key_of(fields[1], fields[0], fields[4]))
+    return content
+
+
+def compare(case: str, produced: Iterable[TickKey], csv_keys: list[TickKey], torn: int) -> Figures:
+    expected = set(produced)
+    counts = collections.Counter(csv_keys)
+    figures = Figures(
+        case=case,
+        produced=len(expected),
+        in_csv=len(csv_keys),
+        lost=len(expected - counts.keys()),
+        duplicated=sum(n - 1 for n in counts.values() if n > 1),
+        torn=torn,
+    )
+    phantom = len(counts.keys() - expected)
+    if phantom:
+        figures.notes["not_on_topic"] = phantom
+    return figures
+
+
+def audit(case: str, data_dir: Path, produced: Iterable[TickKey]) -> Figures:
+    """Figures of ``crypto_data.csv``; the daily history files and the last-values
+    file are checked too (every CSV the sink writes), their counts in the notes."""
+    produced = list(produced)
+    main = read_csv(data_dir / "crypto_data.csv")
+    assert main.header_ok, "crypto_data.csv does not start with the header"
+    figures = compare(case, produced, main.keys, main.torn)
+
+    daily_keys: list[TickKey] = []
+    daily_torn = 0
+    for path in sorted((data_dir / "history" / "ticks").glob("*.csv")):
+        day = read_csv(path)
+        assert day.header_ok, f"{path.name} does not start with the header"
+        daily_keys += day.keys
+        daily_torn += day.torn
+    if daily_keys or daily_torn:
+        history = compare(case, produced, daily_keys, daily_torn)
+        figures.notes["history_lost"] = history.lost
+        figures.notes["history_duplicated"] = history.duplicated
+        figures.notes["history_torn"] = history.torn
+
+    last = read_csv(data_dir / "crypto_last_values.csv")
+    newest: dict[str, list[str]] = {}
+    for row in main.rows:
+        if row[1] not in newest or float(row[0]) >= float(newest[row[1]][0]):
+            newest[row[1]] = row
+    figures.notes["last_values_ok"] = (
+        last.header_ok and last.torn == 0 and {r[1]: r for r in last.rows} == newest
+    )
+    return figures
+
+
+def assert_all_files_exact(figures: Figures) -> None:
+    figures.assert_exact()
+    for name in ("history_lost", "history_duplicated", "history_torn", "not_on_topic"):
+        assert not figures.notes.get(name), figures.line()
+    assert figures.notes.get("last_values_ok") is True, figures.line()
+
+
+def sink_state(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / ".cryptostream" / "sink_state.json"
+    try:
+        state: dict[str, Any] = orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return {}
+    return state
+
+
+def state_offsets(data_dir: Path) -> dict[int, int]:
+    return {int(p): int(o) for p, o in sink_state(data_dir).get("offsets", {}).items()}
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def row_count(path: Path) -> int:
+    try:
+        return max(0, path.read_bytes().count(b"\n") - 1)
+    except FileNotFoundError:
+        return 0
+
+
+# -- the service as a child process ---------------------------------------------------
+
+
+def service_env(
+    *,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    data_dir: Path,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """A clean environment: nothing of the caller's CRYPTOSTREAM_* or secrets leaks in."""
+    return {
+        "PATH": os.environ["PATH"],
+        "PYTHONUNBUFFERED": "1",
+        "CRYPTOSTREAM_SOURCE__NAME": "demo",
+        "CRYPTOSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "CRYPTOSTREAM_KAFKA__TOPIC": topic,
+        "CRYPTOSTREAM_KAFKA__GROUP_ID": group,
+        "CRYPTOSTREAM_KAFKA__REQUEST_TIMEOUT": "5",
+        "CRYPTOSTREAM_KAFKA__SEND_TIMEOUT": "10",
+        "CRYPTOSTREAM_KAFKA__SESSION_TIMEOUT": "2",
+        "CRYPTOSTREAM_STORAGE__DATA_DIR": str(data_dir),
+        "CRYPTOSTREAM_WEB__PORT": "0",
+        "CRYPTOSTREAM_LOG__FORMAT": "json",
+        # The live dashboard is not on the data path this suite checks.
+        "CRYPTOSTREAM_WEB__DASHBOARD": "false",
+        **(extra or {}),
+    }
+
+
+class ServiceProcess:
+    """``python -m cryptostream run`` as a child; every run's output appends to one log."""
+
+    def __init__(self, env: Mapping[str, str], workdir: Path, name: str = "service") -> None:
+        self.env = dict(env)
+        self.workdir = workdir
+        self.log_path = workdir / f"{name}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+        self._run_offset = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def start(self, env: Mapping[str, str] | None = None) -> None:
+        assert not self.running, "already running"
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts + 1}\n".encode())
+            log.flush()
+            self._run_offset = log.tell()
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "cryptostream",
+                "run",
+                env={**self.env, **(env or {})},
+                cwd=self.workdir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        self.starts += 1
+
+    async def kill(self) -> None:
+        """SIGKILL and reap: no chance to flush, close or clean anything up."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (an orderly stop) and the exit code; SIGKILL if it overruns."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                await self.kill()
+                raise AssertionError(f"no orderly stop in {timeout} s\n{self.tail()}") from None
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+    async def ensure_stopped(self) -> None:
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            await self.kill()
+
+    def output(self, *, this_run: bool = False) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except FileNotFoundError:
+            return ""
+        return data[self._run_offset if this_run else 0 :].decode("utf-8", errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def events(self, name: str | None = None, *, this_run: bool = False) -> list[dict[str, Any]]:
+        found = []
+        for line in self.output(this_run=this_run).splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if name is None or entry.get("event") == name:
+                found.append(entry)
+        return found
+
+    async def wait_event(self, name: str, count: int = 1, timeout: float = 30) -> None:
+        """Wait until this run has logged ``name`` ``count`` times."""
+        await wait_until(
+            lambda: len(self.events(name, this_run=True)) >= count or not self.running,
+            timeout,
+            f"{count} x {name}",
+        )
+        assert self.running or len(self.events(name, this_run=True)) >= count, (
+            f"service exited ({self.proc.returncode if self.proc else None}) "
+            f"before {name}:\n{self.tail()}"
+        )

@@ -1,0 +1,80 @@
+"""The benchmark harness's arithmetic (bench/): percentiles, warm-up cuts, steady state,
+profile buckets. The figures it prints are only as honest as these."""
+
+from __future__ import annotations
+
+from array import array
+from pathlib import Path
+
+import pytest
+
+from bench.proc import Sample
+from bench.profile import IMPORTS, OTHER, centre_of, summarize
+from bench.stats import latency, percentile, read_latencies, steady
+
+
+def test_nearest_rank_percentile() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_latency_leaves_out_the_warm_up_but_reports_it(tmp_path: Path) -> None:
+    # Ticks observed at t=0..9 s; the first second's ticks waited for Kafka (2 s).
+    records = [(t / 10, 2.0 if t < 10 else 0.010 + (t % 10) / 1000) for t in range(100)]
+    path = tmp_path / "lat.f64"
+    path.write_bytes(array("d", [x for pair in records for x in pair]).tobytes())
+    assert read_latencies(path) == records
+    lat = latency(records, warmup=1.0)
+    assert lat.rows == 100
+    assert lat.rows_measured == 90
+    assert lat.startup_max_ms == 2000.0
+    assert lat.max_ms == pytest.approx(19.0)
+    assert lat.p50_ms == pytest.approx(14.0)
+
+
+def test_steady_counts_cpu_and_rows_over_the_same_window() -> None:
+    # 1 s apart; 0.2 CPU s per second; RSS 100 MB growing 1 MB/s after the warm-up.
+    samples = [Sample(1000.0 + i, 100.0 + max(0, i - 2), 0.2 * i) for i in range(13)]
+    # 1,000 rows per second, each durable 10 ms after it was observed (half-way between
+    # two milliseconds, so no row sits on a window's edge).
+    records = [(1000.0 + (k + 0.5) / 1000 - 0.010, 0.010) for k in range(12_000)]
+    st = steady(samples, records, warmup=2.0)
+    assert st.seconds == 10.0
+    assert st.rows == 10_000
+    assert st.cpu_seconds == pytest.approx(2.0)
+    assert st.cpu_per_1000 == pytest.approx(0.2)
+    assert (st.rss_start_mb, st.rss_end_mb, st.rss_max_mb) == (100.0, 110.0, 110.0)
+    assert st.growth_percent == pytest.approx(10.0)
+    assert st.slope_mb_per_hour == pytest.approx(3600.0)
+
+
+def test_profile_samples_go_to_the_innermost_cost_centre(tmp_path: Path) -> None:
+    run = "run (asyncio/runners.py:190);Consumer.run (cryptostream/consumer.py:74)"
+    write = f"{run};CsvSink.write (cryptostream/sink/csvsink.py:330)"
+    lines = [
+        f"{write};tick_from_json (cryptostream/tick.py:160);0x7f (orjson/orjson.so) 6",
+        f"{write};tick_from_json (cryptostream/tick.py:195) 3",
+        f"{write};atomic_write (cryptostream/sink/files.py:29);fsync (libc.so.6) 2",
+        f"{write};csv_line (cryptostream/sink/csvrow.py:70);gc_collect_main (libpython) 1",
+        f"{run};getmany (aiokafka/consumer/consumer.py:1147) 4",
+        "<module> (x.py:1);_find_and_load (<frozen importlib._bootstrap>:1) 2",
+        "main (x.py:1) 2",
+    ]
+    path = tmp_path / "raw.txt"
+    path.write_text("\n".join(lines) + "\n")
+    shares = {centre: n for centre, n, _ in summarize(path)}
+    assert shares == {
+        "JSON decoding (orjson)": 6,
+        "aiokafka: fetch, decode records, ConsumerRecord": 4,
+        "tick validation + Tick objects": 3,
+        "fsync": 2,
+        "garbage collector": 1,
+        IMPORTS: 2,
+        OTHER: 2,
+    }
+    assert centre_of(["main (x.py:1)"]) == OTHER
