@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -167,10 +168,23 @@ def run(config: Config) -> int:
     async def _main() -> int:
         return await Service(config).run()
 
+    # Until the service installs its own handlers, SIGTERM (like SIGINT) stops
+    # a start-up that has nothing to drain yet, cleanly instead of by the signal.
+    signal.signal(signal.SIGTERM, _stop_before_start)
     try:
         return asyncio.run(_main())
-    except KeyboardInterrupt:  # a signal before the handlers were installed
+    except _EarlyStop:
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
         return 130
+
+
+class _EarlyStop(Exception):
+    pass
+
+
+def _stop_before_start(_signum: int, _frame: object) -> None:
+    raise _EarlyStop
 
 
 def replay(config: Config, target: Path, progress: bool | None) -> int:
