@@ -8,8 +8,7 @@ beside the CSV files, not only in Kafka. Each batch is one transaction:
    file), fsync each;
 2. atomically replace ``crypto_last_values.csv``;
 3. atomically replace the state: next offset per partition, the durable length
-   of every append-only file, the recent-tick keys used to drop duplicates, and
-   the last row per asset.
+   of every append-only file, and the last row per asset.
 
 Kafka's committed offsets are written after that, for lag monitoring only.
 On start the sink truncates every append-only file to the length in the state
@@ -26,6 +25,8 @@ candles (see :mod:`cryptostream.sink.candles`) and the retention trim of
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import time
@@ -41,7 +42,7 @@ import orjson
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.candles import CandleBook
-from cryptostream.sink.csvrow import HEADER, csv_line
+from cryptostream.sink.csvrow import COLUMNS, HEADER, csv_line
 from cryptostream.sink.days import Days, day_start
 from cryptostream.sink.files import AppendFile, atomic_write, fsync_dir
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
@@ -61,6 +62,9 @@ STATE_VERSION = 1
 RECENT_KEYS = 2048
 # Daily files kept open at once (today and yesterday cover nearly every batch).
 _OPEN_DAILY = 3
+# Bytes of crypto_data.csv read back on start to rebuild the duplicate window
+# (~60,000 rows: RECENT_KEYS for each of ~30 assets).
+_WINDOW_TAIL_BYTES = 8 << 20
 _HEADER = HEADER.encode()
 _INF = float("inf")
 _Key = tuple[float, str]  # (timestamp, priceUsd): a tick's identity within its asset
@@ -102,7 +106,6 @@ class _State:
     topic: str
     offsets: dict[int, int]
     sizes: dict[str, int]
-    recent: dict[str, deque[tuple[float, str]]]
     last: dict[str, str]
 
     def to_json(self) -> bytes:
@@ -112,7 +115,6 @@ class _State:
                 "topic": self.topic,
                 "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
                 "files": self.sizes,
-                "recent": {k: list(v) for k, v in self.recent.items()},
                 "last": self.last,
             }
         )
@@ -140,9 +142,11 @@ class CsvSink:
         self._fsync = fsync
         self._retention_days = retention_days
         self._clock = clock
-        self._state = _State(topic, {}, {}, {}, {})
-        # The state's recent keys per asset as sets, for "seen before?" in O(1); kept
-        # equal to ``self._state.recent`` (updated only once a batch is committed).
+        self._state = _State(topic, {}, {}, {})
+        # Duplicate detection: per asset the keys of the last RECENT_KEYS rows written,
+        # in order (to evict) and as a set (to ask "seen before?" in O(1)). Rebuilt
+        # from the tail of crypto_data.csv on start, so the state file stays small.
+        self._window: dict[str, deque[_Key]] = {}
         self._known: dict[str, set[_Key]] = {}
         self._files: OrderedDict[str, AppendFile] = OrderedDict()
         self._days = Days()
@@ -173,7 +177,6 @@ class CsvSink:
         have_state = state_path.exists()
         if have_state:
             self._state = self._load_state(state_path)
-            self._known = {}
         names = {DATA_FILE, DEAD_LETTER_FILE, *self._state.sizes}
         daily_on_disk = {f"{TICKS_DIR}/{p.name}" for p in (self.data_dir / TICKS_DIR).glob("*.csv")}
         for name in sorted(daily_on_disk - names):
@@ -186,6 +189,7 @@ class CsvSink:
         for name in sorted(names):
             self._recover(name, have_state)
         self._check_header(self._file(DATA_FILE))
+        self._rebuild_window()
         self._write_last_values()
         if self.candles is not None:
             self.candles.recover(self.data_dir / TICKS_DIR)
@@ -234,10 +238,6 @@ class CsvSink:
                 topic=topic,
                 offsets={int(p): int(o) for p, o in raw["offsets"].items()},
                 sizes={str(k): int(v) for k, v in raw["files"].items()},
-                recent={
-                    k: deque(((float(t), str(p)) for t, p in v), maxlen=RECENT_KEYS)
-                    for k, v in raw["recent"].items()
-                },
                 last={str(k): str(v) for k, v in raw["last"].items()},
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -250,6 +250,27 @@ class CsvSink:
                 f"not {self.topic!r}: use another storage.data_dir"
             )
         return state
+
+    def _rebuild_window(self) -> None:
+        """Reload the duplicate-detection keys from the last rows of crypto_data.csv."""
+        f = self._file(DATA_FILE)
+        tail = f.read_tail(min(f.size - len(_HEADER), _WINDOW_TAIL_BYTES))
+        if len(tail) < f.size - len(_HEADER):
+            tail = tail[tail.find(b"\n") + 1 :]  # the first line may be cut
+        window: dict[str, deque[_Key]] = {}
+        for row in csv.reader(io.StringIO(tail.decode("utf-8", errors="replace"))):
+            if len(row) != len(COLUMNS):
+                continue
+            try:
+                key = (float(row[0]), row[4])
+            except ValueError:
+                continue
+            keys = window.get(row[1])
+            if keys is None:
+                keys = window[row[1]] = deque(maxlen=RECENT_KEYS)
+            keys.append(key)
+        self._window = window
+        self._known = {asset: set(keys) for asset, keys in window.items()}
 
     @staticmethod
     def _complete_lines_length(f: AppendFile) -> int:
@@ -305,7 +326,6 @@ class CsvSink:
         # this batch's keys as a set and in arrival order.
         seen: dict[str, tuple[set[_Key], set[_Key], list[_Key]]] = {}
         written: list[Tick] = []
-        recent = state.recent
         last = state.last
         # The UTC day of the previous row: nearly every row of a batch is on the same one.
         day_rows: list[str] = []
@@ -329,7 +349,7 @@ class CsvSink:
             key = (ts, tick.price_usd)
             keys = seen.get(asset)
             if keys is None:
-                keys = seen[asset] = (self._known_keys(asset, recent), set(), [])
+                keys = seen[asset] = (self._known.setdefault(asset, set()), set(), [])
             if key in keys[0] or key in keys[1]:
                 result.duplicates += 1
                 continue
@@ -378,16 +398,10 @@ class CsvSink:
             if last_updates:
                 last = {**state.last, **last_updates}
                 self._write_last_values(last)
-            # Copy on write: an asset without new keys shares its deque with the old state.
-            recent = dict(state.recent)
-            for asset, (_, _, order) in seen.items():
-                if order:
-                    window = recent[asset] = deque(state.recent.get(asset, ()), maxlen=RECENT_KEYS)
-                    window.extend(order)
             sizes = dict(state.sizes)
             for name in touched:
                 sizes[name] = self._files[name].size
-            new_state = _State(state.topic, offsets, sizes, recent, last)
+            new_state = _State(state.topic, offsets, sizes, last)
             atomic_write(self.data_dir / STATE_FILE, new_state.to_json(), fsync=self._fsync)
         except OSError as exc:
             self._rollback(touched, old_sizes)
@@ -396,22 +410,21 @@ class CsvSink:
             raise SinkWriteError(kind, f"{exc.strerror or exc} ({exc.filename or ''})") from exc
         self._state = new_state
         for asset, (known, fresh, order) in seen.items():
-            # The keys that fell out of the window leave the set too.
-            evicted = len(state.recent.get(asset, ())) + len(order) - RECENT_KEYS
+            if not order:
+                continue
+            window = self._window.setdefault(asset, deque(maxlen=RECENT_KEYS))
+            # The keys that fall out of the window leave the set too; added first, as a
+            # batch larger than the window pushes some of its own keys out.
+            evicted = len(window) + len(order) - RECENT_KEYS
             known |= fresh
             if evicted > 0:
-                known.difference_update(islice(chain(state.recent.get(asset, ()), order), evicted))
+                known.difference_update(islice(chain(window, order), evicted))
+            window.extend(order)
         self.last_write = done = time.time()
         result.latencies = [done - t.timestamp for t in written]
         if written:
             self._after_commit(written)
         return result
-
-    def _known_keys(self, asset: str, recent: dict[str, deque[_Key]]) -> set[_Key]:
-        known = self._known.get(asset)
-        if known is None:
-            known = self._known[asset] = set(recent.get(asset, ()))
-        return known
 
     def _after_commit(self, written: list[Tick]) -> None:
         """Derived work; failures here never undo or block the committed batch."""

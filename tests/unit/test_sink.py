@@ -235,3 +235,20 @@ def test_retention_keeps_the_last_n_days_in_crypto_data(tmp_path: Path) -> None:
     again.write([rec(0, 6, tick("bitcoin", DAY2 + 6, "6"))])
     assert [r[4] for r in rows(tmp_path)[1:]] == ["4", "5", "6"]
     again.close()
+
+
+def test_duplicates_are_caught_across_a_restart_and_the_state_stays_small(tmp_path: Path) -> None:
+    s = CsvSink(tmp_path, TOPIC, Metrics())
+    s.open()
+    batch = [tick("bitcoin", 1000.0 + i, f"{i}.5") for i in range(3000)]
+    s.write([rec(0, i, t) for i, t in enumerate(batch)])
+    s.close()
+    assert (tmp_path / ".cryptostream/sink_state.json").stat().st_size < 4096
+    again = CsvSink(tmp_path, TOPIC, Metrics())
+    again.open()
+    # A producer resent its last 2,000 ticks after the restart: later offsets, same ticks.
+    resent = [rec(0, 3000 + i, t) for i, t in enumerate(batch[-2000:])]
+    result = again.write(resent + [rec(0, 5000, tick("bitcoin", 9999.0, "1"))])
+    assert (result.written, result.duplicates) == (1, 2000)
+    assert len(rows(tmp_path)) == 1 + 3001
+    again.close()
