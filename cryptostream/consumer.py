@@ -9,7 +9,6 @@ the sink (for lag monitoring and for a data directory that has no state yet).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable
 
 import tenacity
@@ -20,7 +19,7 @@ from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.csvsink import CsvSink, Record, SinkWriteError
-from cryptostream.topic import Topic, client_options
+from cryptostream.topic import Topic, client_options, stop_client
 
 log = get_logger(__name__)
 
@@ -119,21 +118,15 @@ class Consumer:
                         await client.start()
                 except BaseException:
                     self._client = None
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(client.stop(), 5)
+                    await stop_client(client, "consumer")
                     raise
         log.info("kafka_consumer_started", group_id=self._config.group_id)
         return client
 
     async def _stop(self) -> None:
         client, self._client = self._client, None
-        if client is None:
-            return
-        try:
-            async with asyncio.timeout(5):
-                await client.stop()
-        except (TimeoutError, KafkaError, OSError) as exc:
-            log.warning("kafka_consumer_stop_failed", error=str(exc) or type(exc).__name__)
+        if client is not None:
+            await stop_client(client, "consumer")
 
     # -- assignment ----------------------------------------------------------------
 

@@ -17,7 +17,6 @@ publishing the spool resends at most the batch in flight.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
 from cryptostream.sink.files import atomic_write
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
-from cryptostream.topic import Topic, client_options
+from cryptostream.topic import Topic, client_options, stop_client
 
 log = get_logger(__name__)
 
@@ -212,8 +211,7 @@ class Producer:
             try:
                 await client.start()
             except BaseException:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.stop(), 5)
+                await stop_client(client, "producer")
                 raise
         self._client = client
         self.connected = True
@@ -222,13 +220,8 @@ class Producer:
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None
-        if client is None:
-            return
-        try:
-            async with asyncio.timeout(5):
-                await client.stop()
-        except (TimeoutError, KafkaError, OSError) as exc:
-            log.warning("kafka_producer_stop_failed", error=str(exc) or type(exc).__name__)
+        if client is not None:
+            await stop_client(client, "producer")
 
     # -- spool ---------------------------------------------------------------------
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
 from cryptostream.config import KafkaConfig
@@ -88,3 +89,13 @@ class Topic:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
                     await admin.close()
+
+
+async def stop_client(client: Any, what: str) -> None:
+    """Stop an aiokafka client within a deadline: with brokers gone it can hang."""
+    try:
+        async with asyncio.timeout(5):
+            await client.stop()
+    except (TimeoutError, KafkaError, OSError, RuntimeError, AttributeError) as exc:
+        # A half-started client can fail odd ways on stop; the caller's error matters more.
+        log.warning("kafka_client_stop_failed", client=what, error=str(exc) or type(exc).__name__)
