@@ -9,7 +9,7 @@ the sink (for lag monitoring and for a data directory that has no state yet).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import tenacity
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.retry import log_retries
 from cryptostream.sink.csvsink import CsvSink, Record, SinkWriteError
 from cryptostream.topic import Topic, client_options, stop_client
 
@@ -89,7 +90,7 @@ class Consumer:
             retry=tenacity.retry_if_exception_type((KafkaError, OSError, TimeoutError)),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             stop=tenacity.stop_never,  # Kafka may arrive later; shutdown cancels us
-            before_sleep=_log_retry("kafka_consumer_start_failed"),
+            before_sleep=log_retries("kafka_consumer_start_failed"),
             reraise=True,
         )
         async for attempt in retrying:
@@ -231,16 +232,3 @@ class Consumer:
                     pass  # not known yet: not caught up (the shutdown budget bounds this)
             return False
         return True
-
-
-def _log_retry(event: str) -> Callable[[tenacity.RetryCallState], None]:
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        error = str(exc) or type(exc).__name__
-        if state.attempt_number == 1:
-            log.warning(event, error=error, retry_in=round(wait, 2))
-        else:
-            log.debug(event, error=error, attempt=state.attempt_number, retry_in=round(wait, 2))
-
-    return before_sleep

@@ -29,6 +29,7 @@ from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
+from cryptostream.retry import log_retries
 from cryptostream.sink.files import atomic_write
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
 from cryptostream.topic import Topic, client_options, stop_client
@@ -104,7 +105,7 @@ class Producer:
             retry=tenacity.retry_if_exception_type(PublishError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             stop=tenacity.stop_never,  # ticks wait in the queue; shutdown spools them
-            before_sleep=self._before_sleep,
+            before_sleep=log_retries("kafka_publish_failed", lambda: {"queued": len(self._queue)}),
             reraise=True,
         )
         attempts = 0
@@ -180,20 +181,6 @@ class Producer:
         # a producer-id sequence that no longer matches what the broker saw.
         await self._close_client()
         raise PublishError(kind, message)
-
-    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        fields = {
-            "kind": getattr(exc, "kind", "error"),
-            "error": str(exc),
-            "queued": len(self._queue),
-            "retry_in": round(wait, 2),
-        }
-        if state.attempt_number == 1:
-            log.warning("kafka_publish_failed", **fields)
-        else:
-            log.debug("kafka_publish_retry", attempt=state.attempt_number, **fields)
 
     async def _ensure_client(self) -> AIOKafkaProducer:
         if self._client is not None:

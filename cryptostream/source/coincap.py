@@ -28,6 +28,7 @@ import tenacity
 from cryptostream.config import CoinCapConfig, Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.retry import log_retries
 from cryptostream.source.base import Emit, SourceHealth, poll_slots
 from cryptostream.tick import InvalidTick, Tick, tick_from_api
 
@@ -225,22 +226,6 @@ class CoinCapClient:
             return self._config.auth_retry_interval
         return backoff(state)
 
-    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        kind = exc.kind if isinstance(exc, ApiError) else "error"
-        if state.attempt_number == 1:
-            # Said once per failure episode; later attempts are debug-level.
-            log.warning("api_request_failed", kind=kind, error=str(exc), retry_in=round(wait, 2))
-        else:
-            log.debug(
-                "api_request_retry",
-                kind=kind,
-                error=str(exc),
-                attempt=state.attempt_number,
-                retry_in=round(wait, 2),
-            )
-
     async def fetch(self, ids: tuple[str, ...]) -> AssetsResponse:
         """``get_assets`` with the declared retry policy; raises after ``retry_deadline``."""
         return await self.retrying(lambda: self.get_assets(ids))
@@ -251,7 +236,7 @@ class CoinCapClient:
             retry=tenacity.retry_if_exception_type(ApiError),
             wait=self._wait,
             stop=tenacity.stop_after_delay(self._config.retry_deadline),
-            before_sleep=self._before_sleep,
+            before_sleep=log_retries("api_request_failed", lambda: {"source": "coincap"}),
             sleep=asyncio.sleep,
             reraise=True,
         )

@@ -23,6 +23,7 @@ import tenacity
 
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.retry import log_retries
 from cryptostream.source.base import Emit, SourceHealth, poll_slots
 from cryptostream.source.coincap import (
     ApiError,
@@ -112,7 +113,7 @@ class PollingSource:
             retry=tenacity.retry_if_exception_type(ApiError),
             wait=self._wait,
             stop=tenacity.stop_after_delay(self._retry_deadline),
-            before_sleep=self._before_sleep,
+            before_sleep=log_retries("api_request_failed", lambda: {"source": self.name}),
             sleep=asyncio.sleep,
             reraise=True,
         )
@@ -156,30 +157,6 @@ class PollingSource:
             # Our request is wrong (an unknown market, say): asking fast will not fix it.
             return self._max_backoff
         return backoff(state)
-
-    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        kind = exc.kind if isinstance(exc, ApiError) else "error"
-        if state.attempt_number == 1:
-            log.warning(
-                "api_request_failed",
-                source=self.name,
-                kind=kind,
-                error=str(exc),
-                retry_in=round(wait, 2),
-            )
-        else:
-            log.debug(
-                "api_request_retry",
-                source=self.name,
-                kind=kind,
-                error=str(exc),
-                attempt=state.attempt_number,
-                retry_in=round(wait, 2),
-            )
-
-    # -- helpers for subclasses --------------------------------------------------------
 
     def count(self, outcome: str) -> None:
         self._metrics.api_requests.labels(outcome).inc()
