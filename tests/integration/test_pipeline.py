@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from cryptostream.sink.csvrow import COLUMNS
-from tests.conftest import ConfigFactory, wait_until
+from tests.conftest import ConfigFactory, unique, wait_until
 from tests.support.fake_coincap import FakeCoinCap, Fault
 from tests.support.topic import csv_rows, read_topic, tick_key
 
@@ -215,7 +215,7 @@ async def test_second_signal_forces_exit_and_spools_unpublished_ticks(
     import signal
 
     data_dir = tmp_path / "data"
-    topic = f"spool-{tmp_path.name}"
+    topic = unique("spool")
     # Kafka unreachable: ticks pile up in the queue.
     down = make_config(base_url=fake_coincap.base_url, data_dir=data_dir, topic=topic)
     running = await run_service(down)

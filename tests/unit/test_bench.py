@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.proc import Sample
-from bench.profile import IMPORTS, OTHER, centre_of, summarize
+from bench.profile import IMPORTS, OTHER, STATE, centre_of, summarize
 from bench.stats import latency, percentile, read_latencies, steady
 
 
@@ -63,18 +63,20 @@ def test_profile_samples_go_to_the_innermost_cost_centre(tmp_path: Path) -> None
         f"{write};csv_line (cryptostream/sink/csvrow.py:70);gc_collect_main (libpython) 1",
         f"{run};getmany (aiokafka/consumer/consumer.py:1147) 4",
         "<module> (x.py:1);_find_and_load (<frozen importlib._bootstrap>:1) 2",
+        f"{write};_State.to_json (cryptostream/sink/csvsink.py:107);0x7f (orjson/orjson.so) 5",
         "main (x.py:1) 2",
     ]
     path = tmp_path / "raw.txt"
     path.write_text("\n".join(lines) + "\n")
     shares = {centre: n for centre, n, _ in summarize(path)}
     assert shares == {
-        "JSON decoding (orjson)": 6,
+        "JSON decoding of messages (orjson)": 6,
         "aiokafka: fetch, decode records, ConsumerRecord": 4,
         "tick validation + Tick objects": 3,
         "fsync": 2,
         "garbage collector": 1,
         IMPORTS: 2,
+        STATE: 5,
         OTHER: 2,
     }
     assert centre_of(["main (x.py:1)"]) == OTHER

@@ -248,7 +248,7 @@ def test_duplicates_are_caught_across_a_restart_and_the_state_stays_small(tmp_pa
     again.open()
     # A producer resent its last 2,000 ticks after the restart: later offsets, same ticks.
     resent = [rec(0, 3000 + i, t) for i, t in enumerate(batch[-2000:])]
-    result = again.write(resent + [rec(0, 5000, tick("bitcoin", 9999.0, "1"))])
+    result = again.write([*resent, rec(0, 5000, tick("bitcoin", 9999.0, "1"))])
     assert (result.written, result.duplicates) == (1, 2000)
     assert len(rows(tmp_path)) == 1 + 3001
     again.close()

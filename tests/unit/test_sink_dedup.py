@@ -95,3 +95,14 @@ def test_a_batch_that_failed_does_not_count_as_seen(tmp_path: Path) -> None:
     assert (result.written, result.duplicates) == (2, 0)
     sink.close()
     assert prices(tmp_path) == [("solana", "1"), ("solana", "2"), ("solana", "3")]
+
+
+def test_a_batch_larger_than_the_window_keeps_only_its_newest_keys(tmp_path: Path) -> None:
+    """Catching up on one asset, a batch can hold more ticks than the window."""
+    sink = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
+    sink.open()
+    feed = Feed(sink)
+    assert feed.write(*(("bitcoin", t) for t in range(1, 8))) == (7, 0)
+    # The window is 5 6 7: 1 and 4 are outside it (written again), 7 is inside.
+    assert feed.write(("bitcoin", 1), ("bitcoin", 4), ("bitcoin", 7)) == (2, 1)
+    sink.close()
