@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"config file (default: ${CONFIG_PATH_ENV}, else ./config.toml if present)",
     )
+    # Commands that run a long job: a progress bar on a terminal, log lines otherwise.
+    long_job = argparse.ArgumentParser(add_help=False)
+    long_job.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal; periodic log lines otherwise)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser(
         "run",
@@ -80,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
     replay = sub.add_parser(
         "replay",
-        parents=[common],
+        parents=[common, long_job],
         help="rebuild every CSV file from the Kafka topic's earliest offset",
         description="Read the topic from its earliest offset to its current end through the "
         "same sink the service uses, into an empty data directory. With one partition the "
@@ -93,15 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="target directory (default: storage.data_dir, which must not hold files yet)",
     )
-    replay.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: on a terminal; periodic log lines otherwise)",
-    )
     bf = sub.add_parser(
         "backfill",
-        parents=[common],
+        parents=[common, long_job],
         help="fetch CoinCap price history into history/backfill/<interval>/ CSV files",
         description="Fetch /assets/{id}/history in windows the API accepts and write "
         "history/backfill/<interval>/YYYY-MM-DD.csv (same columns as crypto_data.csv). "
@@ -129,12 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="spend at most N API requests (credits) in this run; re-run to continue",
-    )
-    bf.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: on a terminal; periodic log lines otherwise)",
     )
     return parser
 
