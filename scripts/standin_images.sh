@@ -27,7 +27,7 @@
 #   CRYPTOSTREAM_STANDIN_DIR  work dir for rootfs trees, .deb cache and build
 #                             context (default /var/cache/cryptostream-standin)
 #   DEBIAN_MIRROR             Debian mirror (default: read from this machine's
-#                             apt sources, else http://deb.debian.org/debian)
+#                             apt sources; required when they name none)
 #   HOST_CA_BUNDLE            CA bundle to bake in (default /etc/ssl/certs/ca-certificates.crt)
 #   KAFKA_LIBS_DIR            use the Kafka jars from this dir; default: the cache
 #                             of `scripts/kafka_local.py fetch` if that script
@@ -85,7 +85,11 @@ debian_mirror() {
     if [[ -z $m && -r /etc/apt/sources.list ]]; then
         m=$(awk -v suite="$SUITE" '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/) { if ($(i+1) == suite) { print $i; exit } ; break } }' /etc/apt/sources.list)
     fi
-    printf '%s\n' "${m:-http://deb.debian.org/debian}"
+    if [[ -z $m ]]; then
+        echo "standin_images.sh: no Debian mirror in this machine's apt sources; set DEBIAN_MIRROR" >&2
+        return 1
+    fi
+    printf '%s\n' "$m"
 }
 
 image_label() {  # image_label TAG -> value of $LABEL_KEY, empty if no image
