@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
-from cryptostream.tick import Tick
+from cryptostream.logs import get_logger
+from cryptostream.metrics import Metrics
+from cryptostream.tick import InvalidTick, Tick
+
+log = get_logger(__name__)
 
 #: Hands a batch of validated ticks to the fetcher stage (synchronous, never blocks).
 Emit = Callable[[list[Tick]], None]
@@ -87,3 +91,36 @@ async def poll_slots(
         if behind > 0:
             slot += math.ceil(behind / interval)
         await asyncio.sleep(max(0.0, start + slot * interval - now()))
+
+
+class BadRecords:
+    """Bad records of one source: every one counted, each (asset, reason) logged once.
+
+    A record that stays bad is said once, not at every poll; once the asset is
+    good again (:meth:`good`) a new failure is said again.
+    """
+
+    def __init__(self, source: str, metrics: Metrics) -> None:
+        self._source = source
+        self._metrics = metrics
+        self._said: set[tuple[str, str]] = set()
+
+    def reject(self, asset: str, exc: InvalidTick) -> None:
+        self._metrics.ticks_invalid.labels(exc.reason).inc()
+        if (asset, exc.reason) not in self._said:
+            self._said.add((asset, exc.reason))
+            log.warning(
+                "record_invalid",
+                source=self._source,
+                asset=asset,
+                reason=exc.reason,
+                detail=exc.detail,
+            )
+
+    def good(self, assets: Iterable[str]) -> None:
+        if self._said:
+            ok = set(assets)
+            self._said = {r for r in self._said if r[0] not in ok}
+
+    def failing(self, asset: str) -> bool:
+        return any(r[0] == asset for r in self._said)

@@ -29,7 +29,7 @@ from cryptostream.config import CoinCapConfig, Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.retry import log_retries
-from cryptostream.source.base import Emit, SourceHealth, poll_slots
+from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
 from cryptostream.tick import InvalidTick, Tick, tick_from_api
 
 log = get_logger(__name__)
@@ -262,7 +262,7 @@ class CoinCapSource:
         self._client = CoinCapClient(config.coincap, session, metrics, health=self.health)
         self._metrics = metrics
         # (asset, reason) pairs already logged: a record that stays bad is said once.
-        self._reported: set[tuple[str, str]] = set()
+        self._bad = BadRecords(self.name, metrics)
         self._missing_reported: set[str] = set()
 
     async def run(self, emit: Emit) -> None:
@@ -293,21 +293,17 @@ class CoinCapSource:
             try:
                 tick = tick_from_api(record, response.timestamp, source=self.name)
             except InvalidTick as exc:
-                self._metrics.ticks_invalid.labels(exc.reason).inc()
-                if (label, exc.reason) not in self._reported:
-                    self._reported.add((label, exc.reason))
-                    log.warning("record_invalid", asset=label, reason=exc.reason, detail=exc.detail)
+                self._bad.reject(label, exc)
                 continue
             if tick.id not in self._assets or tick.id in seen:
                 self._metrics.ticks_invalid.labels("unexpected_asset").inc()
                 continue
             seen.add(tick.id)
-            if self._reported:
-                # A record that is good again may be reported again when it next fails.
-                self._reported = {r for r in self._reported if r[0] != tick.id}
+            # A record that is good again may be reported again when it next fails.
+            self._bad.good((tick.id,))
             ticks.append(tick)
         missing = [a for a in self._assets if a not in seen and a not in self._missing_reported]
-        if missing and not any(r[0] in missing for r in self._reported):
+        if missing and not any(self._bad.failing(a) for a in missing):
             self._missing_reported.update(missing)
             log.warning("assets_not_in_response", assets=missing, hint="check source.assets ids")
         return ticks

@@ -38,7 +38,7 @@ from cryptostream.config import Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.assets import describe
-from cryptostream.source.base import Emit, SourceHealth, poll_slots
+from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
 from cryptostream.source.coincap import ApiError, CoinCapClient
 from cryptostream.tick import InvalidTick, Tick, decimal_text, tick_from_api
 
@@ -86,7 +86,7 @@ class CoinCapWsSource:
         #: The newest REST record per asset (symbol, name, change, VWAP are read from it).
         self.metadata: dict[str, Tick] = {}
         self._last_ts: dict[str, float] = {}
-        self._reported: set[tuple[str, str]] = set()
+        self._bad = BadRecords(self.name, metrics)
         self._frame_logged: dict[str, float] = {}
         #: Connection attempts so far (for tests and logs).
         self.connects = 0
@@ -238,9 +238,8 @@ class CoinCapWsSource:
         last = self._last_ts.get(asset, 0.0)
         ts = received if received > last else last + 1e-6
         self._last_ts[asset] = ts
-        if self._reported:
-            # A value that is good again may be reported again when it next fails.
-            self._reported = {r for r in self._reported if r[0] != asset}
+        # A value that is good again may be reported again when it next fails.
+        self._bad.good((asset,))
         meta = self.metadata.get(asset)
         if meta is None:
             symbol, name = describe(asset)
@@ -268,16 +267,7 @@ class CoinCapWsSource:
             log.warning("ws_frame_malformed", reason=reason, detail=detail, action="skipped")
 
     def _reject(self, asset: str, exc: InvalidTick) -> None:
-        self._metrics.ticks_invalid.labels(exc.reason).inc()
-        if (asset, exc.reason) not in self._reported:
-            self._reported.add((asset, exc.reason))
-            log.warning(
-                "record_invalid",
-                source=self.name,
-                asset=asset,
-                reason=exc.reason,
-                detail=exc.detail,
-            )
+        self._bad.reject(asset, exc)
 
     # -- metadata over REST ------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import tenacity
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.retry import log_retries
-from cryptostream.source.base import Emit, SourceHealth, poll_slots
+from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
 from cryptostream.source.coincap import (
     ApiError,
     AuthFailed,
@@ -75,7 +75,7 @@ class PollingSource:
         self._max_backoff = max_backoff
         self.health = SourceHealth()
         # (asset, reason) pairs already logged: a record that stays bad is said once.
-        self._reported: set[tuple[str, str]] = set()
+        self._bad = BadRecords(self.name, metrics)
         self._missing_reported: set[str] = set()
 
     # -- the loop ----------------------------------------------------------------------
@@ -183,29 +183,17 @@ class PollingSource:
 
     def reject(self, asset: str, exc: InvalidTick) -> None:
         """Count a bad record; log it the first time it is bad in a row."""
-        self._metrics.ticks_invalid.labels(exc.reason).inc()
-        if (asset, exc.reason) not in self._reported:
-            self._reported.add((asset, exc.reason))
-            log.warning(
-                "record_invalid",
-                source=self.name,
-                asset=asset,
-                reason=exc.reason,
-                detail=exc.detail,
-            )
+        self._bad.reject(asset, exc)
 
     def accepted(self, ticks: list[Tick]) -> list[Tick]:
         """Bookkeeping after a response: forgive records that are good again, and say
         once which configured markets the answer lacked."""
         seen = {t.id for t in ticks}
-        if self._reported:
-            self._reported = {r for r in self._reported if r[0] not in seen}
+        self._bad.good(seen)
         missing = [
             a
             for a in self.markets
-            if a not in seen
-            and a not in self._missing_reported
-            and not any(r[0] == a for r in self._reported)
+            if a not in seen and a not in self._missing_reported and not self._bad.failing(a)
         ]
         if missing and ticks:
             self._missing_reported.update(missing)
