@@ -100,6 +100,10 @@ async def test_interrupted_backfill_resumes_and_reruns_add_nothing(
     assert snapshot(config.storage.data_dir) == files
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_cli_ctrl_c_then_same_command_continues(
     fake_coincap: FakeCoinCap, tmp_path: Path
 ) -> None:
@@ -139,11 +143,14 @@ async def test_cli_ctrl_c_then_same_command_continues(
         cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # Ctrl-C as at a terminal: a run started in the background (e.g. by a CI
+        # runner) inherits SIGINT ignored, and Python would never see the signal.
+        preexec_fn=_default_sigint,
     )
     await fake_coincap.wait_for_calls(3, path_prefix="/v3/assets/bitcoin/history", timeout=30)
     proc.send_signal(signal.SIGINT)
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 130
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130, (out + err).decode()[-2000:]
     assert b"run the same command to continue" in err
     fake_coincap.clear_faults()
     again = await asyncio.create_subprocess_exec(
