@@ -7,20 +7,16 @@ the day keeps the morning's value, and resets with the first tick after 00:00 UT
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import orjson
 
 from cryptostream.logs import get_logger
+from cryptostream.sink.days import Days
 from cryptostream.sink.files import atomic_write
 from cryptostream.tick import Tick
 
 log = get_logger(__name__)
-
-
-def utc_date(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).date().isoformat()
 
 
 class FirstValues:
@@ -29,6 +25,7 @@ class FirstValues:
         self._fsync = fsync
         # asset id -> (UTC date, first price of that date)
         self._values: dict[str, tuple[str, str]] = {}
+        self._day = Days().name
         self._load()
 
     def _load(self) -> None:
@@ -44,7 +41,7 @@ class FirstValues:
 
     def assign(self, tick: Tick) -> Tick:
         """Return ``tick`` with its ``firstValue``; persists a new day's value first."""
-        date = utc_date(tick.timestamp)
+        date = self._day(tick.timestamp)
         known = self._values.get(tick.id)
         if known is not None and known[0] == date:
             return tick.with_first_value(known[1])

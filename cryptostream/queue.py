@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
 
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
@@ -46,13 +45,6 @@ class TickQueue:
                 )
         self._items.append(tick)
         self._not_empty.set()
-        self._metrics.queue_depth.set(len(self._items))
-
-    def put_front(self, ticks: Iterable[Tick]) -> None:
-        """Return un-published ticks to the head of the queue, keeping their order."""
-        self._items.extendleft(reversed(list(ticks)))
-        if self._items:
-            self._not_empty.set()
         self._metrics.queue_depth.set(len(self._items))
 
     async def get_batch(self, max_items: int) -> list[Tick]:
