@@ -41,7 +41,8 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.csvrow import HEADER, csv_line
 from cryptostream.sink.files import atomic_write
-from cryptostream.source.coincap import ApiError, ClientError, CoinCapClient
+from cryptostream.source.coincap import CoinCapClient
+from cryptostream.source.http import ApiError, ClientError
 from cryptostream.tick import InvalidTick, Tick, decimal_text
 
 log = get_logger(__name__)

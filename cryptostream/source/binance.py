@@ -36,13 +36,17 @@ from cryptostream.config import Config, asset_mapping
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.assets import describe
-from cryptostream.source.coincap import (
-    ClientError,
+from cryptostream.source.http import (
+    HttpAnswer,
+    HttpClient,
     RateLimited,
+    RetryPolicy,
     TransientError,
+    describe_body,
+    error_text,
     parse_retry_after,
 )
-from cryptostream.source.rest import HttpAnswer, PollingSource, now, short
+from cryptostream.source.rest import PollingSource, now
 from cryptostream.tick import InvalidTick, Tick, decimal_text
 
 log = get_logger(__name__)
@@ -50,6 +54,11 @@ log = get_logger(__name__)
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1m"
 _WINDOW = 60.0  # Binance's weight window: the calendar minute
 _WINDOW_MARGIN = 0.5  # wait this much past the minute: our clock and theirs differ a little
+#: What to check, added to the message of a 4xx answer.
+_HINTS = {
+    400: "; check binance.symbols",
+    451: "; Binance does not serve this location: use another source",
+}
 
 
 class IpBanned(RateLimited):
@@ -71,21 +80,6 @@ def request_weight(symbols: int) -> int:
     return 80
 
 
-def _binance_error(body: bytes) -> str:
-    """Binance's ``{"code": -1121, "msg": "Invalid symbol."}``, else a short description."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("msg"), str):
-        return short(f"{data['msg']} (code {data.get('code')})")
-    if not body.strip():
-        return "empty body"
-    if body.lstrip()[:1] == b"<":
-        return "HTML instead of JSON"
-    return f"{len(body)} bytes that are not Binance's JSON"
-
-
 class BinanceSource(PollingSource):
     name = "binance"
 
@@ -102,11 +96,11 @@ class BinanceSource(PollingSource):
             assets=config.source.assets,
             markets=asset_mapping(b.symbols),
             interval=config.source.poll_interval,
-            session=session,
             metrics=metrics,
-            timeout=b.timeout,
-            retry_deadline=b.retry_deadline,
-            max_backoff=b.max_backoff,
+            retry=RetryPolicy(self.name, deadline=b.retry_deadline, max_backoff=b.max_backoff),
+        )
+        self._http = HttpClient(
+            session, metrics, source=self.name, timeout=b.timeout, api="Binance"
         )
         self._url = b.base_url.rstrip("/") + "/api/v3/ticker/24hr"
         self._by_symbol = {symbol: asset for asset, symbol in self.markets.items()}
@@ -155,33 +149,28 @@ class BinanceSource(PollingSource):
 
     async def request(self) -> list[Tick]:
         await self._respect_limits()
-        answer = await self.get(self._url, self._params)
+        answer = await self._http.get(self._url, self._params)
         self._note_weight(answer)
-        status = answer.status
-        if status == 200:
-            return self.to_ticks(answer.body)
-        detail = _binance_error(answer.body)
-        if status in (418, 429):
-            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-            if retry_after is not None:
-                self.blocked_until = self._clock() + retry_after
-            if status == 418:
-                raise IpBanned(f"418 IP banned by Binance: {detail}", retry_after)
-            raise RateLimited(f"429 rate limited by Binance: {detail}", retry_after)
-        if status >= 500:
-            raise TransientError(f"{status} {detail}", status)
-        if status == 451:
-            detail += "; Binance does not serve this location: use another source"
-        elif status == 400:
-            detail += "; check binance.symbols"
-        raise ClientError(f"{status} {detail}", status)
+        try:
+            if answer.status == 418:
+                raise IpBanned(
+                    f"418 IP banned by Binance: {error_text(answer.body, self._http.expected)}",
+                    parse_retry_after(answer.headers.get("Retry-After")),
+                )
+            body = self._http.check(answer, _HINTS)
+        except RateLimited as exc:
+            # Both waits hold across polls: nothing goes to Binance before that time.
+            if exc.retry_after is not None:
+                self.blocked_until = self._clock() + exc.retry_after
+            raise
+        return self.to_ticks(body)
 
     def to_ticks(self, body: bytes) -> list[Tick]:
         try:
             # parse_float keeps any bare number as its exact text; prices come as strings.
             data = json.loads(body, parse_float=str)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise TransientError(_binance_error(body)) from None
+            raise TransientError(describe_body(body, self._http.expected)) from None
         if isinstance(data, dict) and "symbol" in data:
             data = [data]  # the single-symbol form of the same endpoint
         if not isinstance(data, list):
@@ -194,7 +183,7 @@ class BinanceSource(PollingSource):
             asset = self._by_symbol.get(symbol) if isinstance(symbol, str) else None
             if asset is None or asset in seen:
                 label = symbol if isinstance(symbol, str) else "?"
-                self.reject(label, InvalidTick("unexpected_asset", "not asked for, or twice"))
+                self.unexpected(label)
                 continue
             try:
                 tick = self._tick(asset, record, received)

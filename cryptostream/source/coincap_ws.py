@@ -39,7 +39,8 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.assets import describe
 from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
-from cryptostream.source.coincap import ApiError, CoinCapClient
+from cryptostream.source.coincap import CoinCapClient, record_label
+from cryptostream.source.http import ApiError
 from cryptostream.tick import InvalidTick, Tick, decimal_text, tick_from_api
 
 log = get_logger(__name__)
@@ -288,8 +289,7 @@ class CoinCapWsSource:
                 try:
                     tick = tick_from_api(record, response.timestamp, source=self.name)
                 except InvalidTick as exc:
-                    asset = record.get("id") if isinstance(record, dict) else None
-                    self._reject(asset if isinstance(asset, str) and asset else "?", exc)
+                    self._reject(record_label(record), exc)
                     continue
                 if tick.id in self._wanted:
                     self.metadata[tick.id] = tick

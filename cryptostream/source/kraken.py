@@ -37,13 +37,16 @@ from cryptostream.config import Config, asset_mapping
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.assets import describe
-from cryptostream.source.coincap import (
+from cryptostream.source.http import (
     ClientError,
+    HttpClient,
     RateLimited,
+    RetryPolicy,
     TransientError,
-    parse_retry_after,
+    describe_body,
+    short,
 )
-from cryptostream.source.rest import PollingSource, now, short
+from cryptostream.source.rest import PollingSource, now
 from cryptostream.tick import InvalidTick, Tick, decimal_text
 
 log = get_logger(__name__)
@@ -65,14 +68,6 @@ def pair_alias(pair: str) -> str:
     return name
 
 
-def _body_text(body: bytes) -> str:
-    if not body.strip():
-        return "empty body"
-    if body.lstrip()[:1] == b"<":
-        return "HTML instead of JSON"
-    return f"{len(body)} bytes that are not Kraken's JSON"
-
-
 class KrakenSource(PollingSource):
     name = "kraken"
 
@@ -82,34 +77,22 @@ class KrakenSource(PollingSource):
             assets=config.source.assets,
             markets=asset_mapping(k.pairs),
             interval=config.source.poll_interval,
-            session=session,
             metrics=metrics,
-            timeout=k.timeout,
-            retry_deadline=k.retry_deadline,
-            max_backoff=k.max_backoff,
+            retry=RetryPolicy(self.name, deadline=k.retry_deadline, max_backoff=k.max_backoff),
         )
+        self._http = HttpClient(session, metrics, source=self.name, timeout=k.timeout, api="Kraken")
         self._url = k.base_url.rstrip("/") + "/0/public/Ticker"
         self._by_alias = {pair_alias(pair): asset for asset, pair in self.markets.items()}
         self._params = {"pair": ",".join(self.markets.values())}
 
     async def request(self) -> list[Tick]:
-        answer = await self.get(self._url, self._params)
-        status = answer.status
-        if status == 429:
-            raise RateLimited(
-                "429 rate limited by Kraken", parse_retry_after(answer.headers.get("Retry-After"))
-            )
-        if status >= 500:
-            raise TransientError(f"{status} {_body_text(answer.body)}", status)
-        if status != 200:
-            raise ClientError(f"{status} {_body_text(answer.body)}", status)
-        return self.to_ticks(answer.body)
+        return self.to_ticks(await self._http.get_ok(self._url, self._params))
 
     def to_ticks(self, body: bytes) -> list[Tick]:
         try:
             data = json.loads(body, parse_float=str)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise TransientError(_body_text(body)) from None
+            raise TransientError(describe_body(body, self._http.expected)) from None
         if not isinstance(data, dict):
             raise TransientError("JSON that is not Kraken's {error, result} object")
         errors = data.get("error")
@@ -129,7 +112,7 @@ class KrakenSource(PollingSource):
         for pair, record in result.items():
             asset = self._by_alias.get(pair_alias(pair))
             if asset is None or asset in seen:
-                self.reject(pair, InvalidTick("unexpected_asset", "not asked for, or twice"))
+                self.unexpected(pair)
                 continue
             try:
                 tick = self._tick(asset, record, received)

@@ -1,49 +1,23 @@
-"""What the keyless REST sources (Binance, Kraken) share: the poll loop, the declared
-retry policy, health updates and reporting of bad records.
+"""What the polling sources (CoinCap, Binance, Kraken) share: the poll loop, the
+declared retry policy, health updates and reporting of bad records.
 
 A subclass implements :meth:`PollingSource.request`: one HTTP request turned into
-valid ticks, raising an :class:`~cryptostream.source.coincap.ApiError` subclass
-(the same error classes as CoinCap, so the policy reads the same everywhere):
-
-* :class:`RateLimited` (429, and Binance's 418 ban): wait what ``Retry-After`` says;
-* :class:`ClientError` (a 4xx, an unknown market): retry every ``max_backoff`` seconds;
-* :class:`TransientError` (timeouts, 5xx, bodies that are not the documented JSON):
-  capped exponential backoff with jitter.
+valid ticks, raising an :class:`~cryptostream.source.http.ApiError` subclass, which
+:class:`~cryptostream.source.http.RetryPolicy` reads the same for every source.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
-
-import aiohttp
-import tenacity
 
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.retry import log_retries
 from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
-from cryptostream.source.coincap import (
-    ApiError,
-    AuthFailed,
-    ClientError,
-    RateLimited,
-    TransientError,
-)
+from cryptostream.source.http import ApiError, RetryPolicy
 from cryptostream.tick import InvalidTick, Tick
 
 log = get_logger(__name__)
-
-
-class HttpAnswer:
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-        self.status = status
-        self.body = body
-        self.headers = headers
 
 
 class PollingSource:
@@ -57,24 +31,16 @@ class PollingSource:
         assets: tuple[str, ...],
         markets: Mapping[str, str],
         interval: float,
-        session: aiohttp.ClientSession,
         metrics: Metrics,
-        timeout: float,
-        retry_deadline: float,
-        max_backoff: float,
+        retry: RetryPolicy,
     ) -> None:
-        #: CoinCap id -> the exchange's market name, for the configured assets it lists.
+        #: CoinCap id -> the API's market name, for the configured assets it lists.
         self.markets = {a: markets[a] for a in assets if a in markets}
         self.unpriced = tuple(a for a in assets if a not in markets)
         self._interval = interval
-        self._session = session
         self._metrics = metrics
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._timeout_s = timeout
-        self._retry_deadline = retry_deadline
-        self._max_backoff = max_backoff
+        self._retry = retry
         self.health = SourceHealth()
-        # (asset, reason) pairs already logged: a record that stays bad is said once.
         self._bad = BadRecords(self.name, metrics)
         self._missing_reported: set[str] = set()
 
@@ -109,28 +75,15 @@ class PollingSource:
 
     async def poll_once(self) -> list[Tick]:
         """One poll with retries: the valid ticks, or none if the poll was given up."""
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception_type(ApiError),
-            wait=self._wait,
-            stop=tenacity.stop_after_delay(self._retry_deadline),
-            before_sleep=log_retries("api_request_failed", lambda: {"source": self.name}),
-            sleep=asyncio.sleep,
-            reraise=True,
-        )
-        attempts = 0
         try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    ticks = await self._attempt()
+            return await self._retry.run(self._attempt)
         except ApiError as exc:
             log.error("poll_failed", source=self.name, kind=exc.kind, error=str(exc))
             return []
-        if attempts > 1:
-            log.info("api_recovered", source=self.name, attempts=attempts)
-        return ticks
 
     async def _attempt(self) -> list[Tick]:
+        # Every attempt updates health: failover watches each attempt, not just the
+        # end of a retry sequence that may last minutes.
         try:
             ticks = await self.request()
         except ApiError as exc:
@@ -146,44 +99,15 @@ class PollingSource:
     async def request(self) -> list[Tick]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # -- retry policy ------------------------------------------------------------------
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        backoff = tenacity.wait_exponential_jitter(max=self._max_backoff)
-        if isinstance(exc, RateLimited):
-            return exc.retry_after if exc.retry_after is not None else backoff(state)
-        if isinstance(exc, AuthFailed | ClientError):
-            # Our request is wrong (an unknown market, say): asking fast will not fix it.
-            return self._max_backoff
-        return backoff(state)
-
-    def count(self, outcome: str) -> None:
-        self._metrics.api_requests.labels(outcome).inc()
-        self._metrics.source_requests.labels(self.name, outcome).inc()
-
-    async def get(self, url: str, params: Mapping[str, str]) -> HttpAnswer:
-        """One GET; connection problems and timeouts become :class:`TransientError`."""
-        try:
-            async with self._session.get(
-                url,
-                params=params,
-                headers={"Accept": "application/json"},
-                timeout=self._timeout,
-            ) as resp:
-                answer = HttpAnswer(resp.status, await resp.read(), dict(resp.headers))
-        except TimeoutError:
-            self.count("timeout")
-            raise TransientError(f"no answer within {self._timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
-            self.count("connection_error")
-            raise TransientError(f"{type(exc).__name__}: {exc}") from None
-        self.count(str(answer.status))
-        return answer
+    # -- bad and missing records -------------------------------------------------------
 
     def reject(self, asset: str, exc: InvalidTick) -> None:
         """Count a bad record; log it the first time it is bad in a row."""
         self._bad.reject(asset, exc)
+
+    def unexpected(self, label: str) -> None:
+        """A record of a market not asked for, or one given twice in one answer."""
+        self.reject(label, InvalidTick("unexpected_asset", "not asked for, or twice"))
 
     def accepted(self, ticks: list[Tick]) -> list[Tick]:
         """Bookkeeping after a response: forgive records that are good again, and say
@@ -209,8 +133,3 @@ class PollingSource:
 def now() -> float:
     """Wall-clock time, Unix seconds: when a source has no event time of its own."""
     return time.time()
-
-
-def short(data: Any, limit: int = 200) -> str:
-    """A one-line, bounded rendering of an API's error detail."""
-    return " ".join(str(data).split())[:limit]

@@ -18,7 +18,7 @@ documented shape (``tests/fixtures/binance/``):
   (a ban of :attr:`ban_seconds`). Set :attr:`used_weight` to play "other programs
   on the same IP".
 
-Faults: :meth:`inject` with :class:`tests.support.fake_coincap.Fault` (applied before
+Faults: :meth:`inject` with :class:`tests.support.fakehttp.Fault` (applied before
 the weight accounting, like a proxy in front of the API).
 """
 

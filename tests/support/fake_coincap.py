@@ -60,15 +60,15 @@ Authentication
 Every request needs ``Authorization: Bearer <key>`` or ``?apiKey=<key>`` (either one being
 right is enough).  Otherwise: 401 ``{"error": "...", "timestamp": ...}``.  The key is never
 logged, printed or echoed; the access log writes the path without the query string and
-:class:`RecordedRequest`'s ``repr`` masks it.
+:class:`~tests.support.fakehttp.RecordedRequest`'s ``repr`` masks it.
 
 Fault injection
 ---------------
-:meth:`FakeCoinCap.inject` appends :class:`Fault` objects to a FIFO queue.  Each request
-consumes (one use of) the *first* queued fault whose ``path_prefix`` matches its path.
-Faults apply before the authentication check (like a gateway or rate limiter in front of
-the API); :meth:`Fault.delay` then lets the request continue normally.  A faulted request
-does not advance the market, except for a delayed one that ends up answered normally.
+:meth:`FakeCoinCap.inject` queues :class:`~tests.support.fakehttp.Fault` objects as for
+every fake (:mod:`tests.support.fakehttp`).  Faults apply before the authentication
+check (like a gateway or rate limiter in front of the API); ``Fault.records`` answers
+with exactly the given records in the envelope.  A faulted request does not advance the
+market, except for a delayed one that ends up answered normally.
 
 Command line
 ------------
@@ -82,7 +82,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import dataclasses
 import decimal
 import hashlib
 import json
@@ -92,16 +91,15 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, ClassVar, Final
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
+
+from tests.support.fakehttp import FakeHttpServer, Fault, Handler, RecordedRequest
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -114,7 +112,6 @@ __all__ = [
     "main",
 ]
 
-logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(__name__ + ".access")
 
 DEFAULT_API_KEY: Final = "test-key"
@@ -156,11 +153,9 @@ _MAX_LIMIT: Final = 2000
 _WALK_MAX_STEP_PPM: Final = 250  # 0.025 % per tick at most
 _HISTORY_TREND_PPM: Final = 20_000  # ±2 % over a day
 _HISTORY_NOISE_PPM: Final = 1_000  # ±0.1 % per row
-_REDACTED: Final = "***"
 
 JsonDict = dict[str, Any]
 Clock = Callable[[], int]
-FaultKind = Literal["status", "body", "delay", "records", "disconnect"]
 
 
 def _wall_clock_ms() -> int:
@@ -186,185 +181,20 @@ def _scale(price: Decimal, ppm: int, places: int) -> str:
         return format(scaled.quantize(Decimal(1).scaleb(-places)), "f")
 
 
-# --------------------------------------------------------------------------------------
-# Faults
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Fault:
-    """One scripted misbehaviour; build it with the class methods, not the constructor.
-
-    ``path_prefix`` (``None``: every path) selects the requests it applies to, ``times``
-    how many matching requests it affects (``None``: until :meth:`FakeCoinCap.clear_faults`).
-    """
-
-    kind: FaultKind
-    http_status: int = 200
-    payload: str | None = None
-    content_type: str = "application/json"
-    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0
-    asset_records: tuple[Mapping[str, Any], ...] = ()
-    path_prefix: str | None = None
-    times: int | None = 1
-
-    def __post_init__(self) -> None:
-        if self.times is not None and self.times < 1:
-            raise ValueError("times must be >= 1 (or None for 'until cleared')")
-        if self.seconds < 0:
-            raise ValueError("seconds must be >= 0")
-
-    @classmethod
-    def status(
-        cls,
-        status: int,
-        *,
-        body: str | None = None,
-        content_type: str = "application/json",
-        headers: Mapping[str, str] | None = None,
-        path_prefix: str | None = None,
-        times: int | None = 1,
-    ) -> Fault:
-        """Answer ``status`` with ``body`` (default: a JSON ``{"error", "timestamp"}``)."""
-        return cls(
-            kind="status",
-            http_status=status,
-            payload=body,
-            content_type=content_type,
-            headers=dict(headers or {}),
-            path_prefix=path_prefix,
-            times=times,
-        )
-
-    @classmethod
-    def body(
-        cls,
-        body: str,
-        *,
-        status: int = 200,
-        content_type: str = "application/json",
-        headers: Mapping[str, str] | None = None,
-        path_prefix: str | None = None,
-        times: int | None = 1,
-    ) -> Fault:
-        """Answer exactly ``body`` (e.g. truncated JSON, ``""``) with status 200."""
-        return cls(
-            kind="body",
-            http_status=status,
-            payload=body,
-            content_type=content_type,
-            headers=dict(headers or {}),
-            path_prefix=path_prefix,
-            times=times,
-        )
-
-    @classmethod
-    def delay(
-        cls, seconds: float, *, path_prefix: str | None = None, times: int | None = 1
-    ) -> Fault:
-        """Sleep ``seconds`` (cut short by :meth:`FakeCoinCap.stop`), then answer normally."""
-        return cls(kind="delay", seconds=seconds, path_prefix=path_prefix, times=times)
-
-    @classmethod
-    def records(
-        cls,
-        records: Iterable[Mapping[str, Any]],
-        *,
-        path_prefix: str | None = None,
-        times: int | None = 1,
-    ) -> Fault:
-        """Answer 200 ``{"data": [<exactly these records>], "timestamp": clock}``.
-
-        Meant for ``/v3/assets`` (bad-record tests); the records are deep-copied now, so
-        later changes to the caller's dicts do not leak into the answer.
-        """
-        frozen = tuple(copy.deepcopy(dict(record)) for record in records)
-        return cls(kind="records", asset_records=frozen, path_prefix=path_prefix, times=times)
-
-    @classmethod
-    def disconnect(cls, *, path_prefix: str | None = None, times: int | None = 1) -> Fault:
-        """Close the connection without sending any response bytes.
-
-        Note: aiohttp's ``ClientSession`` transparently retries an idempotent request
-        (GET) once after ``ServerDisconnectedError``, so an aiohttp client only sees the
-        error when two disconnects happen in a row (``times=2``).
-        """
-        return cls(kind="disconnect", path_prefix=path_prefix, times=times)
-
-    def matches(self, path: str) -> bool:
-        return self.path_prefix is None or path.startswith(self.path_prefix)
-
-
-@dataclasses.dataclass
-class _QueuedFault:
-    fault: Fault
-    remaining: int | None
-
-
-# --------------------------------------------------------------------------------------
-# Request recording
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class RecordedRequest:
-    """A request as the fake saw it (the ``repr`` masks the API key).
-
-    ``monotonic`` is :func:`time.monotonic` at arrival; ``status`` is the answer's status
-    once sent (``None`` while in flight or when the connection was dropped).
-    """
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    monotonic: float
-    status: int | None = None
-    fault: FaultKind | None = None
-
-    def header(self, name: str) -> str | None:
-        """Case-insensitive header lookup."""
-        wanted = name.lower()
-        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
-
-    def __repr__(self) -> str:
-        headers = {
-            k: (_REDACTED if k.lower() == "authorization" else v) for k, v in self.headers.items()
-        }
-        query = {k: (_REDACTED if k == "apiKey" else v) for k, v in self.query.items()}
-        return (
-            f"RecordedRequest(method={self.method!r}, path={self.path!r}, query={query!r}, "
-            f"headers={headers!r}, monotonic={self.monotonic!r}, status={self.status!r}, "
-            f"fault={self.fault!r})"
-        )
-
-
-class _RedactingAccessLogger(AbstractAccessLogger):
-    """Access log without query strings or headers, so the API key never reaches a log."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            "%s %s -> %s (%.1f ms)", request.method, request.path, response.status, time * 1000
-        )
-
-
-# --------------------------------------------------------------------------------------
-# The fake
-# --------------------------------------------------------------------------------------
-
-
 class _BadRequest(Exception):
     pass
 
 
-class FakeCoinCap:
+class FakeCoinCap(FakeHttpServer):
     """Fake CoinCap v3 REST server; see the module docstring for the endpoints.
 
     >>> async with FakeCoinCap() as fake:                       # doctest: +SKIP
     ...     url = f"{fake.base_url}/assets?ids=bitcoin,ethereum"
     ...     headers = {"Authorization": f"Bearer {fake.api_key}"}
     """
+
+    base_path: ClassVar[str] = API_PREFIX
+    access_log: ClassVar[logging.Logger | None] = access_logger
 
     def __init__(
         self,
@@ -376,12 +206,10 @@ class FakeCoinCap:
         clock: Clock | None = None,
         fixtures_dir: Path = FIXTURES_DIR,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.api_key = api_key
-        self.host = host
-        self.port = port
         #: Epoch-milliseconds clock used for every ``timestamp``; assign to control time.
         self.clock: Clock = clock or _wall_clock_ms
-        self.requests: list[RecordedRequest] = []
 
         self._first: list[JsonDict] = self._load(fixtures_dir / "assets.json")["data"]
         self._later: list[JsonDict] = self._load(fixtures_dir / "assets_later.json")["data"]
@@ -399,155 +227,39 @@ class FakeCoinCap:
         self._current: list[JsonDict] = copy.deepcopy(self._first)
         self._walk: list[JsonDict] = copy.deepcopy(self._later)
 
-        self._faults: list[_QueuedFault] = []
-        self._new_request = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._base_url: str | None = None
-
     @staticmethod
     def _load(path: Path) -> JsonDict:
         data: JsonDict = json.loads(path.read_text(encoding="utf-8"))
         return data
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        """``http://HOST:PORT/v3`` once started."""
-        if self._base_url is None:
-            raise RuntimeError("FakeCoinCap is not started")
-        return self._base_url
 
     @property
     def tick(self) -> int:
         """How many ``/v3/assets`` answers the market has produced so far."""
         return self._tick
 
-    async def start(self) -> None:
-        if self._runner is not None:
-            raise RuntimeError("FakeCoinCap is already started")
-        self._stopping = asyncio.Event()
-        self._new_request = asyncio.Event()
-        app = web.Application(middlewares=[self._middleware])
+    def routes(self, app: web.Application) -> None:
         app.router.add_get(API_PREFIX + "/assets", self._handle_assets)
         app.router.add_get(API_PREFIX + "/assets/{asset_id}", self._handle_asset)
         app.router.add_get(API_PREFIX + "/assets/{asset_id}/history", self._handle_history)
-        runner = web.AppRunner(
-            app,
-            access_log=access_logger,
-            access_log_class=_RedactingAccessLogger,
-            handler_cancellation=True,
-            shutdown_timeout=1.0,
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        self.port = int(bound_port)
-        url_host = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
-        self._base_url = f"http://{url_host}:{self.port}{API_PREFIX}"
-        logger.debug("fake CoinCap listening on %s", self._base_url)
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        self._stopping.set()  # releases pending Fault.delay sleeps
-        await runner.cleanup()
-        self._base_url = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    # -- faults ------------------------------------------------------------------------
-
-    def inject(self, *faults: Fault) -> None:
-        """Queue faults (FIFO); each matching request consumes one use of the first match."""
-        self._faults.extend(_QueuedFault(f, f.times) for f in faults)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    @property
-    def pending_faults(self) -> list[Fault]:
-        return [q.fault for q in self._faults]
-
-    def _take_fault(self, path: str) -> Fault | None:
-        for index, queued in enumerate(self._faults):
-            if queued.fault.matches(path):
-                if queued.remaining is not None:
-                    queued.remaining -= 1
-                    if queued.remaining == 0:
-                        del self._faults[index]
-                return queued.fault
-        return None
-
-    # -- request inspection ------------------------------------------------------------
-
-    def calls(self, path_prefix: str = "") -> int:
-        """Number of recorded requests whose path starts with ``path_prefix``."""
-        return sum(1 for r in self.requests if r.path.startswith(path_prefix))
-
-    def requests_to(self, path_prefix: str = "") -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path.startswith(path_prefix)]
-
-    async def wait_for_calls(
-        self,
-        n: int,
-        path_prefix: str = "/v3/assets",
-        timeout: float = 10.0,
-    ) -> list[RecordedRequest]:
-        """Wait until at least ``n`` requests to ``path_prefix`` arrived; return them.
-
-        Raises :class:`TimeoutError` (with the count seen) after ``timeout`` seconds.
-        """
-        try:
-            async with asyncio.timeout(timeout):
-                while self.calls(path_prefix) < n:
-                    await self._new_request.wait()
-        except TimeoutError:
-            seen = self.calls(path_prefix)
-            raise TimeoutError(
-                f"waited {timeout}s for {n} request(s) to {path_prefix!r}, saw {seen}"
-            ) from None
-        return self.requests_to(path_prefix)
-
-    def _record(self, request: web.Request) -> RecordedRequest:
-        recorded = RecordedRequest(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            headers=dict(request.headers),
-            monotonic=time.monotonic(),
-        )
-        self.requests.append(recorded)
-        event, self._new_request = self._new_request, asyncio.Event()
-        event.set()
-        return recorded
 
     # -- HTTP plumbing -----------------------------------------------------------------
+
+    def error_body(self, status: int, message: str) -> str:
+        return json.dumps({"error": message, "timestamp": self.clock()})
 
     def _error(
         self, status: int, message: str, headers: Mapping[str, str] | None = None
     ) -> web.Response:
-        return web.json_response(
-            {"error": message, "timestamp": self.clock()}, status=status, headers=headers
+        return web.Response(
+            status=status,
+            text=self.error_body(status, message),
+            content_type="application/json",
+            headers=headers,
         )
+
+    def records_response(self, fault: Fault) -> web.StreamResponse:
+        envelope = {"data": [dict(r) for r in fault.asset_records], "timestamp": self.clock()}
+        return web.json_response(envelope, status=fault.http_status, headers=fault.headers)
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
@@ -555,64 +267,20 @@ class FakeCoinCap:
             return True
         return request.query.get("apiKey") == self.api_key
 
-    @web.middleware
-    async def _middleware(
-        self,
-        request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    ) -> web.StreamResponse:
-        recorded = self._record(request)
-        fault = self._take_fault(request.path)
-        if fault is not None:
-            recorded.fault = fault.kind
-            early = await self._apply_fault(fault, request)
-            if early is not None:
-                recorded.status = early.status
-                return early
+    async def answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self._authorized(request):
-            response: web.StreamResponse = self._error(
+            return self._error(
                 401,
                 "Unauthorized: a valid API key is required "
                 "(Authorization: Bearer <key> or ?apiKey=<key>)",
                 headers={"WWW-Authenticate": 'Bearer realm="coincap"'},
             )
-        else:
-            try:
-                response = await handler(request)
-            except _BadRequest as exc:
-                response = self._error(400, str(exc))
-            except web.HTTPException as exc:
-                response = self._error(exc.status, exc.reason)
-        recorded.status = response.status
-        return response
-
-    async def _apply_fault(self, fault: Fault, request: web.Request) -> web.StreamResponse | None:
-        if fault.kind == "delay":
-            try:
-                async with asyncio.timeout(fault.seconds):
-                    await self._stopping.wait()
-            except TimeoutError:
-                pass
-            return None
-        if fault.kind == "disconnect":
-            if request.transport is not None:
-                request.transport.abort()
-            await asyncio.Future()  # cancelled by aiohttp once the connection is lost
-            raise AssertionError("unreachable")  # pragma: no cover
-        if fault.kind == "records":
-            envelope = {"data": [dict(r) for r in fault.asset_records], "timestamp": self.clock()}
-            return web.json_response(envelope, status=fault.http_status, headers=fault.headers)
-        if fault.kind == "status" and fault.payload is None:
-            try:
-                reason = HTTPStatus(fault.http_status).phrase
-            except ValueError:
-                reason = "Error"
-            return self._error(fault.http_status, reason, headers=fault.headers)
-        response = web.Response(
-            status=fault.http_status, body=(fault.payload or "").encode(), headers=fault.headers
-        )
-        response.content_type = fault.content_type
-        return response
+        try:
+            return await handler(request)
+        except _BadRequest as exc:
+            return self._error(400, str(exc))
+        except web.HTTPException as exc:
+            return self._error(exc.status, exc.reason)
 
     # -- /v3/assets ----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ whole request with HTTP 200 ``{"error": ["EQuery:Unknown asset pair"]}``, like K
 The market moves one step per answered request: the first answer is the fixture,
 later ones a deterministic random walk of the last trade price ``c[0]`` (5 decimals).
 
-Faults: :meth:`inject` with :class:`tests.support.fake_coincap.Fault`; Kraken's own
+Faults: :meth:`inject` with :class:`tests.support.fakehttp.Fault`; Kraken's own
 error answers are bodies, e.g. ``Fault.body(RATE_LIMITED)``.
 """
 

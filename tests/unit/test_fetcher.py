@@ -10,7 +10,8 @@ from cryptostream.fetcher import Fetcher
 from cryptostream.firstvalue import FirstValues
 from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
-from cryptostream.source.coincap import CoinCapSource, parse_retry_after
+from cryptostream.source.coincap import CoinCapSource
+from cryptostream.source.http import parse_retry_after
 from tests.conftest import API_KEY, ConfigFactory
 from tests.support.fake_coincap import FakeCoinCap, Fault
 

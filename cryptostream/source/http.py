@@ -1,0 +1,239 @@
+"""What every HTTP price source shares: the error family, one counted GET, readable
+error texts and the declared retry policy.
+
+Errors are sorted into what the retry policy needs to know:
+
+* :class:`RateLimited` (429): wait what ``Retry-After`` says;
+* :class:`AuthFailed` (401/403 from an API that takes a key) and :class:`ClientError`
+  (other 4xx, an unknown market): our request is wrong, so retry slowly, never hammer;
+* :class:`TransientError` (timeouts, connection errors, 5xx, a body that is not the
+  documented JSON): capped exponential backoff with jitter.
+
+Bodies are never trusted: HTML from a proxy, an empty body or truncated JSON all
+become a short description, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import tenacity
+
+from cryptostream.logs import get_logger
+from cryptostream.metrics import Metrics
+from cryptostream.retry import log_retries
+
+log = get_logger(__name__)
+
+MAX_RETRY_AFTER = 600.0
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    kind = "error"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientError(ApiError):
+    kind = "transient"
+
+
+class RateLimited(ApiError):
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message, 429)
+        self.retry_after = retry_after
+
+
+class AuthFailed(ApiError):
+    kind = "auth"
+
+
+class ClientError(ApiError):
+    kind = "client_error"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def short(data: Any, limit: int = 200) -> str:
+    """A one-line, bounded rendering of an API's error detail."""
+    return " ".join(str(data).split())[:limit]
+
+
+def describe_body(body: bytes, expected: str) -> str:
+    """Why ``body`` is not the ``expected`` JSON: empty, a proxy's HTML page, or other."""
+    if not body.strip():
+        return "empty body"
+    if body.lstrip()[:1] == b"<":
+        return "HTML instead of JSON"
+    return f"{len(body)} bytes that are not {expected}"
+
+
+def error_text(body: bytes, expected: str) -> str:
+    """The API's own error message when it sent one (``error``, ``message`` or
+    Binance's ``msg`` with its ``code``), short and single-line; else what the body is."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        data = None
+    if isinstance(data, dict):
+        for key in ("error", "message", "msg"):
+            text = data.get(key)
+            if isinstance(text, str):
+                return short(f"{text} (code {data['code']})" if "code" in data else text)
+    return describe_body(body, expected)
+
+
+class HttpAnswer:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+class HttpClient:
+    """GETs of one source: each counted by outcome, failures sorted into the error family.
+
+    ``api`` names the API in error texts ("Kraken"); ``auth_hint``, for an API that
+    takes a key, turns 401/403 into :class:`AuthFailed` with that hint (a keyless
+    API's 403 refuses the request, it says nothing about a key: a ClientError).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        source: str,
+        timeout: float,
+        api: str,
+        headers: Mapping[str, str] | None = None,
+        auth_hint: str | None = None,
+    ) -> None:
+        self._session = session
+        self._metrics = metrics
+        self._source = source
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_s = timeout
+        self._api = api
+        #: What the API's answers should be, for describing those that are not.
+        self.expected = f"{api}'s JSON"
+        self._headers = {"Accept": "application/json", **(headers or {})}
+        self._auth_hint = auth_hint
+
+    def _count(self, outcome: str) -> None:
+        self._metrics.api_requests.labels(outcome).inc()
+        self._metrics.source_requests.labels(self._source, outcome).inc()
+
+    async def get(self, url: str, params: Mapping[str, str]) -> HttpAnswer:
+        """One GET, any status; connection problems and timeouts become TransientError."""
+        try:
+            async with self._session.get(
+                url, params=params, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                answer = HttpAnswer(resp.status, await resp.read(), dict(resp.headers))
+        except TimeoutError:
+            self._count("timeout")
+            raise TransientError(f"no answer within {self._timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            self._count("connection_error")
+            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+        self._count(str(answer.status))
+        return answer
+
+    async def get_ok(self, url: str, params: Mapping[str, str]) -> bytes:
+        """One GET: the body of a 200, else the error :meth:`check` raises."""
+        return self.check(await self.get(url, params))
+
+    def check(self, answer: HttpAnswer, hints: Mapping[int, str] | None = None) -> bytes:
+        """The body of a 200; any other status raised as its :class:`ApiError`
+        (``hints`` add what to check to the message of a 4xx status)."""
+        status = answer.status
+        if status == 200:
+            return answer.body
+        detail = error_text(answer.body, self.expected)
+        if status == 429:
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            raise RateLimited(f"429 rate limited by {self._api}: {detail}", retry_after)
+        if status >= 500:
+            raise TransientError(f"{status} {detail}", status)
+        if status in (401, 403) and self._auth_hint is not None:
+            raise AuthFailed(f"{status} {detail}: {self._auth_hint}", status)
+        raise ClientError(f"{status} {detail}{(hints or {}).get(status, '')}", status)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """The declared retry policy of one source's requests.
+
+    Waits ``Retry-After`` after a :class:`RateLimited` (backoff when it gave none),
+    ``slow_interval`` (default ``max_backoff``) after an :class:`AuthFailed` or
+    :class:`ClientError`, capped exponential backoff with jitter otherwise; gives up
+    after ``deadline`` seconds, re-raising the last error.
+    """
+
+    source: str
+    deadline: float
+    max_backoff: float
+    slow_interval: float | None = None
+
+    def wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        backoff = tenacity.wait_exponential_jitter(max=self.max_backoff)
+        if isinstance(exc, RateLimited):
+            return exc.retry_after if exc.retry_after is not None else backoff(state)
+        if isinstance(exc, AuthFailed | ClientError):
+            # Our request is wrong (a bad key, an unknown market): asking fast won't fix it.
+            return self.max_backoff if self.slow_interval is None else self.slow_interval
+        return backoff(state)
+
+    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` until it succeeds or the deadline passes; says when it recovered."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(ApiError),
+            wait=self.wait,
+            stop=tenacity.stop_after_delay(self.deadline),
+            before_sleep=log_retries("api_request_failed", lambda: {"source": self.source}),
+            sleep=asyncio.sleep,
+            reraise=True,
+        )
+        attempts = 0
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                result = await call()
+        if attempts > 1:
+            log.info("api_recovered", source=self.source, attempts=attempts)
+        return result
