@@ -4,24 +4,26 @@ Precedence, lowest first: built-in defaults → the TOML file → environment
 variables ``CRYPTOSTREAM_<SECTION>__<KEY>``. The CoinCap API key only ever comes
 from ``COINCAP_API_KEY`` so it never sits in a file that gets committed.
 
-Every problem is raised as :class:`ConfigError` naming the offending key; the
-CLI turns it into one line on stderr and exit code 2 before anything starts.
+The schema below is a tree of frozen :mod:`msgspec` structs; single-key rules
+(ranges, URL schemes, names) are constraints on the field types, so msgspec
+checks them in the one conversion of the merged settings. Only rules that span
+several keys are written out, in :func:`_check`. Every problem is raised as
+:class:`ConfigError` naming the offending key and where its value came from;
+the CLI turns it into one line on stderr and exit code 2 before anything starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import ssl
 import tomllib
-import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 ENV_PREFIX = "CRYPTOSTREAM_"
 CONFIG_PATH_ENV = "CRYPTOSTREAM_CONFIG"
@@ -33,13 +35,13 @@ DEFAULT_CONFIG_FILE = "config.toml"
 MIN_TOKEN_LENGTH = 16
 
 DEFAULT_ASSETS = ("bitcoin", "ethereum", "tether", "xrp", "binance-coin", "solana")
+#: A CoinCap asset id: lower-case, and nothing that would break a URL or a list.
+ASSET_ID_PATTERN = r"^[^A-Z ,/?&#]+$"
 
-#: The price sources ``source.name`` and ``source.fallbacks`` may name.
+#: The price sources ``source.name`` may name.
 SourceName = Literal["coincap", "coincap-ws", "binance", "kraken", "demo", "auto"]
 #: Sources that can stand in for one another in a failover chain (real prices only).
-CHAIN_SOURCES = ("coincap", "coincap-ws", "binance", "kraken")
-#: Sources that need COINCAP_API_KEY.
-KEYED_SOURCES = ("coincap", "coincap-ws")
+ChainSource = Literal["coincap", "coincap-ws", "binance", "kraken"]
 
 # CoinCap id -> exchange market. Binance quotes in USDT (taken as USD); it has no
 # tether/USD market, so tether is not priced by Binance. Kraken quotes in real USD
@@ -90,94 +92,121 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True, slots=True)
-class CoinCapConfig:
-    base_url: str = "https://rest.coincap.io/v3"
+def _rule(error: str, **constraints: Any) -> msgspec.Meta:
+    """A msgspec constraint plus what to tell the user when a value breaks it.
+
+    ``error`` follows the key in the message; ``{value!r}`` in it shows the value.
+    """
+    return msgspec.Meta(**constraints, extra={"error": error})
+
+
+Positive = Annotated[float, _rule("must be greater than 0, got {value!r}", gt=0)]
+PositiveInt = Annotated[int, _rule("must be greater than 0, got {value!r}", gt=0)]
+HttpUrl = Annotated[str, _rule("must start with http:// or https://", pattern=r"^https?://")]
+WsUrl = Annotated[str, _rule("must start with ws:// or wss://", pattern=r"^wss?://")]
+AssetId = Annotated[
+    str,
+    _rule(
+        "invalid asset id {value!r} (CoinCap ids are lower-case, e.g. bitcoin, binance-coin)",
+        pattern=ASSET_ID_PATTERN,
+    ),
+]
+Assets = Annotated[tuple[AssetId, ...], _rule("the asset list is empty", min_length=1)]
+Port = Annotated[int, _rule("must be a port number 0-65535, got {value!r}", ge=0, le=65535)]
+BootstrapServers = Annotated[
+    str,
+    _rule(
+        "expected host:port[,host:port], got {value!r}",
+        pattern=r"^\s*[^,\s]+:[0-9]+\s*(,\s*[^,\s]+:[0-9]+\s*)*$",
+    ),
+]
+TopicName = Annotated[
+    str, _rule("invalid topic name {value!r}", pattern=r"^[a-zA-Z0-9._-]{1,249}$")
+]
+
+
+class CoinCapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    base_url: HttpUrl = "https://rest.coincap.io/v3"
     #: Seconds for one HTTP request, connect to last byte.
-    timeout: float = 10.0
+    timeout: Positive = 10.0
     #: How long one poll keeps retrying transient errors before giving up on it.
-    retry_deadline: float = 300.0
+    retry_deadline: Positive = 300.0
     #: Upper bound of the exponential backoff between retries, seconds.
-    max_backoff: float = 30.0
+    max_backoff: Positive = 30.0
     #: Wait between retries after 401/403: a bad key must not hammer the API.
-    auth_retry_interval: float = 60.0
+    auth_retry_interval: Positive = 60.0
     #: CoinCap's price stream (``coincap-ws``); ``assets`` and ``apiKey`` are added.
-    ws_url: str = "wss://wss.coincap.io/prices"
+    ws_url: WsUrl = "wss://wss.coincap.io/prices"
     #: A stream quiet for this long is taken as dead and reconnected, seconds.
-    ws_silence_timeout: float = 30.0
+    ws_silence_timeout: Positive = 30.0
     #: How often ``coincap-ws`` refreshes symbol, name, change and VWAP over REST, seconds.
-    ws_refresh_interval: float = 60.0
-    api_key: Secret = field(default_factory=lambda: Secret(""))
+    ws_refresh_interval: Positive = 60.0
+    api_key: Secret = Secret("")
 
 
-@dataclass(frozen=True, slots=True)
-class SourceConfig:
+class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: ``coincap``/``coincap-ws`` (need COINCAP_API_KEY), ``binance``, ``kraken`` (keyless),
-    #: ``demo`` (synthetic prices, offline) or ``auto`` (see :func:`source_chain`).
+    #: ``demo`` (synthetic prices, offline) or ``auto`` (see ``source.chain.source_chain``).
     name: SourceName = "coincap"
     #: Sources to fail over to, in order, when the one in use keeps failing.
-    fallbacks: tuple[str, ...] = ()
+    fallbacks: tuple[ChainSource, ...] = ()
     #: Seconds the active source may fail before the next one takes over.
-    failover_after: float = 60.0
-    assets: tuple[str, ...] = DEFAULT_ASSETS
-    poll_interval: float = 20.0
+    failover_after: Positive = 60.0
+    assets: Assets = DEFAULT_ASSETS
+    poll_interval: Positive = 20.0
     #: Ticks buffered between fetcher and producer while Kafka is slow or down.
-    queue_size: int = 100_000
+    queue_size: PositiveInt = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class DemoConfig:
+class DemoConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Ticks per second, all assets together.
-    rate: float = 10.0
+    rate: Positive = 10.0
     seed: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class BinanceConfig:
-    base_url: str = "https://api.binance.com"
+class BinanceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    base_url: HttpUrl = "https://api.binance.com"
     #: ``coincap-id=SYMBOL`` pairs: which Binance market prices which asset.
     symbols: tuple[str, ...] = DEFAULT_BINANCE_SYMBOLS
-    timeout: float = 10.0
-    retry_deadline: float = 300.0
-    max_backoff: float = 30.0
+    timeout: Positive = 10.0
+    retry_deadline: Positive = 300.0
+    max_backoff: Positive = 30.0
     #: Request weight this service allows itself per minute (Binance's IP limit is 6000,
     #: shared with every other program on the same address).
-    max_weight: int = 1000
+    max_weight: PositiveInt = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class KrakenConfig:
-    base_url: str = "https://api.kraken.com"
+class KrakenConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    base_url: HttpUrl = "https://api.kraken.com"
     #: ``coincap-id=PAIR`` pairs: which Kraken pair prices which asset.
     pairs: tuple[str, ...] = DEFAULT_KRAKEN_PAIRS
-    timeout: float = 10.0
-    retry_deadline: float = 300.0
-    max_backoff: float = 30.0
+    timeout: Positive = 10.0
+    retry_deadline: Positive = 300.0
+    max_backoff: Positive = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaConfig:
-    bootstrap_servers: str = "localhost:9092"
-    topic: str = "crypto_prices"
-    group_id: str = "cryptostream-csv"
+class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    bootstrap_servers: BootstrapServers = "localhost:9092"
+    topic: TopicName = "crypto_prices"
+    group_id: Annotated[str, _rule("must not be empty", min_length=1)] = "cryptostream-csv"
     client_id: str = "cryptostream"
     #: One partition keeps a total order of ticks (the CSV is then a pure function
     #: of the topic: ``cryptostream replay`` reproduces it byte for byte).
-    partitions: int = 1
-    replication_factor: int = 1
+    partitions: PositiveInt = 1
+    replication_factor: PositiveInt = 1
     #: 0 leaves the broker default.
     min_insync_replicas: int = 0
     #: Deadline for one batch of sends to be acknowledged (acks=all), seconds.
-    send_timeout: float = 30.0
+    send_timeout: Positive = 30.0
     #: Deadline for connecting / creating the topic / committing, seconds.
-    request_timeout: float = 15.0
-    linger_ms: int = 5
+    request_timeout: Positive = 15.0
+    linger_ms: Annotated[int, _rule("must not be negative, got {value!r}", ge=0)] = 5
     #: Records per consumer batch written to the CSV at once.
-    max_batch: int = 5000
+    max_batch: PositiveInt = 5000
     #: Consumer group session timeout: how soon a crashed member's partitions move on.
-    session_timeout: float = 10.0
+    session_timeout: Positive = 10.0
     #: Longest pause between polls before the consumer is considered stuck and leaves.
-    max_poll_interval: float = 300.0
+    max_poll_interval: Positive = 300.0
     #: How to talk to the brokers: ``plaintext``, ``ssl``, ``sasl_plaintext``, ``sasl_ssl``.
     security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
     #: SASL mechanism with a ``sasl_*`` protocol.
@@ -191,56 +220,51 @@ class KafkaConfig:
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
-    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    sasl_password: Secret = Secret("")
 
 
-@dataclass(frozen=True, slots=True)
-class StorageConfig:
+class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     data_dir: Path = Path("data")
     #: fsync data and state files; turning it off trades crash safety for speed.
     fsync: bool = True
     #: Days of rows kept in crypto_data.csv (0 = everything); history/ticks keeps all.
-    retention_days: int = 0
+    retention_days: Annotated[int, _rule("must be 0 (keep all) or more, got {value!r}", ge=0)] = 0
     #: Build OHLC candles (1m, 1h, 1d) under history/candles.
     candles: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class WebConfig:
+class WebConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Port = 8000
     #: Serve the live dashboard page and its JSON API (keeps the price history in memory).
     dashboard: bool = True
     #: Optional access token for the dashboard, its API and /metrics; never logged.
-    token: Secret = field(default_factory=lambda: Secret(""))
+    token: Secret = Secret("")
 
 
-@dataclass(frozen=True, slots=True)
-class LogConfig:
+class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: ``auto``: console on a terminal, JSON lines otherwise.
     format: Literal["auto", "json", "console"] = "auto"
 
 
-@dataclass(frozen=True, slots=True)
-class ShutdownConfig:
+class ShutdownConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Total budget for an orderly stop after SIGINT/SIGTERM, seconds.
-    timeout: float = 10.0
+    timeout: Positive = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    coincap: CoinCapConfig = field(default_factory=CoinCapConfig)
-    source: SourceConfig = field(default_factory=SourceConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-    binance: BinanceConfig = field(default_factory=BinanceConfig)
-    kraken: KrakenConfig = field(default_factory=KrakenConfig)
-    kafka: KafkaConfig = field(default_factory=KafkaConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    web: WebConfig = field(default_factory=WebConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    coincap: CoinCapConfig = msgspec.field(default_factory=CoinCapConfig)
+    source: SourceConfig = msgspec.field(default_factory=SourceConfig)
+    demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
+    binance: BinanceConfig = msgspec.field(default_factory=BinanceConfig)
+    kraken: KrakenConfig = msgspec.field(default_factory=KrakenConfig)
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    web: WebConfig = msgspec.field(default_factory=WebConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    shutdown: ShutdownConfig = msgspec.field(default_factory=ShutdownConfig)
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for log redaction."""
@@ -255,37 +279,11 @@ class Config:
         ]
 
 
-def source_chain(config: Config) -> tuple[str, ...]:
-    """The sources to use, most preferred first: ``source.name`` then ``source.fallbacks``.
-
-    ``auto`` is CoinCap when COINCAP_API_KEY is set, else Binance; with no fallbacks
-    configured it falls back to the keyless sources (Binance, then Kraken).
-    """
-    src = config.source
-    if src.name != "auto":
-        return (src.name, *src.fallbacks)
-    first = "coincap" if config.coincap.api_key else "binance"
-    rest = src.fallbacks or ("binance", "kraken")
-    return tuple(dict.fromkeys((first, *rest)))
-
-
-def asset_mapping(entries: tuple[str, ...]) -> dict[str, str]:
-    """Parse ``("bitcoin=BTCUSDT", ...)``; raises ValueError naming the bad entry."""
-    mapping: dict[str, str] = {}
-    for entry in entries:
-        asset, sep, market = (part.strip() for part in entry.partition("="))
-        if not sep or not asset or not market:
-            raise ValueError(f"expected coincap-id=MARKET, got {entry!r}")
-        if asset != asset.lower() or any(c in asset for c in ", /?&#"):
-            raise ValueError(f"invalid asset id {asset!r} in {entry!r}")
-        if not all(c.isalnum() or c in "-_." for c in market):
-            raise ValueError(f"invalid market name {market!r} in {entry!r}")
-        if asset in mapping:
-            raise ValueError(f"asset {asset!r} is mapped twice")
-        mapping[asset] = market
-    return mapping
-
-
+#: section -> key -> declared type (with its constraints), read off the schema.
+_SCHEMA: dict[str, dict[str, Any]] = {
+    section.name: {f.name: f.type for f in msgspec.structs.fields(section.type)}
+    for section in msgspec.structs.fields(Config)
+}
 # Keys that are not read from the file or CRYPTOSTREAM_* variables.
 _EXTERNAL_KEYS = {("coincap", "api_key"), ("kafka", "sasl_password")}
 _EXTERNAL_HINTS = {
@@ -294,11 +292,8 @@ _EXTERNAL_HINTS = {
         f" (set it with the {SASL_PASSWORD_ENV} environment variable or kafka.sasl_password_file)"
     ),
 }
-
-
-def _sections() -> dict[str, type[Any]]:
-    hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOL_WORDS |= {"0": False, "false": False, "no": False, "off": False}
 
 
 def load_config(
@@ -308,65 +303,38 @@ def load_config(
     """Read, merge and validate the configuration. Raises :class:`ConfigError`."""
     env = os.environ if environ is None else environ
     raw: dict[str, dict[str, Any]] = {}
-    sources: dict[tuple[str, str], str] = {}
+    origins: dict[tuple[str, str], str] = {}
+
+    def where(section: str, key: str) -> str:
+        return origins.get((section, key), f"[{section}] {key}")
+
+    def put(section: str, key: str, value: Any, origin: str) -> None:
+        origins[(section, key)] = origin
+        raw.setdefault(section, {})[key] = _tidy(value, _SCHEMA[section][key], origin)
 
     file_path = _resolve_path(path, env)
     if file_path is not None:
         for section, key, value in _read_toml(file_path):
-            raw.setdefault(section, {})[key] = value
-            sources[(section, key)] = f"{file_path}: [{section}] {key}"
-
-    sections = _sections()
+            put(section, key, value, f"{file_path}: [{section}] {key}")
     for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        if (
-            section not in sections
-            or not _has_field(sections[section], key)
-            or ((section, key) in _EXTERNAL_KEYS)
-        ):
+        if key not in _SCHEMA.get(section, {}) or (section, key) in _EXTERNAL_KEYS:
             raise ConfigError(f"unknown configuration variable {name}")
-        raw.setdefault(section, {})[key] = _EnvText(value)
-        sources[(section, key)] = f"environment {name}"
+        origin = f"environment {name}"
+        put(section, key, _from_env(value, _SCHEMA[section][key], origin), origin)
+    raw.setdefault("coincap", {})["api_key"] = env.get(API_KEY_ENV, "").strip()
 
-    built: dict[str, Any] = {}
-    for section, cls in sections.items():
-        values = raw.get(section, {})
-        kwargs: dict[str, Any] = {}
-        hints = typing.get_type_hints(cls)
-        for key, value in values.items():
-            where = sources[(section, key)]
-            kwargs[key] = _coerce(value, hints[key], where)
-        if section == "coincap":
-            kwargs["api_key"] = Secret(env.get(API_KEY_ENV, "").strip())
-        if section == "kafka":
-            kwargs["sasl_password"] = _sasl_password(
-                kwargs.get("sasl_password_file", ""),
-                env,
-                sources.get(("kafka", "sasl_password_file"), "[kafka] sasl_password_file"),
-            )
-        built[section] = cls(**kwargs)
-    config = Config(**built)
-    _validate(config, sources)
-    return config
-
-
-def _sasl_password(path: str, env: Mapping[str, str], where: str) -> Secret:
-    """The SASL password, from $KAFKA_SASL_PASSWORD or the file; never echoed in errors."""
-    from_env = env.get(SASL_PASSWORD_ENV, "")
-    if not path:
-        return Secret(from_env.rstrip("\r\n"))
-    if from_env:
-        raise ConfigError(f"{where} and {SASL_PASSWORD_ENV} are both set: use one of them")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: {path} is not UTF-8 text") from None
-    # `echo secret > file` adds a line end that is not part of the password.
-    return Secret(text.rstrip("\r\n"))
+        config = msgspec.convert(raw, Config, dec_hook=_decode_custom)
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, raw, where) from None
+    password = _sasl_password(config.kafka.sasl_password_file, env, where)
+    kafka = msgspec.structs.replace(config.kafka, sasl_password=password)
+    config = msgspec.structs.replace(config, kafka=kafka)
+    _check(config, where)
+    return config
 
 
 def _resolve_path(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
@@ -392,220 +360,172 @@ def _read_toml(path: Path) -> list[tuple[str, str, Any]]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    sections = _sections()
     out: list[tuple[str, str, Any]] = []
     for section, table in data.items():
-        if section not in sections:
+        if section not in _SCHEMA:
             raise ConfigError(f"{path}: unknown section [{section}]")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section} must be a table [{section}]")
         for key, value in table.items():
-            if not _has_field(sections[section], key) or (section, key) in _EXTERNAL_KEYS:
+            if key not in _SCHEMA[section] or (section, key) in _EXTERNAL_KEYS:
                 hint = _EXTERNAL_HINTS.get(key, "")
                 raise ConfigError(f"{path}: unknown key [{section}] {key}{hint}")
             out.append((section, key, value))
     return out
 
 
-def _has_field(cls: type[Any], key: str) -> bool:
-    return any(f.name == key for f in dataclasses.fields(cls))
+def _unwrap(hint: Any) -> tuple[Any, str | None]:
+    """The bare type of a field and its error text, if it carries a constraint."""
+    if typing.get_origin(hint) is not Annotated:
+        return hint, None
+    base, *metadata = typing.get_args(hint)
+    errors = [m.extra["error"] for m in metadata if isinstance(m, msgspec.Meta) and m.extra]
+    return base, errors[0] if errors else None
 
 
-class _EnvText(str):
-    """A value that came from the environment: text to be parsed per type."""
+def _from_env(text: str, hint: Any, origin: str) -> Any:
+    """The value an environment variable's text stands for, as the file would give it.
 
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    is_env = isinstance(value, _EnvText)
-    if hint is bool:
-        if is_env:
-            low = value.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-        elif isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if hint is int:
-        if is_env:
+    Text that does not parse is passed on unchanged, so that the one type check in
+    msgspec reports it in the same words as a bad value in the file.
+    """
+    base, _ = _unwrap(hint)
+    if typing.get_origin(base) is tuple:
+        text = text.strip()
+        if text.startswith("["):
             try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if hint is float:
-        if is_env:
-            try:
-                number = float(value.strip())
-            except ValueError:
-                number = math.nan
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        else:
-            number = math.nan
-        if not math.isfinite(number):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return number
-    if hint is str:
-        if isinstance(value, str):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if hint is Secret:
-        if isinstance(value, str):
-            return Secret(value.strip())
-        # Never echo the value: it is meant to be secret.
-        raise ConfigError(f"{where}: expected a string")
-    if hint is Path:
-        if isinstance(value, str) and value.strip():
-            return Path(str(value))
-        raise ConfigError(f"{where}: expected a path, got {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        text = str(value).strip().lower() if isinstance(value, str) else value
-        if text in choices:
+                return msgspec.json.decode(text)
+            except msgspec.DecodeError:
+                raise ConfigError(f"{origin}: invalid JSON list: {text!r}") from None
+        return [part for part in (p.strip() for p in text.split(",")) if part]
+    if base is bool:
+        return _BOOL_WORDS.get(text.strip().lower(), text)
+    if base in (int, float):
+        try:
+            return base(text.strip())
+        except ValueError:
             return text
-        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
-    if origin is tuple:
-        items: Any = value
-        if is_env:
-            text = value.strip()
-            if text.startswith("["):
-                try:
-                    items = json.loads(text)
-                except json.JSONDecodeError:
-                    raise ConfigError(f"{where}: invalid JSON list: {text!r}") from None
-            else:
-                items = [part for part in (p.strip() for p in text.split(",")) if part]
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
-        return tuple(i.strip() for i in items)
-    if isinstance(hint, types.UnionType):  # pragma: no cover - not used by any field yet
-        raise ConfigError(f"{where}: unsupported type")
-    raise ConfigError(f"{where}: unsupported type {hint!r}")  # pragma: no cover
+    return text
 
 
-def _validate(config: Config, sources: Mapping[tuple[str, str], str]) -> None:
-    def where(section: str, key: str) -> str:
-        return sources.get((section, key), f"[{section}] {key}")
+def _tidy(value: Any, hint: Any, origin: str, *, item: bool = False) -> Any:
+    """Forgive what people type: the case of a choice, blanks around list items."""
+    base, _ = _unwrap(hint)
+    if base is float and isinstance(value, float) and not math.isfinite(value):
+        # msgspec's range checks would let infinity through; no setting wants it.
+        raise ConfigError(f"{origin}: expected a number, got {value!r}")
+    if typing.get_origin(base) is tuple and isinstance(value, list):
+        return [_tidy(v, typing.get_args(base)[0], origin, item=True) for v in value]
+    if not isinstance(value, str):
+        return value
+    if typing.get_origin(base) is Literal:
+        return value.strip().lower()
+    return value.strip() if item else value
 
-    def positive(section: str, key: str, value: float) -> None:
-        if value <= 0:
-            raise ConfigError(f"{where(section, key)}: must be greater than 0, got {value}")
 
-    src = config.source
-    if not src.assets:
-        raise ConfigError(f"{where('source', 'assets')}: the asset list is empty")
-    for asset in src.assets:
-        if not asset or any(c in asset for c in ", /?&#") or asset != asset.lower():
-            raise ConfigError(
-                f"{where('source', 'assets')}: invalid asset id {asset!r} "
-                "(CoinCap ids are lower-case, e.g. bitcoin, binance-coin)"
-            )
-    if len(set(src.assets)) != len(src.assets):
+def _decode_custom(kind: type, value: Any) -> Any:
+    """msgspec's hook for the two field types it does not know itself."""
+    if kind is Secret and isinstance(value, str):
+        return Secret(value.strip())
+    if kind is Path and isinstance(value, str) and value.strip():
+        return Path(value)
+    # The message is never shown (see _explain), so it cannot leak a secret.
+    raise TypeError(kind.__name__)
+
+
+def _explain(
+    exc: msgspec.ValidationError,
+    raw: Mapping[str, Mapping[str, Any]],
+    where: Callable[[str, str], str],
+) -> ConfigError:
+    """msgspec's ``... - at `$.source.assets[2]``` as our one line naming key and origin."""
+    path = str(exc).rpartition(" - at `$.")[2].rstrip("`")
+    section, _, rest = path.partition(".")
+    key, _, index = rest.partition("[")
+    if key not in raw.get(section, {}):  # pragma: no cover - unknown keys are refused earlier
+        return ConfigError(str(exc))
+    hint, value = _SCHEMA[section][key], raw[section][key]
+    item = value[int(index.rstrip("]"))] if index else None
+    if isinstance(item, str):
+        # A list item of the right type broke its own rule: name the item.
+        hint, value = typing.get_args(_unwrap(hint)[0])[0], item
+    base, error = _unwrap(hint)
+    if error is not None and _is_a(value, base):
+        return ConfigError(f"{where(section, key)}: {error.format(value=value)}")
+    if base is Secret:  # never echo the value: it is meant to be secret
+        return ConfigError(f"{where(section, key)}: expected a string")
+    return ConfigError(f"{where(section, key)}: expected {_describe(base)}, got {value!r}")
+
+
+def _is_a(value: Any, base: Any) -> bool:
+    """Whether ``value`` has the declared type (so a failure is a broken constraint)."""
+    if isinstance(value, bool):
+        return base is bool
+    if base is float:
+        return isinstance(value, int | float)
+    if typing.get_origin(base) is tuple:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(base, type) and isinstance(value, base)
+
+
+def _describe(base: Any) -> str:
+    if typing.get_origin(base) is Literal:
+        return "one of " + ", ".join(typing.get_args(base))
+    if typing.get_origin(base) is tuple:
+        return "a list of strings"
+    words = {bool: "true or false", int: "an integer", float: "a number", Path: "a path"}
+    return words.get(base, "a string")
+
+
+def _sasl_password(path: str, env: Mapping[str, str], where: Callable[[str, str], str]) -> Secret:
+    """The SASL password, from $KAFKA_SASL_PASSWORD or the file; never echoed in errors."""
+    from_env = env.get(SASL_PASSWORD_ENV, "")
+    if not path:
+        return Secret(from_env.rstrip("\r\n"))
+    origin = where("kafka", "sasl_password_file")
+    if from_env:
+        raise ConfigError(f"{origin} and {SASL_PASSWORD_ENV} are both set: use one of them")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{origin}: {path} is not UTF-8 text") from None
+    # `echo secret > file` adds a line end that is not part of the password.
+    return Secret(text.rstrip("\r\n"))
+
+
+def _check(config: Config, where: Callable[[str, str], str]) -> None:
+    """The rules no field type can say: those that span keys, each checked once."""
+    if len(set(config.source.assets)) != len(config.source.assets):
         raise ConfigError(f"{where('source', 'assets')}: duplicate asset ids")
-    positive("source", "poll_interval", src.poll_interval)
-    positive("source", "queue_size", src.queue_size)
-
-    positive("demo", "rate", config.demo.rate)
-    _validate_sources(config, where)
-
-    cc = config.coincap
-    if not cc.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where('coincap', 'base_url')}: must start with http:// or https://")
-    for key in (
-        "timeout",
-        "retry_deadline",
-        "max_backoff",
-        "auth_retry_interval",
-        "ws_silence_timeout",
-        "ws_refresh_interval",
-    ):
-        positive("coincap", key, getattr(cc, key))
-    if not cc.ws_url.startswith(("ws://", "wss://")):
-        raise ConfigError(f"{where('coincap', 'ws_url')}: must start with ws:// or wss://")
-    keyed = [s for s in source_chain(config) if s in KEYED_SOURCES]
-    if keyed and not cc.api_key:
-        raise ConfigError(
-            f"{API_KEY_ENV} is not set: CoinCap API v3 needs a key for source {keyed[0]} "
-            "(get one at https://pro.coincap.io/dashboard, or use source.name = auto, "
-            "binance or kraken without one)"
-        )
-    for section in ("binance", "kraken"):
-        sub = getattr(config, section)
-        if not sub.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where(section, 'base_url')}: must start with http:// or https://")
-        for key in ("timeout", "retry_deadline", "max_backoff"):
-            positive(section, key, getattr(sub, key))
-    positive("binance", "max_weight", config.binance.max_weight)
-
+    _check_sources(config, where)
     k = config.kafka
-    if not k.bootstrap_servers.strip():
-        raise ConfigError(f"{where('kafka', 'bootstrap_servers')}: must not be empty")
-    for server in k.bootstrap_servers.split(","):
-        host, sep, port = server.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(
-                f"{where('kafka', 'bootstrap_servers')}: expected host:port[,host:port], "
-                f"got {server.strip()!r}"
-            )
-    if not k.topic or any(c not in _TOPIC_CHARS for c in k.topic) or len(k.topic) > 249:
-        raise ConfigError(f"{where('kafka', 'topic')}: invalid topic name {k.topic!r}")
-    if not k.group_id:
-        raise ConfigError(f"{where('kafka', 'group_id')}: must not be empty")
-    for key in (
-        "partitions",
-        "replication_factor",
-        "send_timeout",
-        "request_timeout",
-        "max_batch",
-        "session_timeout",
-        "max_poll_interval",
-    ):
-        positive("kafka", key, getattr(k, key))
-    if k.min_insync_replicas < 0 or k.min_insync_replicas > k.replication_factor:
+    if not 0 <= k.min_insync_replicas <= k.replication_factor:
         raise ConfigError(
             f"{where('kafka', 'min_insync_replicas')}: must be between 0 and "
             f"replication_factor ({k.replication_factor})"
         )
-    if k.linger_ms < 0:
-        raise ConfigError(f"{where('kafka', 'linger_ms')}: must not be negative")
-    _validate_kafka_security(k, where)
-
-    if config.storage.retention_days < 0:
-        raise ConfigError(f"{where('storage', 'retention_days')}: must be 0 (keep all) or more")
-    if not 0 <= config.web.port <= 65535:
-        raise ConfigError(f"{where('web', 'port')}: must be a port number 0-65535")
+    _check_kafka_security(k, where)
     token = config.web.token.get()
     if token and (len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token):
         raise ConfigError(
             f"{where('web', 'token')}: must be at least {MIN_TOKEN_LENGTH} printable "
             "characters without spaces"
         )
-    positive("shutdown", "timeout", config.shutdown.timeout)
 
 
-def _validate_sources(config: Config, where: typing.Callable[[str, str], str]) -> None:
+def _check_sources(config: Config, where: Callable[[str, str], str]) -> None:
+    # Imported here, not at the top: the source package imports this module.
+    from cryptostream.source.chain import KEYED_SOURCES, asset_mapping, source_chain
+
     src = config.source
-    for name in src.fallbacks:
-        if name not in CHAIN_SOURCES:
-            raise ConfigError(
-                f"{where('source', 'fallbacks')}: unknown source {name!r} "
-                f"(expected {', '.join(CHAIN_SOURCES)})"
-            )
     if len(set(src.fallbacks)) != len(src.fallbacks) or src.name in src.fallbacks:
         raise ConfigError(f"{where('source', 'fallbacks')}: a source is listed twice")
     if src.name == "demo" and src.fallbacks:
         raise ConfigError(
             f"{where('source', 'fallbacks')}: the demo source cannot be mixed with real "
             "prices; leave fallbacks empty with source.name = demo"
-        )
-    if src.failover_after <= 0:
-        raise ConfigError(
-            f"{where('source', 'failover_after')}: must be greater than 0, got {src.failover_after}"
         )
     chain = source_chain(config)
     for section, key, label in (
@@ -621,9 +541,16 @@ def _validate_sources(config: Config, where: typing.Callable[[str, str], str]) -
                 f"{where(section, key)}: no asset of source.assets has a {label}; "
                 f"add coincap-id={label.split()[1].upper()} entries"
             )
+    keyed = [s for s in chain if s in KEYED_SOURCES]
+    if keyed and not config.coincap.api_key:
+        raise ConfigError(
+            f"{API_KEY_ENV} is not set: CoinCap API v3 needs a key for source {keyed[0]} "
+            "(get one at https://pro.coincap.io/dashboard, or use source.name = auto, "
+            "binance or kraken without one)"
+        )
 
 
-def _validate_kafka_security(k: KafkaConfig, where: Callable[[str, str], str]) -> None:
+def _check_kafka_security(k: KafkaConfig, where: Callable[[str, str], str]) -> None:
     protocol = k.security_protocol
     if protocol.startswith("sasl_"):
         if not k.sasl_username:
@@ -660,6 +587,3 @@ def _validate_kafka_security(k: KafkaConfig, where: Callable[[str, str], str]) -
                 context.load_cert_chain(k.ssl_certfile, k.ssl_keyfile or None)
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"kafka.ssl_* files cannot be loaded: {exc}") from None
-
-
-_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

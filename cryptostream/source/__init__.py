@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import aiohttp
 
-from cryptostream.config import Config, source_chain
+from cryptostream.config import Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.base import Emit, Source
 from cryptostream.source.binance import BinanceSource
+from cryptostream.source.chain import source_chain
 from cryptostream.source.coincap import CoinCapSource
 from cryptostream.source.coincap_ws import CoinCapWsSource
 from cryptostream.source.demo import DemoSource

@@ -33,10 +33,11 @@ from typing import Any
 
 import aiohttp
 
-from cryptostream.config import Config, asset_mapping
+from cryptostream.config import Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.assets import describe
+from cryptostream.source.chain import asset_mapping
 from cryptostream.source.http import (
     ClientError,
     HttpClient,

@@ -174,3 +174,94 @@ def test_cli_check_fails_when_nothing_listens(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "not reachable" in result.stderr
+
+
+SECRETS = {
+    "COINCAP_API_KEY": "api-key-never-shown-1",
+    "KAFKA_SASL_PASSWORD": "sasl-password-never-shown-2",
+}
+TOKEN = {"CRYPTOSTREAM_WEB__TOKEN": "web-token-never-shown-3"}
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        # The secret itself is the bad value: the error names the key, never the value.
+        ('[web]\ntoken = ["web-token-never-shown-3"]\n', {}, "[web] token: expected a string"),
+        ("", {"CRYPTOSTREAM_WEB__TOKEN": "web-token never-shown-3"}, "CRYPTOSTREAM_WEB__TOKEN"),
+        # Another key is bad while secrets are set.
+        ("[source]\npoll_interval = 'fast'\n", TOKEN, "poll_interval: expected a number"),
+        ("", {**TOKEN, "CRYPTOSTREAM_KAFKA__SASL_MECHANISM": "gssapi"}, "expected one of plain"),
+    ],
+)
+def test_a_validation_error_never_shows_a_secret(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, toml), {**SECRETS, **env})
+    assert message in str(err.value)
+    for secret in (*SECRETS.values(), *TOKEN.values(), "never-shown"):
+        assert secret not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        *[("1", True), ("TRUE", True), (" yes ", True), ("On", True)],
+        *[("0", False), ("False", False), ("no", False), ("OFF", False)],
+    ],
+)
+def test_boolean_spellings_in_the_environment(tmp_path: Path, text: str, value: bool) -> None:
+    cfg = load_config(
+        write(tmp_path, ""), {"COINCAP_API_KEY": "k", "CRYPTOSTREAM_WEB__ENABLED": text}
+    )
+    assert cfg.web.enabled is value
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        (
+            "[source]\npoll_interval = inf\n",
+            {},
+            "[source] poll_interval: expected a number, got inf",
+        ),
+        ("[demo]\nrate = nan\n", {}, "[demo] rate: expected a number, got nan"),
+        ("", {"CRYPTOSTREAM_KAFKA__SEND_TIMEOUT": "inf"}, "SEND_TIMEOUT: expected a number"),
+        ("[web]\nenabled = 1\n", {}, "[web] enabled: expected true or false, got 1"),
+        ("[source]\nassets = [1]\n", {}, "[source] assets: expected a list of strings, got [1]"),
+        ("", {"CRYPTOSTREAM_SOURCE__ASSETS": '["xrp", 1]'}, "ASSETS: expected a list of strings"),
+        ("", {"CRYPTOSTREAM_SOURCE__ASSETS": "xrp,Solana"}, "ASSETS: invalid asset id 'Solana'"),
+        ("[source]\nassets = ['xrp', 'xrp']\n", {}, "[source] assets: duplicate asset ids"),
+        ("[storage]\ndata_dir = ' '\n", {}, "[storage] data_dir: expected a path, got ' '"),
+        ("[storage]\nretention_days = -1\n", {}, "retention_days: must be 0 (keep all) or more"),
+        ("[kafka]\nlinger_ms = -1\n", {}, "[kafka] linger_ms: must not be negative"),
+        ("[kafka]\ngroup_id = ''\n", {}, "[kafka] group_id: must not be empty"),
+        ("[kafka]\nmin_insync_replicas = 2\n", {}, "must be between 0 and replication_factor (1)"),
+        ("", {"CRYPTOSTREAM_WEB__PORT": "80.5"}, "CRYPTOSTREAM_WEB__PORT: expected an integer"),
+    ],
+)
+def test_more_bad_values_name_key_and_origin(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, toml), {"COINCAP_API_KEY": "k", **env})
+    assert message in str(err.value)
+    assert ("environment CRYPTOSTREAM_" if env else "config.toml: [") in str(err.value)
+
+
+def test_choices_and_list_items_are_forgiven_case_and_blanks(tmp_path: Path) -> None:
+    path = write(tmp_path, "[log]\nlevel = ' DEBUG '\n[source]\nassets = [' xrp ']\n")
+    cfg = load_config(
+        path, {"COINCAP_API_KEY": "k", "CRYPTOSTREAM_KAFKA__SECURITY_PROTOCOL": "SSL"}
+    )
+    assert cfg.log.level == "debug"
+    assert cfg.source.assets == ("xrp",)
+    assert cfg.kafka.security_protocol == "ssl"
+
+
+def test_paths_stay_as_written(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, "[storage]\ndata_dir = 'out/csv'\n"), {"COINCAP_API_KEY": "k"}
+    )
+    assert cfg.storage.data_dir == Path("out/csv")  # relative to the working directory

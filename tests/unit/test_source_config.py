@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cryptostream.config import (
-    DEFAULT_BINANCE_SYMBOLS,
-    ConfigError,
-    asset_mapping,
-    load_config,
-    source_chain,
-)
+from cryptostream.config import DEFAULT_BINANCE_SYMBOLS, ConfigError, load_config
+from cryptostream.source.chain import asset_mapping, source_chain
 
 
 def load(tmp_path: Path, toml: str = "", **env: str):
@@ -62,13 +57,20 @@ def test_keyless_sources_need_no_api_key(tmp_path: Path) -> None:
     assert not cfg.coincap.api_key
 
 
+CHAIN_CHOICES = "[source] fallbacks: expected one of coincap, coincap-ws, binance, kraken, got "
+
+
 @pytest.mark.parametrize(
     ("toml", "env", "message"),
     [
         ('[source]\nname = "bitstamp"\n', {}, "[source] name: expected one of coincap, coincap-ws"),
-        ('[source]\nname = "binance"\nfallbacks = ["coinbase"]\n', {}, "unknown source 'coinbase'"),
-        ('[source]\nname = "binance"\nfallbacks = ["auto"]\n', {}, "unknown source 'auto'"),
-        ('[source]\nname = "binance"\nfallbacks = ["demo"]\n', {}, "unknown source 'demo'"),
+        (
+            '[source]\nname = "binance"\nfallbacks = ["coinbase"]\n',
+            {},
+            CHAIN_CHOICES + "'coinbase'",
+        ),
+        ('[source]\nname = "binance"\nfallbacks = ["auto"]\n', {}, CHAIN_CHOICES + "'auto'"),
+        ('[source]\nname = "binance"\nfallbacks = ["demo"]\n', {}, CHAIN_CHOICES + "'demo'"),
         ('[source]\nname = "binance"\nfallbacks = ["binance"]\n', {}, "listed twice"),
         ('[source]\nname = "demo"\nfallbacks = ["kraken"]\n', {}, "cannot be mixed"),
         ('[source]\nname = "binance"\nfailover_after = 0\n', {}, "failover_after: must be greater"),
