@@ -132,6 +132,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="spend at most N API requests (credits) in this run; re-run to continue",
     )
+    pbi = sub.add_parser(
+        "powerbi",
+        parents=[common],
+        help="write a Power BI Project (PBIP) for the data directory",
+        description="Write a Power BI Project: open its .pbip in Power BI Desktop and click "
+        "Refresh once. The data directory's path is baked into the DataFolder parameter "
+        "(Transform data > Edit parameters changes it later).",
+        epilog="Docker: docker compose run --rm --no-deps app powerbi "
+        '--data-folder "$PWD/data"  (writes ./data/powerbi/cryptostream.pbip)',
+    )
+    pbi.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="where to write the project (default: <storage.data_dir>/powerbi)",
+    )
+    pbi.add_argument(
+        "--data-folder",
+        metavar="PATH",
+        default=None,
+        help="the data folder as Power BI will see it, e.g. C:\\Users\\me\\cryptostream\\data "
+        "(default: the absolute storage.data_dir)",
+    )
+    pbi.add_argument(
+        "--ticks",
+        choices=["history", "crypto_data"],
+        default="history",
+        help="read the ticks from the daily files history/ticks/ (default) or crypto_data.csv",
+    )
+    pbi.add_argument("--force", action="store_true", help="replace a project already in --out")
     return parser
 
 
@@ -141,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "powerbi":
+        return powerbi(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -234,6 +267,12 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
         f"{result.requests} requests"
     )
     return 1 if result.incomplete else 0
+
+
+def powerbi(args: argparse.Namespace) -> int:
+    from cryptostream.powerbi.command import run as run_powerbi
+
+    return run_powerbi(args.config, args.out, args.data_folder, args.ticks, force=args.force)
 
 
 def check(config: Config, timeout: float) -> int:

@@ -1,5 +1,9 @@
 """The Power BI kit names only columns the CSV files have, and its .pbids has the documented shape.
 
+The .pq files and measures.dax are written by ``python -m cryptostream.powerbi.kit``
+(test_powerbi_project.py checks they are current); these tests read them as a user
+pastes them.
+
 A change of the CSV format that the kit does not follow breaks this test, not a
 user's report.
 """
@@ -40,14 +44,15 @@ def test_the_type_list_is_the_csv_header_in_order() -> None:
     code = m_scripts()["fnCryptoTicks"]
     typed = re.findall(r'\{\s*"([^"]+)"\s*,\s*type\s+\w+\s*\}', code)
     assert typed == list(COLUMNS)
-    assert "Columns = 8" in code and len(COLUMNS) == 8
     assert '"en-US"' in code  # decimals read with "." whatever the Windows locale
+    # No fixed column count: a column added to the files later is not cut off.
+    assert "Columns =" not in m_scripts()["fnCryptoCsv"]
 
 
 def test_every_column_an_m_script_names_exists() -> None:
     scripts = m_scripts()
     derived = set().union(*(added_columns(code) for code in scripts.values()))
-    assert {"TimeUTC", "DateUTC", "PriceVariation"} <= derived
+    assert {"TimeUTC", "DateUTC", "Year", "Month", "Day", "PriceVariation"} <= derived
     known = set(COLUMNS) | derived | FOLDER_FILES_COLUMNS
     for name, code in scripts.items():
         # [column] field access; record literals like [Delimiter = ","] do not match.
@@ -57,15 +62,22 @@ def test_every_column_an_m_script_names_exists() -> None:
 
 def test_m_scripts_use_only_queries_of_the_kit_and_the_right_files() -> None:
     scripts = m_scripts()
-    assert scripts["DataFolder"].strip().endswith("IsParameterQueryRequired = true]")
-    for name in ("crypto_data", "crypto_last_values", "crypto_history", "crypto_backfill"):
+    for parameter in ("DataFolder", "TicksFrom", "BackfillInterval"):
+        assert scripts[parameter].strip().endswith("IsParameterQueryRequired = true]")
+    for name in ("crypto_ticks", "crypto_last_values", "crypto_backfill"):
         code = scripts[name]
         assert "DataFolder" in code and "fnCryptoTicks(" in code, name
-    assert '"\\crypto_data.csv"' in scripts["crypto_data"]
+    assert '"\\crypto_data.csv"' in scripts["crypto_ticks"]
+    assert '"\\history\\ticks"' in scripts["crypto_ticks"]
+    assert "fnCryptoFolder(" in scripts["crypto_ticks"]
     assert '"\\crypto_last_values.csv"' in scripts["crypto_last_values"]
-    assert '"\\history\\ticks"' in scripts["crypto_history"]
-    assert "Folder.Files" in scripts["crypto_history"]
     assert '"\\history\\backfill\\"' in scripts["crypto_backfill"]
+    assert "Folder.Files" in scripts["fnCryptoFolder"]
+    # Every name a query calls is a query of the kit (or M's standard library).
+    names = set(scripts)
+    for name, code in scripts.items():
+        called = set(re.findall(r"\b(fn\w+)\(", code))
+        assert called <= names, f"{name}.pq calls {sorted(called - names)}"
 
 
 def dax_measures(text: str) -> dict[str, str]:
