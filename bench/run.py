@@ -38,8 +38,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kafkalocal
 from bench import machine, proc, stats
-from bench.common import REPO, fsync_file, load_kafka_local
+from bench.common import REPO, fsync_file
 from bench.payloads import write_payloads
 from bench.profile import summarize
 from bench.report import render
@@ -159,15 +160,14 @@ class Bench:
     def run(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         self.empty_config.write_text("# every setting comes from the environment\n")
-        kafka_local = load_kafka_local()
-        self.results["machine"] = machine.describe(self.out, kafka_local.KAFKA_VERSION, self.kcat)
+        self.results["machine"] = machine.describe(self.out, kafkalocal.KAFKA_VERSION, self.kcat)
         self.results["command"] = " ".join(["./scripts/bench", *sys.argv[1:]])
         self.results["started"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         cluster = None
         if self.args.bootstrap:
             self.bootstrap = self.args.bootstrap
         else:
-            cluster = kafka_local.KafkaCluster(nodes=1, base_port=self.args.port)
+            cluster = kafkalocal.KafkaCluster(nodes=1, base_port=self.args.port)
             cluster.jvm_options = list(BROKER_JVM)
             self.log("starting a Kafka broker")
             cluster.start(timeout=300)

@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import orjson
-from tqdm import tqdm
 
 from cryptostream.config import Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.progress import Progress
 from cryptostream.sink.csvrow import HEADER, csv_line
 from cryptostream.sink.files import atomic_write
 from cryptostream.source.coincap import CoinCapClient
@@ -71,7 +69,6 @@ WINDOW_DAYS = {
     "h12": 360,
     "d1": 3650,
 }
-LOG_EVERY = 5.0
 
 
 class BackfillError(Exception):
@@ -158,12 +155,18 @@ class Backfill:
             already_done=result.skipped_done,
             requests_needed=len(todo) + len({w.asset for w in todo}),
         )
-        show_bar = sys.stderr.isatty() if progress is None else progress
         metrics = Metrics()
-        last_log = time.monotonic()
+        bar = Progress(
+            len(todo),
+            desc="backfill",
+            unit="window",
+            event="backfill_progress",
+            count_key="windows_done",
+            show=progress,
+        )
         async with aiohttp.ClientSession() as session:
             client = CoinCapClient(self._config.coincap, session, metrics)
-            with tqdm(total=len(todo), unit="window", disable=not show_bar, desc="backfill") as bar:
+            with bar:
                 for window in todo:
                     if self._max_requests is not None and result.requests >= self._max_requests:
                         result.incomplete.append(window.key)
@@ -181,10 +184,6 @@ class Backfill:
                     done.add(window.key)
                     self._save_done(done)
                     bar.update()
-                    now = time.monotonic()
-                    if not show_bar and now - last_log >= LOG_EVERY:
-                        last_log = now
-                        log.info("backfill_progress", windows_done=bar.n, of=len(todo))
         log.info(
             "backfill_finished",
             rows_added=result.rows_added,

@@ -1,4 +1,24 @@
-"""Command line: ``cryptostream run | check``."""
+"""Command line: ``cryptostream [--config PATH] COMMAND``.
+
+Commands:
+
+``run``
+    the whole pipeline (fetch, publish, consume into CSV, web server) until
+    SIGINT/SIGTERM, then drain and exit 0;
+``check``
+    ask the running service's ``/readyz``: exit 0 if ready, 1 if not;
+``backfill``
+    CoinCap price history into ``history/backfill/<interval>/`` CSV files;
+``replay``
+    rebuild every CSV file from the Kafka topic's earliest offset;
+``powerbi``
+    write a Power BI Project (PBIP) for the data directory.
+
+Each command is a function ``(config, args) -> exit code``, bound to its
+sub-parser with ``set_defaults(func=...)``; :func:`main` loads the
+configuration and sets up logging once for all of them. Exit codes: 0 ok,
+1 runtime failure or unhealthy, 2 bad configuration or usage, 130 Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +28,10 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cryptostream import __version__
+from cryptostream import __version__, logs
 from cryptostream.config import (
     API_KEY_ENV,
     CONFIG_PATH_ENV,
@@ -20,6 +40,8 @@ from cryptostream.config import (
     ConfigError,
     load_config,
 )
+
+Command = Callable[[Config, argparse.Namespace], int]
 
 EPILOG = f"""\
 configuration:
@@ -38,6 +60,17 @@ exit codes: 0 ok, 1 runtime failure or unhealthy, 2 bad configuration or usage.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --config goes before or after the command name, so both levels take it
+    # from this one parent. SUPPRESS: a command that was not given it must not
+    # overwrite the value given before the command with a default.
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"config file (default: ${CONFIG_PATH_ENV}, else ./config.toml if present)",
+    )
     parser = argparse.ArgumentParser(
         prog="cryptostream",
         description=(
@@ -46,23 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[config_option],
     )
     parser.add_argument("--version", action="version", version=f"cryptostream {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c",
-        "--config",
-        metavar="PATH",
-        default=argparse.SUPPRESS,
-        help=f"config file (default: ${CONFIG_PATH_ENV}, else ./config.toml if present)",
-    )
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="PATH",
-        default=None,
-        help=f"config file (default: ${CONFIG_PATH_ENV}, else ./config.toml if present)",
-    )
     # Commands that run a long job: a progress bar on a terminal, log lines otherwise.
     long_job = argparse.ArgumentParser(add_help=False)
     long_job.add_argument(
@@ -71,39 +90,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="progress bar (default: on a terminal; periodic log lines otherwise)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(metavar="COMMAND")
     sub.add_parser(
         "run",
-        parents=[common],
+        parents=[config_option],
         help="run the pipeline until SIGINT/SIGTERM, then drain and exit",
         description="Fetch prices, publish them to Kafka, consume them into the CSV files. "
         "Stops cleanly on SIGINT/SIGTERM (a second signal forces the exit).",
-    )
-    check = sub.add_parser(
+    ).set_defaults(func=run)
+    check_cmd = sub.add_parser(
         "check",
-        parents=[common],
+        parents=[config_option],
         help="exit 0 if the running service is ready, 1 if not (for health checks)",
         description="Ask the running service's /readyz endpoint (at web.host:web.port).",
     )
-    check.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
-    replay = sub.add_parser(
+    check_cmd.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
+    check_cmd.set_defaults(func=check)
+    replay_cmd = sub.add_parser(
         "replay",
-        parents=[common, long_job],
+        parents=[config_option, long_job],
         help="rebuild every CSV file from the Kafka topic's earliest offset",
         description="Read the topic from its earliest offset to its current end through the "
         "same sink the service uses, into an empty data directory. With one partition the "
         "files are byte-identical to the ones the live service wrote.",
     )
-    replay.add_argument(
+    replay_cmd.add_argument(
         "--to",
         metavar="DIR",
         type=Path,
         default=None,
         help="target directory (default: storage.data_dir, which must not hold files yet)",
     )
+    replay_cmd.set_defaults(func=replay)
     bf = sub.add_parser(
         "backfill",
-        parents=[common, long_job],
+        parents=[config_option, long_job],
         help="fetch CoinCap price history into history/backfill/<interval>/ CSV files",
         description="Fetch /assets/{id}/history in windows the API accepts and write "
         "history/backfill/<interval>/YYYY-MM-DD.csv (same columns as crypto_data.csv). "
@@ -132,9 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="spend at most N API requests (credits) in this run; re-run to continue",
     )
+    bf.set_defaults(func=backfill)
     pbi = sub.add_parser(
         "powerbi",
-        parents=[common],
+        parents=[config_option],
         help="write a Power BI Project (PBIP) for the data directory",
         description="Write a Power BI Project: open its .pbip in Power BI Desktop and click "
         "Refresh once. The data directory's path is baked into the DataFolder parameter "
@@ -163,36 +185,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the ticks from the daily files history/ticks/ (default) or crypto_data.csv",
     )
     pbi.add_argument("--force", action="store_true", help="replace a project already in --out")
+    # It describes the files, not the feed: it needs no API key, so it loads the
+    # configuration itself (see cryptostream.powerbi.command).
+    pbi.set_defaults(func=None, raw=powerbi)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    raw: Callable[[argparse.Namespace], int] | None = getattr(args, "raw", None)
+    if raw is not None:
+        return raw(args)
+    command: Command | None = getattr(args, "func", None)
+    if command is None:
         parser.print_help()
         return 2
-    if args.command == "powerbi":
-        return powerbi(args)
     try:
-        config = load_config(args.config)
+        config = load_config(getattr(args, "config", None))
     except ConfigError as exc:
-        print(f"cryptostream: configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
-    if args.command == "check":
-        return check(config, args.timeout)
-    if args.command == "backfill":
-        return backfill(config, args)
-    if args.command == "replay":
-        return replay(config, args.to or config.storage.data_dir, args.progress)
-    return run(config)
+        return _fail(f"configuration error: {exc}", 2)
+    # The service logs to stdout, as a container's main process does; the other
+    # commands keep stdout for their answer (a summary, the readiness report).
+    logs.configure(
+        config.log.level,
+        config.log.format,
+        secrets=config.secrets(),
+        stream=sys.stdout if command is run else sys.stderr,
+    )
+    return command(config, args)
 
 
-def run(config: Config) -> int:
-    from cryptostream import logs
+def _fail(message: str, code: int) -> int:
+    print(f"cryptostream: {message}", file=sys.stderr)  # noqa: T201
+    return code
+
+
+def run(config: Config, _args: argparse.Namespace) -> int:
     from cryptostream.service import Service
-
-    logs.configure(config.log.level, config.log.format, secrets=config.secrets())
 
     async def _main() -> int:
         return await Service(config).run()
@@ -216,17 +246,15 @@ def _stop_before_start(_signum: int, _frame: object) -> None:
     raise _EarlyStop
 
 
-def replay(config: Config, target: Path, progress: bool | None) -> int:
-    from cryptostream import logs
+def replay(config: Config, args: argparse.Namespace) -> int:
     from cryptostream.replay import ReplayError
     from cryptostream.replay import replay as do_replay
 
-    logs.configure(config.log.level, config.log.format, secrets=config.secrets(), stream=sys.stderr)
+    target: Path = args.to or config.storage.data_dir
     try:
-        count = asyncio.run(do_replay(config, target, progress=progress))
+        count = asyncio.run(do_replay(config, target, progress=args.progress))
     except ReplayError as exc:
-        print(f"cryptostream: {exc}", file=sys.stderr)  # noqa: T201
-        return 1
+        return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return 130
     print(f"replayed {count} messages into {target}")  # noqa: T201
@@ -236,12 +264,10 @@ def replay(config: Config, target: Path, progress: bool | None) -> int:
 def backfill(config: Config, args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from cryptostream import logs
     from cryptostream.backfill import Backfill, BackfillError, parse_when, plan
 
     if not config.coincap.api_key:
-        print(f"cryptostream: configuration error: {API_KEY_ENV} is not set", file=sys.stderr)  # noqa: T201
-        return 2
+        return _fail(f"configuration error: {API_KEY_ENV} is not set", 2)
     try:
         assets = (
             [a.strip() for a in args.assets.split(",") if a.strip()]
@@ -252,15 +278,12 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
         end = parse_when(args.end) if args.end else dt.datetime.now(tz=dt.UTC)
         windows = plan(assets, start, end, args.interval)
     except BackfillError as exc:
-        print(f"cryptostream: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
-    logs.configure(config.log.level, config.log.format, secrets=config.secrets(), stream=sys.stderr)
+        return _fail(str(exc), 2)
     job = Backfill(config, args.interval, max_requests=args.max_requests)
     try:
         result = asyncio.run(job.run(windows, progress=args.progress))
     except KeyboardInterrupt:
-        print("cryptostream: interrupted; run the same command to continue", file=sys.stderr)  # noqa: T201
-        return 130
+        return _fail("interrupted; run the same command to continue", 130)
     print(  # noqa: T201
         f"backfill {args.interval}: {result.rows_added} rows added, "
         f"{result.windows - len(result.incomplete)}/{result.windows} windows done, "
@@ -272,22 +295,23 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
 def powerbi(args: argparse.Namespace) -> int:
     from cryptostream.powerbi.command import run as run_powerbi
 
-    return run_powerbi(args.config, args.out, args.data_folder, args.ticks, force=args.force)
+    return run_powerbi(
+        getattr(args, "config", None), args.out, args.data_folder, args.ticks, force=args.force
+    )
 
 
-def check(config: Config, timeout: float) -> int:
+def check(config: Config, args: argparse.Namespace) -> int:
     host = config.web.host
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - we connect, not bind
         host = "127.0.0.1"
     url = f"http://{host}:{config.web.port}/readyz"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
             ok = resp.status == 200
             body = resp.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         ok, body = False, exc.read().decode(errors="replace")
     except (urllib.error.URLError, OSError) as exc:
-        print(f"cryptostream: not reachable at {url}: {exc}", file=sys.stderr)  # noqa: T201
-        return 1
+        return _fail(f"not reachable at {url}: {exc}", 1)
     print(body.strip())  # noqa: T201
     return 0 if ok else 1

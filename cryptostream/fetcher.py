@@ -28,7 +28,6 @@ class Fetcher:
         self._queue = queue
         self._first_values = first_values
         self._metrics = metrics
-        self.fetched = 0
 
     async def run(self) -> None:
         log.info("fetcher_started", source=self.source.name)
@@ -37,5 +36,4 @@ class Fetcher:
     def emit(self, ticks: list[Tick]) -> None:
         for tick in ticks:
             self._queue.put(self._first_values.assign(tick))
-        self.fetched += len(ticks)
         self._metrics.ticks_fetched.inc(len(ticks))

@@ -11,23 +11,21 @@ partitions the rows are the same, their interleaving may differ.
 from __future__ import annotations
 
 import asyncio
-import sys
+import contextlib
 import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from tqdm import tqdm
+from aiokafka.admin import AIOKafkaAdminClient
 
-from cryptostream.config import Config
+from cryptostream.config import Config, KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.progress import Progress
 from cryptostream.sink.csvsink import STATE_FILE, CsvSink, Record
 from cryptostream.topic import client_options
 
 log = get_logger(__name__)
-
-#: Seconds between progress log lines when stderr is not a terminal.
-LOG_EVERY = 5.0
 
 
 class ReplayError(Exception):
@@ -60,13 +58,10 @@ async def replay(config: Config, target: Path, *, progress: bool | None = None) 
         await consumer.start()
     try:
         async with asyncio.timeout(kafka.request_timeout * 2):
-            partitions = consumer.partitions_for_topic(kafka.topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(kafka.topic)
+            partitions = await _partitions(kafka)
         if not partitions:
             raise ReplayError(f"topic {kafka.topic!r} not found on {kafka.bootstrap_servers}")
-        tps = [TopicPartition(kafka.topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(kafka.topic, p) for p in partitions]
         consumer.assign(tps)
         async with asyncio.timeout(kafka.request_timeout * 2):
             await consumer.seek_to_beginning(*tps)
@@ -82,6 +77,26 @@ async def replay(config: Config, target: Path, *, progress: bool | None = None) 
         await consumer.stop()
 
 
+async def _partitions(kafka: KafkaConfig) -> list[int]:
+    """The topic's partitions, asked of the cluster: a new consumer knows no topic yet.
+
+    It asks about every topic, not ours by name: a request naming a missing
+    topic makes a broker with ``auto.create.topics.enable`` create it.
+    """
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    try:
+        await admin.start()
+        topics = await admin.describe_topics()
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await admin.close()
+    for topic in topics:
+        if topic["topic"] == kafka.topic and topic["error_code"] == 0:
+            return sorted(p["partition"] for p in topic["partitions"])
+    return []
+
+
 async def _copy(
     consumer: AIOKafkaConsumer,
     sink: CsvSink,
@@ -90,10 +105,17 @@ async def _copy(
     total: int,
     progress: bool | None,
 ) -> int:
-    show_bar = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=total, unit="msg", unit_scale=True, disable=not show_bar, desc="replay")
-    start = last_log = time.monotonic()
-    done = written = 0
+    bar = Progress(
+        total,
+        desc="replay",
+        unit="msg",
+        unit_scale=True,
+        event="replay_progress",
+        count_key="messages",
+        show=progress,
+    )
+    start = time.monotonic()
+    written = 0
     with bar:
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
@@ -110,12 +132,8 @@ async def _copy(
             if not records:
                 continue
             written += sink.write(records).written
-            done += len(records)
             bar.update(len(records))
-            now = time.monotonic()
-            if not show_bar and now - last_log >= LOG_EVERY:
-                last_log = now
-                log.info("replay_progress", messages=done, of=total)
+    done = bar.done
     took = max(time.monotonic() - start, 1e-9)
     log.info(
         "replay_finished",

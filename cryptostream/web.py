@@ -9,9 +9,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from cryptostream.access import Refusals, access_middleware, security_headers
 from cryptostream.config import WebConfig
 from cryptostream.dashboard import Dashboard
-from cryptostream.dashboard.access import Refusals, access_middleware, security_headers
 from cryptostream.dashboard.api import DashboardApi
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
@@ -53,9 +53,9 @@ class WebServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._config.host, self._config.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._config.port
+        # The bound port, which differs from the configured one when that is 0.
+        addresses = self._runner.addresses
+        self.port = addresses[0][1] if addresses else self._config.port
         log.info(
             "web_started",
             url=f"http://{self._config.host}:{self.port}",

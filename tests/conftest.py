@@ -38,10 +38,9 @@ def kafka_bootstrap() -> Iterator[str]:
     if given:
         yield given
         return
-    from tests.support.kafka import load_kafka_local
+    import kafkalocal
 
-    kafka_local = load_kafka_local()
-    cluster = kafka_local.KafkaCluster(nodes=1)
+    cluster = kafkalocal.KafkaCluster(nodes=1)
     cluster.start(timeout=300)
     try:
         yield cluster.bootstrap_servers

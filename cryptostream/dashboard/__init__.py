@@ -1,7 +1,8 @@
 """The built-in live dashboard: price history in memory, JSON API, live stream, page.
 
 ``hub`` holds the state (fed by the CSV sink), ``store`` the compact series,
-``api`` the routes, ``live`` the fan-out to open pages, ``access`` the token.
+``api`` the routes, ``live`` the fan-out to open pages. Who may see them
+(and ``/metrics``) is :mod:`cryptostream.access`, beside the web server.
 """
 
 from cryptostream.dashboard.hub import Dashboard

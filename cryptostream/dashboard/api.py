@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cryptostream.dashboard.access import Refusals
+from cryptostream.access import Refusals
 from cryptostream.dashboard.hub import Dashboard, Mode
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web_static"

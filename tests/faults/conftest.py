@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+import kafkalocal
 from tests.faults.harness import FIGURES
-from tests.support.kafka import load_kafka_local
 
 # Lets the kill and idle cases use a 2 s consumer session (the broker's floor is 6 s),
 # so a restarted service gets its partition back quickly.
@@ -20,9 +20,8 @@ FAST_GROUPS = {"group.min.session.timeout.ms": "1000"}
 
 
 def start_cluster(nodes: int, extra_props: dict[str, str] | None = None) -> Any:
-    kafka_local = load_kafka_local()
     props = {**FAST_GROUPS, **(extra_props or {})}
-    cluster = kafka_local.KafkaCluster(nodes=nodes, extra_props=props)
+    cluster = kafkalocal.KafkaCluster(nodes=nodes, extra_props=props)
     cluster.start(timeout=300)
     return cluster
 

@@ -12,9 +12,10 @@ import random
 import signal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from tests.conftest import unique, wait_until
+from tests.conftest import free_port, unique, wait_until
 from tests.faults.harness import (
     ServiceProcess,
     assert_all_files_exact,
@@ -50,6 +51,19 @@ async def drain(svc: ServiceProcess, bootstrap: str, topic: str, data_dir: Path)
     )
     assert svc.running, svc.tail()
     return await svc.stop()
+
+
+async def metric(port: int, name: str) -> float:
+    """One unlabelled sample from the service's /metrics."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 @pytest.mark.timeout(900)
@@ -131,6 +145,7 @@ async def test_consumer_idle_and_frozen_past_max_poll_interval_consumes_new_tick
     poll_limit = 4.0  # kafka.max_poll_interval, seconds
     bootstrap = fault_kafka.bootstrap_servers
     topic, data_dir = unique("idle"), tmp_path / "data"
+    port = free_port()
     csv_path = data_dir / "crypto_data.csv"
     async with FakeCoinCap(api_key="idle-test-key-3f9a7c21") as fake:
         svc = ServiceProcess(
@@ -146,6 +161,7 @@ async def test_consumer_idle_and_frozen_past_max_poll_interval_consumes_new_tick
                     "CRYPTOSTREAM_COINCAP__MAX_BACKOFF": "0.2",
                     "CRYPTOSTREAM_SOURCE__POLL_INTERVAL": "0.2",
                     "CRYPTOSTREAM_KAFKA__MAX_POLL_INTERVAL": str(poll_limit),
+                    "CRYPTOSTREAM_WEB__PORT": str(port),
                 },
             ),
             tmp_path,
@@ -156,9 +172,15 @@ async def test_consumer_idle_and_frozen_past_max_poll_interval_consumes_new_tick
 
             # 1. Idle: the API answers errors, nothing new reaches the topic for
             #    longer than max.poll.interval; the consumer keeps polling an idle topic.
+            polls = fake.calls("/v3/assets")
             fake.inject(Fault.status(503, times=None))
-            await asyncio.sleep(0.5)  # a poll in flight lands
+            # A request that got the fault means every earlier poll was answered and
+            # its ticks counted: the fetched total is final; wait until all are rows.
+            await fake.wait_for_calls(polls + 1, "/v3/assets", timeout=30)
+            fetched = await metric(port, "cryptostream_ticks_fetched_total")
+            await wait_until(lambda: row_count(csv_path) >= fetched, 30, "the last polls' rows")
             idle_from = row_count(csv_path)
+            assert idle_from == fetched
             await asyncio.sleep(2 * poll_limit)
             assert row_count(csv_path) == idle_from and svc.running
             fake.clear_faults()

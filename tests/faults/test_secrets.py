@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import kafkalocal
 from tests.conftest import free_port, unique, wait_until
 from tests.faults.harness import (
     ServiceProcess,
@@ -32,7 +33,6 @@ from tests.faults.harness import (
     row_count,
 )
 from tests.support.fake_coincap import FakeCoinCap
-from tests.support.kafka import load_kafka_local
 
 pytestmark = pytest.mark.faults
 
@@ -67,8 +67,7 @@ def java_properties_text(value: str) -> str:
 @pytest.fixture(scope="module")
 def sasl_kafka() -> Iterator[tuple[Any, str]]:
     """One broker: PLAINTEXT for the test's own clients, SASL_PLAINTEXT for the service."""
-    kafka_local = load_kafka_local()
-    cluster = kafka_local.KafkaCluster(nodes=1)
+    cluster = kafkalocal.KafkaCluster(nodes=1)
     port, controller, sasl = cluster.port_of(1), cluster.controller_port_of(1), free_port()
     plain_jaas = (
         "org.apache.kafka.common.security.plain.PlainLoginModule required "
@@ -92,7 +91,7 @@ def sasl_kafka() -> Iterator[tuple[Any, str]]:
     cluster.start(timeout=300)
     try:
         # A SCRAM user, created the way an operator does it (over the plain listener).
-        kafka_local.run_tool(
+        kafkalocal.run_tool(
             "kafka.admin.ConfigCommand",
             [
                 "--bootstrap-server",
@@ -302,8 +301,7 @@ def tls_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, s
     cafile = certs / "ca.pem"
     ca.cert_pem.write_to_path(str(cafile))
 
-    kafka_local = load_kafka_local()
-    cluster = kafka_local.KafkaCluster(nodes=1)
+    cluster = kafkalocal.KafkaCluster(nodes=1)
     port, controller, tls = cluster.port_of(1), cluster.controller_port_of(1), free_port()
     cluster.extra_props = {
         "listeners": (

@@ -89,10 +89,9 @@ async def test_restart_continues_the_same_files_without_duplicates(
 async def test_kafka_unavailable_at_start_then_arriving(
     make_config: ConfigFactory, fake_coincap: FakeCoinCap, run_service
 ) -> None:
-    from tests.support.kafka import load_kafka_local
+    import kafkalocal
 
-    kafka_local = load_kafka_local()
-    cluster = kafka_local.KafkaCluster(nodes=1)  # ports are chosen now, broker started later
+    cluster = kafkalocal.KafkaCluster(nodes=1)  # ports are chosen now, broker started later
     config = make_config(base_url=fake_coincap.base_url, bootstrap=cluster.bootstrap_servers)
     running = await run_service(config)
     try:

@@ -125,7 +125,9 @@ async def test_a_short_failure_does_not_switch() -> None:
     async with chain(a, b, after=0.5) as (_failover, out, metrics):
         await wait_until(lambda: len(out.ticks) >= 2, what="ticks")
         a.up = False
-        await asyncio.sleep(0.15)  # a fails for less than failover_after
+        # Up again as soon as a has seen a failure: a failure far shorter than
+        # failover_after however slow the machine, where a fixed sleep would not be.
+        await wait_until(lambda: a.health.failing_since is not None, what="a failing")
         a.up = True
         n = len(out.ticks)
         await wait_until(lambda: len(out.ticks) >= n + 3, what="a again")
@@ -158,7 +160,11 @@ async def test_the_last_source_stays_active_when_all_fail() -> None:
         await wait_until(lambda: len(out.ticks) >= 1, what="a tick")
         a.up = False
         await wait_until(lambda: failover.active_name == "b", what="to b")
-        await asyncio.sleep(0.3)  # both failing: nowhere further to go
+        # Both failing for three times failover_after: nowhere further to go.
+        await wait_until(
+            lambda: min(a.health.failing_for(), b.health.failing_for()) >= 0.3,
+            what="both failing",
+        )
         assert failover.active_name == "b"
         a.up = True
         await wait_until(lambda: failover.active_name == "a", what="back to a")
@@ -195,7 +201,7 @@ async def test_a_chain_of_one_never_switches() -> None:
     async with chain(a, after=0.05) as (failover, out, metrics):
         await wait_until(lambda: len(out.ticks) >= 2, what="ticks")
         a.up = False
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: a.health.failing_for() >= 0.2, what="a failing past the limit")
         assert failover.active_name == "a"
         assert (
             metrics.registry.get_sample_value("cryptostream_source_healthy", {"source": "a"}) == 0

@@ -1,4 +1,4 @@
-"""Who may see what: the optional access token, refusals, and safe response headers.
+"""Who may see what on the web server: the optional access token, refusals, safe headers.
 
 With ``web.token`` set, every path but the health checks needs the token, as
 ``Authorization: Bearer <token>`` (scripts, Prometheus) or once as
