@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
@@ -26,36 +27,70 @@ class SecretMasker:
 
     def __init__(self) -> None:
         self._secrets: set[str] = set()
-        self._ordered: list[str] = []
+        self._pattern: re.Pattern[str] | None = None
 
     def add(self, secrets: Iterable[str]) -> None:
         # Very short values would mask innocent text; real keys are long.
-        for secret in secrets:
-            if len(secret) >= 4:
-                self._secrets.update(_spellings(secret))
-        # Longest first: a spelling that contains another is masked whole.
-        self._ordered = sorted(self._secrets, key=len, reverse=True)
+        self._secrets.update(s for s in secrets if len(s) >= 4)
+        if not self._secrets:
+            return
+        # Longest first: of two secrets where one contains the other, the longer is
+        # masked whole (the regex takes the first alternative that matches).
+        ordered = sorted(self._secrets, key=lambda s: (-len(s), s))
+        alternatives: list[str] = []
+        firsts = {"%"}
+        for secret in ordered:
+            alternatives.append(_url_pattern(secret))
+            escaped = sorted(_escaped(secret), key=len, reverse=True)
+            alternatives.extend(re.escape(form) for form in escaped)
+            firsts.update(form[0] for form in (secret, *escaped))
+        # The look-ahead lets the scan skip, in C, every position no spelling can
+        # start at: about three times faster on a typical log line.
+        first = "[" + "".join(re.escape(c) for c in sorted(firsts)) + "]"
+        self._pattern = re.compile(f"(?={first})(?:{'|'.join(alternatives)})")
 
     def mask(self, text: str) -> str:
-        for secret in self._ordered:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        return text if self._pattern is None else self._pattern.sub(MASK, text)
 
     def __call__(self, _logger: Any, _method: str, rendered: str | bytes) -> str:
         text = rendered.decode() if isinstance(rendered, bytes) else rendered
         return self.mask(text)
 
 
-def _spellings(secret: str) -> set[str]:
-    """How a secret can look in rendered output: as is, as Python's repr() shows it,
-    and as JSON escapes either (quotes, backslashes, non-ASCII as \\u00e4)."""
+def _escaped(secret: str) -> set[str]:
+    """How a renderer can escape a secret: as Python's repr() shows it, and as JSON
+    escapes it or its repr (quotes, backslashes, non-ASCII as \\u00e4)."""
     plain = {secret, repr(secret)[1:-1]}
     forms = set(plain)
     for form in plain:
         forms.add(json.dumps(form)[1:-1])
         forms.add(json.dumps(form, ensure_ascii=False)[1:-1])
+    forms.discard(secret)  # the raw spelling is covered by the URL pattern
     return {form for form in forms if form}
+
+
+def _url_pattern(secret: str) -> str:
+    """A regex for the secret as is and in every URL-encoded spelling.
+
+    Encoders differ in what they escape: ``quote`` keeps ``/``, ``quote_plus``
+    writes a space as ``+``, yarl (aiohttp's URLs) keeps ``/`` but escapes
+    ``+`` and ``=`` in a query, and hex digits may be either case. So each
+    character may stand as itself or as the %XX escapes of its UTF-8 bytes, in
+    any mix: an aiohttp error showing a URL with ``apiKey=...`` is masked
+    whatever wrote the URL.
+    """
+    parts = []
+    for char in secret:
+        escaped = "".join(
+            "%" + "".join(_hex_digit(d) for d in f"{byte:02X}") for byte in char.encode()
+        )
+        spaces = r"|\+" if char == " " else ""
+        parts.append(f"(?:{re.escape(char)}|{escaped}{spaces})")
+    return "".join(parts)
+
+
+def _hex_digit(digit: str) -> str:
+    return f"[{digit}{digit.lower()}]" if digit.isalpha() else digit
 
 
 masker = SecretMasker()

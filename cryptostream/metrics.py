@@ -141,6 +141,11 @@ class Metrics:
         self.dashboard_clients = Gauge(
             "cryptostream_dashboard_clients", "Live dashboard connections (SSE)", registry=r
         )
+        self.dashboard_clients_refused = Counter(
+            "cryptostream_dashboard_clients_refused",
+            "Live dashboard connections refused with 503: the cap on open ones was reached",
+            registry=r,
+        )
         # supervisor
         self.task_failures = Counter(
             "cryptostream_task_failures", "Tasks that ended with an error", ["task"], registry=r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,16 @@ class WebServer:
             dashboard=self._dashboard is not None,
             token=bool(self._config.token),
         )
+        exposed = [a for a in (s.getsockname()[0] for s in sockets) if not _loopback(a)]
+        if exposed and not self._config.token:
+            # Anyone who can reach the address sees prices, metrics and the API.
+            log.warning(
+                "web_exposed_without_token",
+                address=f"{exposed[0]}:{self.port}",
+                fix="set an access token of 16+ characters: "
+                "CRYPTOSTREAM_WEB__TOKEN=$(openssl rand -hex 16), "
+                "or bind 127.0.0.1 (web.host)",
+            )
 
     async def run(self) -> None:
         await self.start()
@@ -87,3 +98,11 @@ class WebServer:
     async def _metrics_view(self, _request: web.Request) -> web.Response:
         body = self._metrics.render()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _loopback(address: str) -> bool:
+    """Is a bound socket address reachable only from this machine?"""
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False

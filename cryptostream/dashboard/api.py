@@ -5,6 +5,7 @@
     GET /api/summary      cards, table, available days
     GET /api/series       the chart's data for a time range, downsampled
     GET /api/stream       Server-Sent Events: live ticks as they are written
+                          (503 beyond ``live.MAX_CLIENTS`` open streams)
 
 Static files are read into memory once at start and served from a fixed
 table: there is no directory listing, and no request path ever reaches the
@@ -116,7 +117,9 @@ class DashboardApi:
             start, end, points, mode, assets = _series_query(request.query)
         except BadRequest as exc:
             return self._refusals.refuse(request, 400, "bad_request", str(exc))
-        series = self._dashboard.ordered(assets)  # picked here, in the loop; read in a thread
+        # Views taken here, in the loop (O(1)): the thread reads them while the loop
+        # goes on adding ticks, and sees neither half a change nor a shifted point.
+        series = self._dashboard.views(assets)
         # A year of ticks takes tens of milliseconds to thin out: off the event loop.
         body = await asyncio.to_thread(
             lambda: orjson.dumps(Dashboard.series_json(series, start, end, points, mode))
@@ -124,6 +127,14 @@ class DashboardApi:
         return web.Response(body=body, content_type="application/json", headers=_NO_STORE)
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
+        live = self._dashboard.live
+        if not live.admit():
+            # The page's script retries a refused stream after a pause.
+            return web.Response(
+                status=503,
+                text=f"too many live connections (at most {live.max_clients}); try again later",
+                headers={"Retry-After": "10", **_NO_STORE},
+            )
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -131,8 +142,8 @@ class DashboardApi:
                 "X-Accel-Buffering": "no",
             }
         )
-        await response.prepare(request)
-        async with self._dashboard.live.subscribe() as queue:
+        async with live.subscribe() as queue:  # no await since admit(): the place is ours
+            await response.prepare(request)
             try:
                 # retry: how soon the browser reconnects after losing the service (ms).
                 await response.write(b"retry: 2000\n\nevent: hello\ndata: {}\n\n")

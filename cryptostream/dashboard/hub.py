@@ -34,6 +34,7 @@ from cryptostream.dashboard.store import (
     LoadCancelled,
     PriceStore,
     Series,
+    SeriesView,
     day_of,
     downsample,
     iso_day,
@@ -199,6 +200,10 @@ class Dashboard:
         ids = sorted(wanted, key=lambda a: (self._order.get(a, len(self._order)), a))
         return [series[a] for a in ids]
 
+    def views(self, assets: Iterable[str] | None = None) -> list[SeriesView]:
+        """:meth:`ordered` as views for :meth:`series_json`; call it in the loop."""
+        return [s.view() for s in self.ordered(assets)]
+
     def summary(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -239,9 +244,10 @@ class Dashboard:
 
     @staticmethod
     def series_json(
-        series: list[Series], start: float, end: float, points: int, mode: Mode
+        series: list[SeriesView], start: float, end: float, points: int, mode: Mode
     ) -> dict[str, Any]:
-        """The chart's data for a range; safe to run in a worker thread (reads only).
+        """The chart's data for a range; safe to run in a worker thread on views
+        (see :meth:`views`), while the loop goes on adding ticks.
 
         Each series is a list of ``[time, value]``; ``[time, null]`` marks a gap.
         The chart spaces its points evenly whatever their times, so a day the

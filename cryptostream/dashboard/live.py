@@ -4,6 +4,11 @@ Each page holds one ``GET /api/stream`` connection with its own small queue.
 A page that cannot keep up (its queue is full) is disconnected rather than
 allowed to hold memory: its browser reconnects at once and reloads what it
 shows, so it misses nothing and the service never buffers without bound.
+
+Open connections are capped at :data:`MAX_CLIENTS`: each holds a socket and a
+queue, and a runaway script (or a page in a reload loop) must not exhaust
+them. Beyond the cap a new stream is refused with 503 (see the API), counted,
+and logged once per time the cap is reached.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ log = get_logger(__name__)
 
 #: Messages a page may fall behind before it is cut off.
 QUEUE_SIZE = 64
+#: Live connections at most: far more than the people who watch one service, and
+#: small enough that full queues stay a few MB.
+MAX_CLIENTS = 100
 
 
 def sse_message(event: str, data: bytes) -> bytes:
@@ -32,10 +40,30 @@ class Broadcaster:
         self._clients: set[asyncio.Queue[bytes | None]] = set()
         self._closed = False
         self._slow_logged = False
+        self.max_clients = MAX_CLIENTS
+        self._full_logged = False
 
     @property
     def clients(self) -> int:
         return len(self._clients)
+
+    def admit(self) -> bool:
+        """May one more page connect? Refusals are counted, and logged once per episode.
+
+        Call it right before :meth:`subscribe`, with no ``await`` in between, so
+        that two pages cannot both take the last place.
+        """
+        if len(self._clients) < self.max_clients:
+            return True
+        self._metrics.dashboard_clients_refused.inc()
+        if not self._full_logged:
+            self._full_logged = True
+            log.warning(
+                "dashboard_live_connections_full",
+                limit=self.max_clients,
+                action="new live connections refused with 503 until one closes",
+            )
+        return False
 
     def send(self, event: str, data: bytes) -> None:
         """Queue one event for every page; never blocks."""
@@ -70,6 +98,8 @@ class Broadcaster:
         finally:
             self._clients.discard(queue)
             self._metrics.dashboard_clients.set(len(self._clients))
+            if len(self._clients) < self.max_clients:
+                self._full_logged = False  # the next time it fills up is worth a line
 
     def close(self) -> None:
         """End every stream (the web server is stopping)."""

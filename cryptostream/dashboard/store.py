@@ -10,7 +10,10 @@ History comes from ``crypto_data.csv`` once at start (see :func:`load_history`,
 run in a worker thread), live ticks from the sink after each durable batch.
 Range queries downsample per series to a bounded number of points
 (min/max per time bucket, so peaks and dips survive) because a browser has
-no use for more points than it has pixels.
+no use for more points than it has pixels. They run in a worker thread while
+the event loop keeps adding ticks, so they read a :class:`SeriesView`: the
+columns as they were when the request came, taken in O(1) (see
+:meth:`Series.view`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import csv
 import datetime as dt
 import math
 import threading
+import weakref
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -86,6 +90,26 @@ class Series:
     last: Last | None = None
     #: Points before this index are thinned (see :meth:`compact`).
     compacted: int = 0
+    #: Views of the current columns still in use: while there is one, no value
+    #: of the columns is changed in place (see :meth:`view`).
+    views: weakref.WeakSet[SeriesView] = field(
+        default_factory=weakref.WeakSet, repr=False, compare=False
+    )
+
+    def view(self) -> SeriesView:
+        """The series as it is now, for a reader in another thread; O(1), in the loop.
+
+        The view keeps the column objects and their length. While it lives, every
+        change leaves the first ``length`` values of those objects as they were:
+        appends go past them, :meth:`compact` builds new columns, and
+        :meth:`place` copies the columns before it inserts (copy-on-write). So
+        the reader needs no lock, the loop never waits for it, and nothing is
+        copied per request: only a late tick that comes while a request is being
+        answered costs a copy of its series.
+        """
+        view = SeriesView(self.id, self.symbol, self.name, self.ts, self.price, self.base)
+        self.views.add(view)
+        return view
 
     def add(self, ts: float, price: float, first_value: str, change: str, price_text: str) -> float:
         """Add a live tick; returns its variation base."""
@@ -115,6 +139,9 @@ class Series:
             self.base.append(base)
         else:
             # A late tick (e.g. spooled across a restart) goes to its place in time.
+            if self.views:
+                self.ts, self.price, self.base = self.ts[:], self.price[:], self.base[:]
+                self.views = weakref.WeakSet()  # they read the old columns, untouched
             i = bisect_right(self.ts, ts)
             self.ts.insert(i, ts)
             self.price.insert(i, price)
@@ -154,22 +181,66 @@ class Series:
             thinned.extend(column[i] for i in keep)
             thinned.extend(column[hi:])
             setattr(self, name, thinned)
+        self.views = weakref.WeakSet()  # new columns: no view reads them
         self.compacted = lo + len(keep)
         return hi - lo - len(keep)
 
     def variation(self, i: int) -> float | None:
         """Price change of point ``i`` in % against its day's firstValue."""
-        base = self.base[i]
-        return (self.price[i] / base - 1.0) * 100.0 if base > 0 else None
+        return _variation(self.price[i], self.base[i])
 
     def bounds(self, start: float, end: float) -> tuple[int, int]:
         """Index range ``[lo, hi)`` of the points in ``[start, end]``."""
-        return bisect_left(self.ts, start), bisect_right(self.ts, end)
+        return _bounds(self.ts, len(self.ts), start, end)
 
     def window(self, start: float, end: float, points: int) -> tuple[list[int], int]:
         """Indices of the points in ``[start, end]``, about ``points`` at most; and how many."""
         lo, hi = self.bounds(start, end)
         return downsample(self.ts, self.price, lo, hi, points), hi - lo
+
+
+class SeriesView:
+    """A series' first ``length`` points as they were when :meth:`Series.view` ran.
+
+    Read-only and safe to read in a worker thread while the loop adds ticks.
+    """
+
+    __slots__ = ("__weakref__", "base", "id", "length", "name", "price", "symbol", "ts")
+
+    def __init__(
+        self,
+        asset: str,
+        symbol: str,
+        name: str,
+        ts: array[float],
+        price: array[float],
+        base: array[float],
+    ) -> None:
+        self.id, self.symbol, self.name = asset, symbol, name
+        self.ts, self.price, self.base = ts, price, base
+        #: Values past this index were added after the view: never read.
+        self.length = len(ts)
+
+    def variation(self, i: int) -> float | None:
+        """Price change of point ``i`` in % against its day's firstValue."""
+        return _variation(self.price[i], self.base[i])
+
+    def bounds(self, start: float, end: float) -> tuple[int, int]:
+        """Index range ``[lo, hi)`` of the points in ``[start, end]``."""
+        return _bounds(self.ts, self.length, start, end)
+
+    def window(self, start: float, end: float, points: int) -> tuple[list[int], int]:
+        """Indices of the points in ``[start, end]``, about ``points`` at most; and how many."""
+        lo, hi = self.bounds(start, end)
+        return downsample(self.ts, self.price, lo, hi, points), hi - lo
+
+
+def _variation(price: float, base: float) -> float | None:
+    return (price / base - 1.0) * 100.0 if base > 0 else None
+
+
+def _bounds(ts: Sequence[float], length: int, start: float, end: float) -> tuple[int, int]:
+    return bisect_left(ts, start, 0, length), bisect_right(ts, end, 0, length)
 
 
 def downsample(

@@ -17,7 +17,10 @@ Faults:
 * closed, broken, silent or refused connections are reconnected per a declared
   tenacity policy: exponential backoff with jitter, capped at ``coincap.max_backoff``,
   reset after a session that delivered prices for a while. Each reconnect is counted
-  (``cryptostream_ws_reconnects_total{reason}``).
+  (``cryptostream_ws_reconnects_total{reason}``);
+* a handshake refused with 429 waits what its ``Retry-After`` says (at most
+  10 minutes, as for the REST API), however short the backoff is, since retrying
+  sooner only earns another 429; without the header it backs off as above.
 
 The API key travels in the URL (the stream's only way to take it), so the URL is
 never logged and connection errors are reported without it.
@@ -35,12 +38,12 @@ import aiohttp
 import tenacity
 
 from cryptostream.config import Config
-from cryptostream.logs import get_logger
+from cryptostream.logs import SecretMasker, get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.assets import describe
 from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
 from cryptostream.source.coincap import CoinCapClient, record_label
-from cryptostream.source.http import ApiError
+from cryptostream.source.http import ApiError, parse_retry_after
 from cryptostream.tick import InvalidTick, Tick, decimal_text, tick_from_api
 
 log = get_logger(__name__)
@@ -56,9 +59,11 @@ _CLOSE_TIMEOUT = 1.0
 class StreamBroken(Exception):
     """The connection could not be made or ended early; reconnect with backoff."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, retry_after: float | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+        #: Seconds the server asked us to wait (a 429's ``Retry-After``), if it did.
+        self.retry_after = retry_after
 
 
 class StreamEnded(Exception):
@@ -77,6 +82,9 @@ class CoinCapWsSource:
         self._url = cc.ws_url
         self._safe_url = cc.ws_url.split("?", 1)[0]
         self._key = cc.api_key.get()
+        # Error texts show the key as aiohttp wrote it in the URL (%2B for '+', ...).
+        self._key_masker = SecretMasker()
+        self._key_masker.add([self._key])
         self._connect_timeout = cc.timeout
         self._silence = cc.ws_silence_timeout
         self._refresh = cc.ws_refresh_interval
@@ -107,13 +115,21 @@ class CoinCapWsSource:
             await self._stream(emit)
 
     async def _stream(self, emit: Emit) -> None:
+        # 0.5 s, 1 s, 2 s ... plus up to 0.5 s of jitter, capped at max_backoff.
+        backoff = tenacity.wait_exponential_jitter(
+            multiplier=0.5, max=self._max_backoff, jitter=0.5
+        )
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, StreamBroken) and exc.retry_after is not None:
+                return exc.retry_after
+            return backoff(state)
+
         while True:
             retrying = tenacity.AsyncRetrying(
                 retry=tenacity.retry_if_exception_type(StreamBroken),
-                # 0.5 s, 1 s, 2 s ... plus up to 0.5 s of jitter, capped at max_backoff.
-                wait=tenacity.wait_exponential_jitter(
-                    multiplier=0.5, max=self._max_backoff, jitter=0.5
-                ),
+                wait=wait,
                 before_sleep=self._before_reconnect,
                 sleep=asyncio.sleep,
             )
@@ -142,6 +158,20 @@ class CoinCapWsSource:
                     heartbeat=None,
                 )
         except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 429:
+                retry_after = parse_retry_after(
+                    exc.headers.get("Retry-After") if exc.headers else None
+                )
+                wait = (
+                    "no Retry-After, backing off"
+                    if retry_after is None
+                    else f"waiting {retry_after:g} s as Retry-After asks"
+                )
+                self._ended(
+                    "handshake",
+                    f"server answered 429 too many requests: {wait}",
+                    retry_after=retry_after,
+                )
             hint = ": check COINCAP_API_KEY" if exc.status in (401, 403) else ""
             self._ended("handshake", f"server answered {exc.status} {exc.message}{hint}")
         except TimeoutError:
@@ -181,7 +211,13 @@ class CoinCapWsSource:
         self._ended(reason, detail, frames=frames, stable=stable)
 
     def _ended(
-        self, reason: str, detail: str, *, frames: int = 0, stable: bool = False
+        self,
+        reason: str,
+        detail: str,
+        *,
+        frames: int = 0,
+        stable: bool = False,
+        retry_after: float | None = None,
     ) -> NoReturn:
         first = self.health.failing_since is None
         self.health.failed(f"stream {reason}: {detail}")
@@ -192,11 +228,11 @@ class CoinCapWsSource:
         )
         if stable:
             raise StreamEnded
-        raise StreamBroken(reason, detail)
+        raise StreamBroken(reason, detail, retry_after)
 
     def _clean(self, text: str) -> str:
         """Error text without the API key (aiohttp puts URLs with queries in some)."""
-        return text.replace(self._key, "***") if self._key else text
+        return self._key_masker.mask(text)
 
     # -- frames ------------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 A real broker with a SASL_PLAINTEXT listener (PLAIN and SCRAM users); the
 service connects with a username and a password from the environment or a
 file, a CoinCap API key is set, and then things go wrong: a task fails with a
-traceback, the password is wrong, the broker address is, the configuration is.
-All output of every run is searched for every secret, in every spelling a
-renderer could give it (as is, repr(), JSON-escaped, URL-encoded).
+traceback, the password is wrong, the broker address is, the configuration is,
+the price stream's handshake is redirected in a loop (aiohttp's error then quotes
+the URL with the key in it) and rate limited. All output of every run, and every
+file the runs wrote, is searched for every secret, in every spelling a renderer
+could give it (as is, repr(), JSON-escaped, URL-encoded every usual way).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import socket
 import sys
 import urllib.parse
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from yarl import URL
 
 import kafkalocal
 from tests.conftest import free_port, unique, wait_until
@@ -32,11 +36,14 @@ from tests.faults.harness import (
     read_topic,
     row_count,
 )
-from tests.support.fake_coincap import FakeCoinCap
+from tests.support.fake_coincap import FakeCoinCap, Fault
+from tests.support.fake_coincap_ws import FakeCoinCapWs
 
 pytestmark = pytest.mark.faults
 
-API_KEY = "cc-live-Q7vX2mN9pL4sR8tK"
+# '+', '/' and '=' on purpose (base64-like keys have them): URL encoding changes them
+# (%2B, %2F, %3D), so a masker that only knows the raw text misses the key in a URL.
+API_KEY = "cc-live+Q7vX/2mN9=pL4sR8tK=="
 USER = "cryptostream"
 # Non-ASCII on purpose: a JSON renderer escapes it (\u00e4), which a masker that only
 # looks for the raw text would miss.
@@ -47,7 +54,14 @@ SECRETS = (API_KEY, PASSWORD, WRONG_PASSWORD, SCRAM_PASSWORD)
 
 
 def spellings(secret: str) -> set[str]:
-    quoted = urllib.parse.quote(secret), urllib.parse.quote_plus(secret)
+    quoted = {
+        urllib.parse.quote(secret),
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret),
+        # aiohttp's URLs (yarl): '/' stays as is in a query, '+' and '=' are escaped.
+        URL("http://h/").with_query({"k": secret}).raw_query_string.removeprefix("k="),
+    }
+    quoted |= {re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), form) for form in quoted}
     forms = {secret, repr(secret)[1:-1], *quoted}
     for form in list(forms):
         forms.add(json.dumps(form)[1:-1])
@@ -241,7 +255,35 @@ async def test_secrets_never_appear_in_logs_errors_or_tracebacks(
             await nowhere.ensure_stopped()
         outputs["wrong address"] = nowhere.output()
 
-    # 6. Bad configurations: one line on stderr, exit 2, and no secret in it.
+    # 6. The price stream, whose key travels in the URL: a redirect loop (aiohttp's
+    # error quotes the URL, key URL-encoded) and a 429, then it streams.
+    async with FakeCoinCap(api_key=API_KEY) as fake, FakeCoinCapWs(api_key=API_KEY) as ws:
+        ws.inject(
+            Fault.status(307, headers={"Location": "/prices"}, path_prefix="/prices", times=20)
+        )
+        ws.rate_limit(retry_after="1")
+        stream_env = {
+            **sasl_env(fake, sasl_bootstrap, data_dir, topic),
+            "CRYPTOSTREAM_SOURCE__NAME": "coincap-ws",
+            "CRYPTOSTREAM_COINCAP__WS_URL": ws.ws_url,
+        }
+        stream = ServiceProcess(stream_env, tmp_path, "stream")
+        await stream.start()
+        try:
+            await ws.wait_for_handshakes(1, timeout=60)  # through the redirects and the 429
+            rows = row_count(data_dir / "crypto_data.csv")
+            await wait_until(
+                lambda: row_count(data_dir / "crypto_data.csv") >= rows + 12, 60, "stream rows"
+            )
+            assert await stream.stop() == 0, stream.tail()
+        finally:
+            await stream.ensure_stopped()
+        assert [r.status for r in ws.requests_to("/prices")][-2:] == [429, 101]
+    details = [e["detail"] for e in stream.events("ws_disconnected")]
+    assert any("TooManyRedirects" in d and "apiKey=" in d for d in details), details
+    outputs["price stream, key in the URL"] = stream.output()
+
+    # 7. Bad configurations: one line on stderr, exit 2, and no secret in it.
     no_env_password = {k: v for k, v in env.items() if k != "KAFKA_SASL_PASSWORD"}
     for name, bad_env in {
         "password file missing": {
@@ -267,6 +309,12 @@ async def test_secrets_never_appear_in_logs_errors_or_tracebacks(
         assert len(err.decode().strip().splitlines()) == 1, (name, err)
         outputs[f"config: {name}"] = (out + err).decode()
 
+    # The files the runs wrote (CSVs, state, dead letters) hold no secret either.
+    for path in sorted(data_dir.rglob("*")):
+        if path.is_file():
+            outputs[f"file {path.relative_to(data_dir)}"] = path.read_bytes().decode(
+                "utf-8", errors="replace"
+            )
     found = {name: leaks(text) for name, text in outputs.items() if leaks(text)}
     content = await read_topic(cluster.bootstrap_servers, topic)
     figures = audit("secrets", data_dir, content.ticks)

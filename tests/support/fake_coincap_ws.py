@@ -14,7 +14,10 @@ Fault controls (all take effect at once on every open connection):
 * :meth:`push` / :meth:`push_binary`: send one raw frame, e.g. malformed text;
 * :meth:`drop`: cut every connection without a close frame;
 * :meth:`close_all`: a clean close (code 1001, "going away");
-* ``inject(Fault.status(503))``: refuse the next handshake(s), as for HTTP.
+* ``inject(Fault.status(503))``: refuse the next handshake(s), as for HTTP;
+* :meth:`rate_limit`: refuse the next handshake(s) with 429 and a ``Retry-After``.
+
+:meth:`handshake_times` gives when each handshake attempt arrived, refused or not.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any, Final
 
 from aiohttp import WSCloseCode, web
 
-from tests.support.fake_coincap import DEFAULT_API_KEY
+from tests.support.fake_coincap import DEFAULT_API_KEY, Fault
 from tests.support.fakehttp import FakeHttpServer
 
 FIXTURE: Final = Path(__file__).resolve().parent.parent / "fixtures" / "coincap" / "ws_prices.jsonl"
@@ -110,6 +113,22 @@ class FakeCoinCapWs(FakeHttpServer):
     async def close_all(self, code: int = WSCloseCode.GOING_AWAY) -> None:
         for ws in list(self._open.values()):
             await ws.close(code=code, message=b"server going away")
+
+    def rate_limit(self, retry_after: str, times: int = 1) -> None:
+        """Answer the next ``times`` handshakes 429 with ``Retry-After: <retry_after>``."""
+        self.inject(
+            Fault.status(
+                429,
+                body=json.dumps({"error": "Too many requests, please try again later."}),
+                headers={"Retry-After": retry_after},
+                path_prefix="/prices",
+                times=times,
+            )
+        )
+
+    def handshake_times(self) -> list[float]:
+        """:func:`time.monotonic` at the arrival of each handshake attempt, in order."""
+        return [r.monotonic for r in self.requests_to("/prices")]
 
     async def wait_for_handshakes(self, n: int, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):

@@ -19,6 +19,9 @@ from tests.conftest import API_KEY, ConfigFactory, wait_until
 from tests.support.fake_coincap import FakeCoinCap, Fault
 from tests.support.fake_coincap_ws import FakeCoinCapWs
 
+#: asyncio may run a timer up to its clock resolution early.
+_CLOCK_SLACK = 0.01
+
 
 class Collector:
     """The emit callback: keeps every batch in order."""
@@ -212,6 +215,21 @@ async def test_refused_handshakes_back_off_then_connect(
     assert [r.status for r in fake_ws.requests_to("/prices")][:2] == [503, 503]
 
 
+async def test_a_rate_limited_handshake_waits_what_retry_after_says(
+    ws_config: Callable[..., Config], fake_ws: FakeCoinCapWs
+) -> None:
+    # The backoff alone would retry within 0.1 s; the server asks for a full second.
+    fake_ws.rate_limit(retry_after="1")
+    async with running(ws_config(CRYPTOSTREAM_COINCAP__MAX_BACKOFF="0.1")) as run:
+        await fake_ws.wait_for_calls(2, "/prices")
+        await wait_until(lambda: len(run.out.batches) >= 1, what="frames after the 429")
+        assert run.count("cryptostream_ws_reconnects", reason="handshake") == 1
+    refused, accepted = fake_ws.handshake_times()[:2]
+    assert [r.status for r in fake_ws.requests_to("/prices")][:2] == [429, 101]
+    # Both times are taken by the fake, on one clock: the wait it asked for, then soon.
+    assert 1.0 - _CLOCK_SLACK <= accepted - refused < 1.0 + 2.0
+
+
 async def test_a_wrong_key_is_reported_without_the_key(
     make_config: ConfigFactory, fake_coincap: FakeCoinCap
 ) -> None:
@@ -232,3 +250,34 @@ async def test_a_wrong_key_is_reported_without_the_key(
     assert "401" in error and "COINCAP_API_KEY" in error
     assert API_KEY not in error
     assert run.out.batches == []
+
+
+async def test_a_url_in_an_error_never_shows_the_key_in_any_encoding(
+    make_config: ConfigFactory, fake_coincap: FakeCoinCap
+) -> None:
+    """aiohttp's redirect error quotes the URL, key included, as yarl encoded it
+    (``%2B`` for ``+``, ``%3D`` for ``=``): the error text must hide that spelling too."""
+    key = "cc+Live/Q7vX=2mN9+pL4/sR8tK=="
+    async with FakeCoinCapWs(api_key=key) as other:
+        # A redirect loop (a proxy, a moved endpoint) ends in TooManyRedirects.
+        other.inject(
+            Fault.status(307, headers={"Location": "/prices"}, path_prefix="/prices", times=None)
+        )
+        config = make_config(
+            base_url=fake_coincap.base_url,
+            env={
+                "COINCAP_API_KEY": key,
+                "CRYPTOSTREAM_SOURCE__NAME": "coincap-ws",
+                "CRYPTOSTREAM_COINCAP__WS_URL": other.ws_url,
+            },
+        )
+        async with running(config) as run:
+            await wait_until(
+                lambda: run.count("cryptostream_ws_reconnects", reason="error") >= 1,
+                what="a failed connection",
+            )
+            error = run.source.health.last_error
+    assert "TooManyRedirects" in error and "apiKey=" in error, error
+    assert "**" in error.split("apiKey=", 1)[1], error
+    for spelling in (key, "cc%2BLive", "Q7vX%3D2mN9", "sR8tK%3D%3D", "Live/Q7vX"):
+        assert spelling not in error, error

@@ -155,7 +155,7 @@ async def test_series_json_in_percent_and_in_usd(tmp_path: Path) -> None:
     try:
         await dash.load()
         feed.write(*(tick("bitcoin", T0 + i, f"{100 + i}") for i in range(10)))
-        series = dash.ordered()
+        series = dash.views()
         pct = Dashboard.series_json(series, T0 + 2, T0 + 4, 100, "pct")
         usd = Dashboard.series_json(series, T0 + 2, T0 + 4, 100, "abs")
         assert [s["id"] for s in pct["series"]] == ["bitcoin"]
@@ -198,7 +198,7 @@ async def test_a_pause_in_the_data_becomes_empty_points_on_a_shared_grid(tmp_pat
         hours = [*range(0, 10), *range(100, 110)]  # ten hourly ticks, 90 h pause, ten more
         feed.write(*(tick("bitcoin", T0 + h * 3600, "100") for h in hours))
         feed.write(*(tick("ethereum", T0 + h * 3600 + 5, "10") for h in hours))
-        body = Dashboard.series_json(dash.ordered(), 0, math.inf, 100, "abs")
+        body = Dashboard.series_json(dash.views(), 0, math.inf, 100, "abs")
         by_id = {s["id"]: s["points"] for s in body["series"]}
         for points in by_id.values():
             assert sum(1 for p in points if p[1] is not None) == 20
@@ -209,7 +209,7 @@ async def test_a_pause_in_the_data_becomes_empty_points_on_a_shared_grid(tmp_pat
         empties = [[p[0] for p in pts if p[1] is None] for pts in by_id.values()]
         assert empties[0] == empties[1]
         # Regular ticks, however sparse, have no empty points between them.
-        day = Dashboard.series_json(dash.ordered(), T0, T0 + 9 * 3600 + 5, 1000, "abs")
+        day = Dashboard.series_json(dash.views(), T0, T0 + 9 * 3600 + 5, 1000, "abs")
         assert all(p[1] is not None for s in day["series"] for p in s["points"])
     finally:
         dash.close()

@@ -135,6 +135,26 @@ def test_a_late_tick_takes_its_place_in_time() -> None:
     assert s.last is not None and s.last.timestamp == T0 + 4
 
 
+def test_a_view_keeps_its_points_while_the_series_changes() -> None:
+    s = Series("bitcoin")
+    for i in range(0, 10, 2):
+        s.add(T0 + i, float(i), "", "", str(i))
+    view = s.view()
+    seen = (list(view.ts[: view.length]), list(view.price[: view.length]))
+    s.add(T0 + 20, 20.0, "", "", "20")  # an append: past the view's length
+    s.add(T0 + 3, 3.0, "", "", "3")  # a late tick: inserted into a copy
+    s.add(T0 + 5, 5.0, "", "", "5")
+    assert (list(view.ts[: view.length]), list(view.price[: view.length])) == seen
+    assert view.bounds(T0, T0 + 100) == (0, 5)
+    assert view.window(T0 + 4, T0 + 100, 100) == ([2, 3, 4], 3)
+    assert list(s.ts) == [T0 + t for t in (0, 2, 3, 4, 5, 6, 8, 20)]
+    # With no view left, a late tick goes into the columns in place (no copy).
+    del view
+    columns = s.ts
+    s.add(T0 + 7, 7.0, "", "", "7")
+    assert s.ts is columns and list(s.ts).index(T0 + 7) == 6
+
+
 def test_downsample_keeps_ends_and_extremes_within_the_budget() -> None:
     rnd = random.Random(7)
     ts = [T0 + i * 0.5 for i in range(100_000)]
