@@ -63,7 +63,7 @@ class WebServer:
             dashboard=self._dashboard is not None,
             token=bool(self._config.token),
         )
-        exposed = [a for a in (s.getsockname()[0] for s in sockets) if not _loopback(a)]
+        exposed = [a[0] for a in addresses if not _loopback(a[0])]
         if exposed and not self._config.token:
             # Anyone who can reach the address sees prices, metrics and the API.
             log.warning(
