@@ -24,7 +24,6 @@ sink writes, under its exactly-once state); Power BI's folder connector on
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,18 +33,19 @@ import aiohttp
 import orjson
 
 from cryptostream.config import Config
+from cryptostream.csvrow import HEADER, csv_line, read_rows
+from cryptostream.days import day_name
+from cryptostream.files import atomic_write
+from cryptostream.layout import backfill_dir, backfill_progress_file
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.progress import Progress
-from cryptostream.sink.csvrow import HEADER, csv_line
-from cryptostream.sink.files import atomic_write
 from cryptostream.source.coincap import CoinCapClient
 from cryptostream.source.http import ApiError, ClientError
 from cryptostream.tick import InvalidTick, Tick, decimal_text
 
 log = get_logger(__name__)
 
-BACKFILL_DIR = "history/backfill"
 INTERVALS = {
     "m1": 60,
     "m5": 300,
@@ -126,8 +126,8 @@ class Backfill:
         self._interval = interval
         self._max_requests = max_requests
         data_dir = config.storage.data_dir
-        self._dir = data_dir / BACKFILL_DIR / interval
-        self._progress_file = data_dir / ".cryptostream" / f"backfill-{interval}.json"
+        self._dir = data_dir / backfill_dir(interval)
+        self._progress_file = data_dir / backfill_progress_file(interval)
         self._names: dict[str, tuple[str, str]] = {}
 
     def _load_done(self) -> set[str]:
@@ -223,7 +223,7 @@ class Backfill:
         """Add ``ticks`` to their day files; returns how many rows were new."""
         by_day: dict[str, list[Tick]] = {}
         for t in ticks:
-            by_day.setdefault(_day(t.timestamp), []).append(t)
+            by_day.setdefault(day_name(t.timestamp), []).append(t)
         added = 0
         self._dir.mkdir(parents=True, exist_ok=True)
         for day, new in by_day.items():
@@ -244,10 +244,6 @@ class Backfill:
         return added
 
 
-def _day(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).date().isoformat()
-
-
 def _history_tick(row: object, asset: str, symbol: str, name: str) -> Tick:
     if not isinstance(row, dict):
         raise InvalidTick("not_an_object")
@@ -261,18 +257,10 @@ def _history_tick(row: object, asset: str, symbol: str, name: str) -> Tick:
 
 
 def _read(path: Path) -> list[Tick]:
-    try:
-        fh = path.open(newline="", encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    with fh:
-        reader = csv.reader(fh)
-        next(reader, None)
-        return [
-            Tick(float(r[0]), r[1], r[2], r[3], r[4], r[5] or None, r[6] or None, r[7] or None)
-            for r in reader
-            if len(r) == 8
-        ]
+    return [
+        Tick(float(r[0]), r[1], r[2], r[3], r[4], r[5] or None, r[6] or None, r[7] or None)
+        for r in read_rows(path)
+    ]
 
 
 def parse_when(text: str) -> dt.datetime:

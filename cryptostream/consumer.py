@@ -68,7 +68,7 @@ class Consumer:
                 batches = await client.getmany(timeout_ms=200, max_records=self._config.max_batch)
                 self.connected = True
                 records = [
-                    Record(tp.partition, m.offset, m.value, m.timestamp)
+                    Record(tp.partition, m.offset, m.value)
                     for tp in sorted(batches, key=lambda t: t.partition)
                     for m in batches[tp]
                 ]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import orjson
 
+from cryptostream.days import Days
+from cryptostream.files import atomic_write
 from cryptostream.logs import get_logger
-from cryptostream.sink.days import Days
-from cryptostream.sink.files import atomic_write
 from cryptostream.tick import Tick
 
 log = get_logger(__name__)

@@ -26,18 +26,17 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from cryptostream.config import KafkaConfig
+from cryptostream.files import atomic_write
+from cryptostream.layout import SPOOL_FILE, SPOOL_PROGRESS_FILE
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
 from cryptostream.retry import log_retries
-from cryptostream.sink.files import atomic_write
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
 from cryptostream.topic import Topic, client_options, stop_client
 
 log = get_logger(__name__)
 
-SPOOL_FILE = ".cryptostream/unpublished.jsonl"
-SPOOL_PROGRESS_FILE = ".cryptostream/unpublished.progress"
 BATCH = 2000
 
 

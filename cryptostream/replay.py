@@ -19,10 +19,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from cryptostream.config import Config, KafkaConfig
+from cryptostream.layout import DATA_FILE, SINK_STATE_FILE
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.progress import Progress
-from cryptostream.sink.csvsink import STATE_FILE, CsvSink, Record
+from cryptostream.sink.csvsink import CsvSink, Record
 from cryptostream.topic import client_options
 
 log = get_logger(__name__)
@@ -34,7 +35,7 @@ class ReplayError(Exception):
 
 async def replay(config: Config, target: Path, *, progress: bool | None = None) -> int:
     """Rebuild the files in ``target``; returns the number of messages read."""
-    if (target / STATE_FILE).exists() or (target / "crypto_data.csv").exists():
+    if (target / SINK_STATE_FILE).exists() or (target / DATA_FILE).exists():
         raise ReplayError(
             f"{target} already holds cryptostream files: replay into an empty directory "
             "(--to DIR) or move the old files away"
@@ -122,9 +123,7 @@ async def _copy(
             records: list[Record] = []
             for tp, messages in sorted(batches.items(), key=lambda kv: kv[0].partition):
                 records.extend(
-                    Record(tp.partition, m.offset, m.value, m.timestamp)
-                    for m in messages
-                    if m.offset < ends[tp]
+                    Record(tp.partition, m.offset, m.value) for m in messages if m.offset < ends[tp]
                 )
                 if messages and messages[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)

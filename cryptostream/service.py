@@ -31,6 +31,7 @@ from cryptostream.consumer import Consumer
 from cryptostream.dashboard import Dashboard
 from cryptostream.fetcher import Fetcher
 from cryptostream.firstvalue import FirstValues
+from cryptostream.layout import FIRST_VALUES_FILE
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.producer import Producer
@@ -41,8 +42,6 @@ from cryptostream.topic import Topic
 from cryptostream.web import WebServer
 
 log = get_logger(__name__)
-
-FIRST_VALUES_FILE = ".cryptostream/first_values.json"
 
 
 class Service:

@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cryptostream.config import load_config  # noqa: E402
+from cryptostream.csvrow import HEADER  # noqa: E402
 from cryptostream.dashboard import Dashboard  # noqa: E402
 from cryptostream.metrics import Metrics  # noqa: E402
-from cryptostream.sink.csvrow import HEADER  # noqa: E402
 from cryptostream.web import WebServer  # noqa: E402
 
 ASSETS = [

@@ -28,7 +28,6 @@ import orjson
 from cryptostream.config import Config
 from cryptostream.dashboard.live import Broadcaster
 from cryptostream.dashboard.store import (
-    DAY,
     FULL_DETAIL_DAYS,
     HistorySnapshot,
     LoadCancelled,
@@ -40,9 +39,10 @@ from cryptostream.dashboard.store import (
     iso_day,
     load_history,
 )
+from cryptostream.days import DAY
+from cryptostream.layout import DATA_FILE, TICKS_DIR
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.sink.csvsink import DATA_FILE, TICKS_DIR
 from cryptostream.tick import Tick
 
 log = get_logger(__name__)

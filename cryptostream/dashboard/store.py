@@ -19,7 +19,6 @@ columns as they were when the request came, taken in O(1) (see
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import math
 import threading
 import weakref
@@ -31,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from cryptostream.sink.csvrow import COLUMNS, HEADER
+from cryptostream.csvrow import COLUMNS, HEADER
+from cryptostream.days import DAY, day_name
 from cryptostream.tick import Tick
 
-DAY = 86400
 _CHUNK = 1 << 22  # bytes read at a time while loading: bounded memory whatever the file size
 _HEADER_LINE = HEADER.rstrip("\n")
 _INF = math.inf
@@ -49,7 +48,7 @@ def day_of(ts: float) -> int:
 
 
 def iso_day(day: int) -> str:
-    return dt.datetime.fromtimestamp(day * DAY, tz=dt.UTC).date().isoformat()
+    return day_name(day * DAY)
 
 
 class LoadCancelled(Exception):

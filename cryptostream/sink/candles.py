@@ -1,9 +1,7 @@
 """OHLC candles per asset for 1 minute, 1 hour and 1 day, derived from the daily tick files.
 
-Files, all UTC:
-
-* ``history/candles/1m/YYYY-MM-DD.csv`` and ``history/candles/1h/YYYY-MM-DD.csv``;
-* ``history/candles/1d/YYYY.csv`` (one row per asset and day).
+Files (UTC days, see :mod:`cryptostream.layout`): one per day for 1m and 1h, one
+per year for 1d (a row per asset and day).
 
 Columns: ``start,id,symbol,open,high,low,close,firstTimestamp,lastTimestamp,ticks,vwap24HrMean``
 (``start`` in Unix seconds, the candle's period start).
@@ -19,22 +17,21 @@ the tick files are the exactly-once source, candles are derived from them.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from cryptostream.csvrow import read_rows, text_cell
+from cryptostream.days import Days, day_start
+from cryptostream.files import atomic_write
+from cryptostream.layout import TICKS_DIR, candle_file, daily_file
 from cryptostream.logs import get_logger
-from cryptostream.sink.csvrow import text_cell
-from cryptostream.sink.days import Days, day_start
-from cryptostream.sink.files import atomic_write
 from cryptostream.tick import Tick
 
 log = get_logger(__name__)
 
-CANDLES_DIR = "history/candles"
 COLUMNS = (
     "start",
     "id",
@@ -122,7 +119,7 @@ _Day = dict[tuple[str, int], Candle]
 
 class CandleBook:
     def __init__(self, data_dir: Path, *, fsync: bool = True, keep_days: int = 2) -> None:
-        self._dir = data_dir / CANDLES_DIR
+        self._data_dir = data_dir
         self._fsync = fsync
         self._keep_days = keep_days
         self._days: dict[str, _Day] = {}
@@ -132,7 +129,7 @@ class CandleBook:
 
     # -- feeding -------------------------------------------------------------------
 
-    def add(self, ticks: Iterable[Tick], ticks_dir: Path) -> None:
+    def add(self, ticks: Iterable[Tick]) -> None:
         """Account for durable ticks; rewrites changed days at most every FLUSH_EVERY s."""
         loaded: set[str] = set()
         for tick in ticks:
@@ -142,7 +139,7 @@ class CandleBook:
             candles = self._days.get(day)
             if candles is None:
                 # Not in memory: the day's tick file already holds this batch's ticks.
-                self._days[day] = self._load_day(ticks_dir / f"{day}.csv")
+                self._days[day] = self._load_day(self._data_dir / daily_file(day))
                 loaded.add(day)
             else:
                 _account(
@@ -154,13 +151,13 @@ class CandleBook:
             self.flush()
             self._last_flush = now
 
-    def recover(self, ticks_dir: Path) -> None:
+    def recover(self) -> None:
         """Rebuild the days whose candle files are older than their tick file."""
-        for tick_file in sorted(ticks_dir.glob("*.csv")):
+        for tick_file in sorted((self._data_dir / TICKS_DIR).glob("*.csv")):
             day = tick_file.stem
-            candle_file = self._dir / "1m" / f"{day}.csv"
+            minutes = self._data_dir / candle_file("1m", day)
             try:
-                stale = candle_file.stat().st_mtime < tick_file.stat().st_mtime
+                stale = minutes.stat().st_mtime < tick_file.stat().st_mtime
             except FileNotFoundError:
                 stale = True
             if stale:
@@ -204,10 +201,10 @@ class CandleBook:
                 daily[asset].merge(candle)
             else:
                 daily[asset] = candle.copy()
-        self._replace(self._dir / "1m" / f"{day}.csv", lines_1m)
-        self._replace(self._dir / "1h" / f"{day}.csv", lines_1h)
+        self._replace(self._data_dir / candle_file("1m", day), lines_1m)
+        self._replace(self._data_dir / candle_file("1h", day), lines_1h)
         start_of_day = int(day_start(day))
-        year_file = self._dir / "1d" / f"{day[:4]}.csv"
+        year_file = self._data_dir / candle_file("1d", day)
         rows = {
             (int(line.split(",", 2)[0]), line.split(",", 2)[1]): line
             for line in _read_lines(year_file)
@@ -234,21 +231,12 @@ def _account(
 
 
 def _read_ticks(path: Path) -> Iterator[tuple[float, str, str, str, str | None]]:
-    try:
-        fh = path.open(newline="", encoding="utf-8")
-    except FileNotFoundError:
-        return
-    with fh:
-        reader = csv.reader(fh)
-        next(reader, None)
-        for row in reader:
-            if len(row) != 8:
-                continue
-            try:
-                Decimal(row[4])
-                yield float(row[0]), row[1], row[2], row[4], row[7] or None
-            except (ValueError, InvalidOperation):
-                continue
+    for row in read_rows(path):
+        try:
+            Decimal(row[4])
+            yield float(row[0]), row[1], row[2], row[4], row[7] or None
+        except (ValueError, InvalidOperation):
+            continue
 
 
 def _read_lines(path: Path) -> list[str]:

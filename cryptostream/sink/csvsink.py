@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 import time
 from collections import OrderedDict, deque
@@ -39,21 +38,26 @@ from typing import Any
 
 import orjson
 
+from cryptostream.csvrow import COLUMNS, HEADER, csv_line
+from cryptostream.days import Days, day_start
+from cryptostream.files import AppendFile, atomic_write, replacing
+from cryptostream.layout import (
+    DATA_FILE,
+    DEAD_LETTER_FILE,
+    ERRORS_DIR,
+    LAST_VALUES_FILE,
+    SINK_STATE_FILE,
+    STATE_DIR,
+    TICKS_DIR,
+    daily_file,
+)
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.candles import CandleBook
-from cryptostream.sink.csvrow import COLUMNS, HEADER, csv_line
-from cryptostream.sink.days import Days, day_start
-from cryptostream.sink.files import AppendFile, atomic_write, fsync_dir
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
 
 log = get_logger(__name__)
 
-DATA_FILE = "crypto_data.csv"
-LAST_VALUES_FILE = "crypto_last_values.csv"
-DEAD_LETTER_FILE = "errors/dead_letters.jsonl"
-TICKS_DIR = "history/ticks"
-STATE_FILE = ".cryptostream/sink_state.json"
 STATE_VERSION = 1
 # Per asset, how many recent (timestamp, price) keys are remembered to drop
 # a tick that reaches the topic twice (e.g. a producer retry across a restart).
@@ -89,7 +93,6 @@ class Record:
     partition: int
     offset: int
     value: bytes | None
-    timestamp_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -118,10 +121,6 @@ class _State:
                 "last": self.last,
             }
         )
-
-
-def daily_file(day: str) -> str:
-    return f"{TICKS_DIR}/{day}.csv"
 
 
 class CsvSink:
@@ -171,9 +170,9 @@ class CsvSink:
             raise SinkError(f"cannot open data directory {self.data_dir}: {exc}") from exc
 
     def _open(self) -> None:
-        for sub in (".cryptostream", "errors", TICKS_DIR):
+        for sub in (STATE_DIR, ERRORS_DIR, TICKS_DIR):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
-        state_path = self.data_dir / STATE_FILE
+        state_path = self.data_dir / SINK_STATE_FILE
         have_state = state_path.exists()
         if have_state:
             self._state = self._load_state(state_path)
@@ -192,7 +191,7 @@ class CsvSink:
         self._rebuild_window()
         self._write_last_values()
         if self.candles is not None:
-            self.candles.recover(self.data_dir / TICKS_DIR)
+            self.candles.recover()
         self.opened = True
         log.info(
             "sink_opened",
@@ -402,7 +401,7 @@ class CsvSink:
             for name in touched:
                 sizes[name] = self._files[name].size
             new_state = _State(state.topic, offsets, sizes, last)
-            atomic_write(self.data_dir / STATE_FILE, new_state.to_json(), fsync=self._fsync)
+            atomic_write(self.data_dir / SINK_STATE_FILE, new_state.to_json(), fsync=self._fsync)
         except OSError as exc:
             self._rollback(touched, old_sizes)
             kind = "disk_full" if exc.errno == 28 else "io_error"
@@ -430,7 +429,7 @@ class CsvSink:
         """Derived work; failures here never undo or block the committed batch."""
         if self.candles is not None:
             try:
-                self.candles.add(written, self.data_dir / TICKS_DIR)
+                self.candles.add(written)
             except OSError as exc:
                 self.metrics.sink_errors.labels("candles").inc()
                 log.error("candles_not_written", error=exc.strerror or str(exc))
@@ -528,21 +527,14 @@ class CsvSink:
             if not removed:
                 return 0
             src.seek(keep_from)
-            tmp = path.with_name(f".{path.name}.trim")
-            with tmp.open("wb") as dst:
+            with replacing(path, fsync=self._fsync) as dst:
                 dst.write(_HEADER)
                 shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                if self._fsync:
-                    os.fsync(dst.fileno())
-        self._files.pop(DATA_FILE).close()
-        tmp.replace(path)
-        if self._fsync:
-            fsync_dir(path.parent)
+                self._files.pop(DATA_FILE).close()
         # A crash before the next line leaves a file shorter than the state records:
         # start-up accepts that (nothing uncommitted can be in it at this point).
         self._state.sizes[DATA_FILE] = self._file(DATA_FILE).size
-        atomic_write(self.data_dir / STATE_FILE, self._state.to_json(), fsync=self._fsync)
+        atomic_write(self.data_dir / SINK_STATE_FILE, self._state.to_json(), fsync=self._fsync)
         return removed
 
     def close(self) -> None:

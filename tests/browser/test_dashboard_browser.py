@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from cryptostream.config import Config
-from cryptostream.sink.csvrow import HEADER
+from cryptostream.csvrow import HEADER
 from cryptostream.tick import Tick
 from tests.browser.conftest import Tab
 from tests.conftest import ConfigFactory, free_port, wait_until

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from cryptostream.backfill import Backfill, parse_when, plan
-from cryptostream.sink.csvrow import COLUMNS
+from cryptostream.csvrow import COLUMNS
 from tests.conftest import API_KEY, ConfigFactory
 from tests.support.fake_coincap import FakeCoinCap, Fault
 

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from cryptostream.sink.csvrow import HEADER
+from cryptostream.csvrow import HEADER
 from tests.conftest import ConfigFactory, free_port, wait_until
 from tests.support.fake_coincap import FakeCoinCap
 from tests.support.topic import csv_rows

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cryptostream.sink.csvrow import COLUMNS
+from cryptostream.csvrow import COLUMNS
 from tests.conftest import ConfigFactory, unique, wait_until
 from tests.support.fake_coincap import FakeCoinCap, Fault
 from tests.support.topic import csv_rows, read_topic, tick_key

@@ -59,8 +59,8 @@ def test_profile_samples_go_to_the_innermost_cost_centre(tmp_path: Path) -> None
     lines = [
         f"{write};tick_from_json (cryptostream/tick.py:160);0x7f (orjson/orjson.so) 6",
         f"{write};tick_from_json (cryptostream/tick.py:195) 3",
-        f"{write};atomic_write (cryptostream/sink/files.py:29);fsync (libc.so.6) 2",
-        f"{write};csv_line (cryptostream/sink/csvrow.py:70);gc_collect_main (libpython) 1",
+        f"{write};atomic_write (cryptostream/files.py:29);fsync (libc.so.6) 2",
+        f"{write};csv_line (cryptostream/csvrow.py:70);gc_collect_main (libpython) 1",
         f"{run};getmany (aiokafka/consumer/consumer.py:1147) 4",
         "<module> (x.py:1);_find_and_load (<frozen importlib._bootstrap>:1) 2",
         f"{write};_State.to_json (cryptostream/sink/csvsink.py:107);0x7f (orjson/orjson.so) 5",

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from cryptostream.sink.csvrow import HEADER, csv_line, text_cell
+from cryptostream.csvrow import HEADER, csv_line, text_cell
 from cryptostream.tick import Tick
 
 

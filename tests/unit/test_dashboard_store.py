@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cryptostream.csvrow import HEADER, csv_line
 from cryptostream.dashboard.store import (
     HistorySnapshot,
     LoadCancelled,
@@ -20,7 +21,6 @@ from cryptostream.dashboard.store import (
     load_file,
     load_history,
 )
-from cryptostream.sink.csvrow import HEADER, csv_line
 from cryptostream.tick import Tick
 
 DAY = 86400

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cryptostream.sink.csvrow import COLUMNS
+from cryptostream.csvrow import COLUMNS
 
 KIT = Path(__file__).resolve().parents[2] / "powerbi"
 # Columns of Power Query's Folder.Files table that the folder queries use.

@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from cryptostream.csvrow import HEADER
+from cryptostream.layout import DATA_FILE, DEAD_LETTER_FILE, LAST_VALUES_FILE
 from cryptostream.metrics import Metrics
-from cryptostream.sink.csvrow import HEADER
-from cryptostream.sink.csvsink import (
-    DATA_FILE,
-    DEAD_LETTER_FILE,
-    LAST_VALUES_FILE,
-    CsvSink,
-    Record,
-    SinkError,
-    SinkWriteError,
-)
+from cryptostream.sink.csvsink import CsvSink, Record, SinkError, SinkWriteError
 from cryptostream.tick import Tick
 
 TOPIC = "prices"

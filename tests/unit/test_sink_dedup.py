@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cryptostream.layout import DATA_FILE
 from cryptostream.metrics import Metrics
 from cryptostream.sink import csvsink
-from cryptostream.sink.csvsink import DATA_FILE, CsvSink, Record
+from cryptostream.sink.csvsink import CsvSink, Record
 from cryptostream.tick import Tick
 
 TOPIC = "prices"

@@ -1,4 +1,4 @@
-"""Turning ticks into CSV lines that spreadsheets read safely.
+"""Turning ticks into CSV lines that spreadsheets read safely, and reading them back.
 
 The hot path of the sink: one call per tick, so it builds the line with plain
 string operations instead of :mod:`csv` (numeric cells are validated decimals
@@ -9,7 +9,10 @@ once and remembered.
 
 from __future__ import annotations
 
+import csv
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 from cryptostream.tick import Tick
 
@@ -52,11 +55,6 @@ def text_cell(value: str) -> str:
     return value
 
 
-def timestamp_cell(timestamp: float) -> str:
-    # repr() is the shortest text that reads back as the same float.
-    return repr(timestamp)
-
-
 def csv_line(tick: Tick) -> str:
     """One CSV line (with ``\\n``) in :data:`COLUMNS` order."""
     key = (tick.id, tick.symbol, tick.name)
@@ -65,8 +63,20 @@ def csv_line(tick: Tick) -> str:
         if len(_TEXT_CELLS) >= _TEXT_CELLS_MAX:
             _TEXT_CELLS.clear()
         texts = _TEXT_CELLS[key] = ",".join(map(text_cell, key))
-    # {!r} of a float is timestamp_cell(), inlined: this runs once per row.
+    # repr() of a float is the shortest text that reads back as the same float.
     return (
         f"{tick.timestamp!r},{texts},{tick.price_usd},{tick.change_percent_24h or ''},"
         f"{tick.first_value or ''},{tick.vwap_24h or ''}\n"
     )
+
+
+def read_rows(path: Path) -> Iterator[list[str]]:
+    """The rows of a tick CSV file, without the header and rows of another width."""
+    try:
+        fh = path.open(newline="", encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with fh:
+        rows = csv.reader(fh)
+        next(rows, None)
+        yield from (row for row in rows if len(row) == len(COLUMNS))

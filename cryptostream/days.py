@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+DAY = 86400
+
+
+def day_name(ts: float) -> str:
+    """The UTC date of a Unix timestamp, ``YYYY-MM-DD``."""
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).date().isoformat()
+
 
 def day_start(day: str) -> float:
     """Unix seconds of 00:00 UTC of an ISO date ``YYYY-MM-DD``."""
@@ -21,8 +28,7 @@ class Days:
 
     def name(self, ts: float) -> str:
         if not self._start <= ts < self._end:
-            day = dt.datetime.fromtimestamp(ts, tz=dt.UTC).date()
-            self._name = day.isoformat()
+            self._name = day_name(ts)
             self._start = day_start(self._name)
-            self._end = self._start + 86400
+            self._end = self._start + DAY
         return self._name

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(path: Path) -> None:
@@ -16,25 +18,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, fsync: bool = True, sync_dir: bool = True) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, whole.
+@contextlib.contextmanager
+def replacing(path: Path, *, fsync: bool = True, sync_dir: bool = True) -> Iterator[BinaryIO]:
+    """Write the new content of ``path`` to the file yielded; on success it replaces
+    ``path`` whole, so a reader sees the old or the new file, never a mix.
 
     With ``fsync`` the data is on disk before the rename, so even after a power cut
     the file is the old one or the new one; ``sync_dir`` then also makes the rename
     itself durable (skip it only for files rebuilt from durable state at start-up).
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
+        # The mode of the append-only files too (the umask still applies).
+        with open(tmp, "wb", opener=lambda name, flags: os.open(name, flags, 0o644)) as fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
         tmp.replace(path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -42,6 +42,12 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = True, sync_dir: bool 
         raise
     if fsync and sync_dir:
         fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` (see :func:`replacing`)."""
+    with replacing(path, fsync=fsync, sync_dir=sync_dir) as fh:
+        fh.write(data)
 
 
 class AppendFile:

@@ -1,0 +1,49 @@
+"""The data directory (``storage.data_dir``): every file cryptostream keeps, named here::
+
+    crypto_data.csv                             one row per tick, appended
+    crypto_last_values.csv                      the newest tick of each asset
+    history/ticks/YYYY-MM-DD.csv                the same rows by UTC day, kept forever
+    history/candles/{1m,1h}/YYYY-MM-DD.csv      OHLC candles per asset, derived from the
+    history/candles/1d/YYYY.csv                 daily files (1d: one file per UTC year)
+    history/backfill/<interval>/YYYY-MM-DD.csv  price history from ``cryptostream backfill``
+    errors/dead_letters.jsonl                   messages on the topic that are not valid ticks
+    .cryptostream/                              the sink's state (offsets and file lengths),
+                                                ``firstValue`` of the day, ticks spooled at
+                                                shutdown, backfill progress
+
+Names are relative to the data directory, with ``/`` separators: the sink's
+state records file lengths under them, so they are part of its format.
+"""
+
+from __future__ import annotations
+
+DATA_FILE = "crypto_data.csv"
+LAST_VALUES_FILE = "crypto_last_values.csv"
+TICKS_DIR = "history/ticks"
+ERRORS_DIR = "errors"
+DEAD_LETTER_FILE = f"{ERRORS_DIR}/dead_letters.jsonl"
+STATE_DIR = ".cryptostream"
+SINK_STATE_FILE = f"{STATE_DIR}/sink_state.json"
+FIRST_VALUES_FILE = f"{STATE_DIR}/first_values.json"
+SPOOL_FILE = f"{STATE_DIR}/unpublished.jsonl"
+SPOOL_PROGRESS_FILE = f"{STATE_DIR}/unpublished.progress"
+
+
+def daily_file(day: str) -> str:
+    """The tick file of UTC day ``day`` (``YYYY-MM-DD``)."""
+    return f"{TICKS_DIR}/{day}.csv"
+
+
+def candle_file(period: str, day: str) -> str:
+    """The ``period`` (``1m``, ``1h``, ``1d``) candle file that holds UTC day ``day``."""
+    name = day[:4] if period == "1d" else day  # daily candles: one file per year
+    return f"history/candles/{period}/{name}.csv"
+
+
+def backfill_dir(interval: str) -> str:
+    """The folder of ``interval``'s backfill files, one per UTC day."""
+    return f"history/backfill/{interval}"
+
+
+def backfill_progress_file(interval: str) -> str:
+    return f"{STATE_DIR}/backfill-{interval}.json"
