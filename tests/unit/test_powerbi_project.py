@@ -23,7 +23,7 @@ import pytest
 
 from cryptostream.powerbi import kit, queries, report
 from cryptostream.powerbi.project import MODEL_DIR, PBIP, REPORT_DIR
-from cryptostream.sink.csvrow import COLUMNS, HEADER
+from cryptostream.csvrow import COLUMNS, HEADER
 from tests.support import pbip
 
 REPO = Path(__file__).resolve().parents[2]
