@@ -537,7 +537,7 @@ class CsvSink:
         path = self.data_dir / DATA_FILE
         with path.open("rb") as src:
             src.readline()
-            # Rows are in arrival order, nearly always by day: most runs stop here.
+            # Rewrite only when some row is older (found at the top on most days).
             if not any(_line_ts(line.decode()) < cutoff for line in src):
                 return 0
             src.seek(0)
