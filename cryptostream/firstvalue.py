@@ -1,8 +1,17 @@
-"""``firstValue``: the first price of each asset on the current UTC date.
+"""``firstValue`` in the Kafka message: the first price of each asset and UTC day
+that this service handed to Kafka.
 
-It is assigned before a tick is published (so it travels in the Kafka message
-and every reader agrees on it), kept in a small state file so a restart during
-the day keeps the morning's value, and resets with the first tick after 00:00 UTC.
+The producer stamps it on each batch just before the batch is first sent, in
+send order — after the bounded queue, so a tick dropped there never becomes a
+day's first value — and saves the values only once Kafka acknowledged the batch
+(and at shutdown, for the spooled ticks that go out first on the next start).
+A tick lost in a kill before its acknowledgement is therefore not remembered as
+the day's first. It resets with the first tick after 00:00 UTC; a late tick of
+an earlier day carries none (null).
+
+It is what the topic's readers get; the CSV files do not take it on trust: the
+sink decides every row's firstValue from what the files hold
+(:mod:`cryptostream.sink.firstvalues`).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ class FirstValues:
         self._fsync = fsync
         # asset id -> (UTC date, first price of that date)
         self._values: dict[str, tuple[str, str]] = {}
+        self._dirty = False
         self._day = Days().name
         self._load()
 
@@ -39,8 +49,12 @@ class FirstValues:
             log.warning("first_values_unreadable", path=str(self._path), error=str(exc))
             self._values = {}
 
+    def stamp(self, ticks: list[Tick]) -> list[Tick]:
+        """The ticks with their ``firstValue``, in order; one that has it keeps it."""
+        return [t if t.first_value is not None else self.assign(t) for t in ticks]
+
     def assign(self, tick: Tick) -> Tick:
-        """Return ``tick`` with its ``firstValue``; persists a new day's value first."""
+        """Return ``tick`` with its ``firstValue`` (remembered, saved by :meth:`save`)."""
         date = self._day(tick.timestamp)
         known = self._values.get(tick.id)
         if known is not None and known[0] == date:
@@ -49,14 +63,19 @@ class FirstValues:
             # A late tick from an earlier day: that day's first value is not kept.
             return tick
         self._values[tick.id] = (date, tick.price_usd)
-        self._save()
+        self._dirty = True
         return tick.with_first_value(tick.price_usd)
 
-    def _save(self) -> None:
+    def save(self) -> None:
+        """Persist the values (after Kafka acknowledged the ticks that carry them)."""
+        if not self._dirty:
+            return
         data = orjson.dumps({"assets": {k: list(v) for k, v in sorted(self._values.items())}})
         try:
             atomic_write(self._path, data, fsync=self._fsync)
         except OSError as exc:
-            # The tick still carries the right value; only a restart today would
-            # pick a later price. Not worth stopping the pipeline for.
+            # Only a restart today would pick a later price for the topic (the CSV
+            # files decide their own). Not worth stopping the pipeline for.
             log.warning("first_values_not_saved", path=str(self._path), error=exc.strerror)
+            return
+        self._dirty = False

@@ -9,7 +9,7 @@
     errors/dead_letters.jsonl                   messages on the topic that are not valid ticks
     .cryptostream/                              the sink's state (offsets and file lengths),
                                                 ``firstValue`` of the day, ticks spooled at
-                                                shutdown, backfill progress
+                                                shutdown, candle watermarks, backfill progress
 
 Names are relative to the data directory, with ``/`` separators: the sink's
 state records file lengths under them, so they are part of its format.
@@ -27,6 +27,8 @@ SINK_STATE_FILE = f"{STATE_DIR}/sink_state.json"
 FIRST_VALUES_FILE = f"{STATE_DIR}/first_values.json"
 SPOOL_FILE = f"{STATE_DIR}/unpublished.jsonl"
 SPOOL_PROGRESS_FILE = f"{STATE_DIR}/unpublished.progress"
+#: Per UTC day, the tick-file length its candle files were computed from (all levels).
+CANDLE_WATERMARKS_FILE = f"{STATE_DIR}/candles.json"
 
 
 def daily_file(day: str) -> str:

@@ -88,6 +88,11 @@ class Metrics:
         self.publish_errors = Counter(
             "cryptostream_publish_errors", "Failed publish attempts, by kind", ["kind"], registry=r
         )
+        self.spool_dropped = Counter(
+            "cryptostream_spool_dropped",
+            "Unpublished ticks dropped because the spool was full (oldest first)",
+            registry=r,
+        )
         # consumer / sink
         self.ticks_written = Counter(
             "cryptostream_ticks_written", "Rows made durable in crypto_data.csv", registry=r

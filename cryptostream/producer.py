@@ -8,10 +8,18 @@ sends the ticks still unacknowledged again with a fresh client. A resend may
 put a tick on the topic twice (its acknowledgement was lost), never more than
 one batch apart; the sink drops such duplicates (same asset, time, price).
 
-On shutdown the queue is drained under a deadline; ticks still unpublished are
-spooled to ``.cryptostream/unpublished.jsonl`` and published first on the next
-start. How far that got is kept in ``unpublished.progress``, so a crash while
-publishing the spool resends at most the batch in flight.
+On shutdown the queue is drained under a deadline; then the Kafka client is
+closed — which flushes what it still buffers, so ticks it delivers then count as
+published — and only the ticks still unacknowledged after that are spooled to
+``.cryptostream/unpublished.jsonl``, published first on the next start. How far
+that got is kept in ``unpublished.progress``, so a crash while publishing the
+spool resends at most the batch in flight. The spool is bounded like the queue
+it continues: at most ``source.queue_size`` + one batch ticks, the newest kept;
+what it drops is counted (``cryptostream_spool_dropped_total``) and logged.
+
+``firstValue`` in the Kafka message is the producer's: the first price of the
+asset and UTC day this service handed to Kafka (see :mod:`cryptostream.firstvalue`).
+The CSV files carry the sink's own, decided from what the files hold.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from aiokafka.errors import KafkaError
 
 from cryptostream.config import KafkaConfig
 from cryptostream.files import atomic_write
-from cryptostream.layout import SPOOL_FILE, SPOOL_PROGRESS_FILE
+from cryptostream.firstvalue import FirstValues
+from cryptostream.layout import FIRST_VALUES_FILE, SPOOL_FILE, SPOOL_PROGRESS_FILE
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
@@ -54,6 +63,8 @@ class Producer:
         queue: TickQueue,
         metrics: Metrics,
         data_dir: Path,
+        *,
+        fsync: bool = True,
     ) -> None:
         self._config = config
         self._topic = topic
@@ -61,11 +72,18 @@ class Producer:
         self._metrics = metrics
         self._spool = data_dir / SPOOL_FILE
         self._progress = data_dir / SPOOL_PROGRESS_FILE
+        # One run leaves at most a full queue and a batch in hand; across restarts
+        # while Kafka stays away the spool keeps the newest that many (as the queue).
+        self.spool_limit = queue.maxsize + BATCH
+        self._first_values = FirstValues(data_dir / FIRST_VALUES_FILE, fsync=fsync)
         #: Spooled ticks not yet handed to delivery; None until the spool was read.
         self._spool_rest: list[Tick] | None = None
         self._client: AIOKafkaProducer | None = None
         self._closing = False
         self._in_hand: list[Tick] = []
+        # The send future of each tick in hand, where it has one: a client being
+        # closed may still deliver it.
+        self._in_flight: list[asyncio.Future[Any] | None] = []
         self.connected = False
         self.published = 0
 
@@ -78,16 +96,21 @@ class Producer:
                 batch = await self._queue.get_batch(BATCH)
                 if not batch:
                     continue
-                self._in_hand = batch
-                await self._deliver(batch)
-                self._in_hand = []
+                await self._deliver(self._first_values.stamp(batch))
         finally:
-            # Whatever is not acknowledged goes to disk, never into thin air.
-            leftovers = self._in_hand + (self._spool_rest or []) + self._queue.drain_all()
-            self._in_hand = []
-            if leftovers or self._spool_rest is not None:
-                self._write_spool(leftovers)
-            await self._close_client()
+            try:
+                # First close (flush) the client: what it delivers now is published,
+                # and must not also be spooled (it would reach the topic twice).
+                await self._close_client()
+            finally:
+                # Whatever is not acknowledged goes to disk, never into thin air.
+                leftovers = self._in_hand + (self._spool_rest or []) + self._queue.drain_all()
+                self._hand([])
+                if leftovers or self._spool_rest is not None:
+                    self._write_spool(leftovers)
+                # The spooled ticks go out first on the next start, with the firstValue
+                # they carry: the saved values must agree with them.
+                self._first_values.save()
         log.info("producer_stopped", published=self.published)
 
     def close(self) -> None:
@@ -97,9 +120,13 @@ class Producer:
 
     # -- delivery ------------------------------------------------------------------
 
+    def _hand(self, ticks: list[Tick]) -> None:
+        self._in_hand = ticks
+        self._in_flight = []
+
     async def _deliver(self, batch: list[Tick]) -> None:
         """Publish ``batch`` until every tick is acknowledged; retries send only the rest."""
-        self._in_hand = batch
+        self._hand(batch)
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(PublishError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
@@ -112,7 +139,9 @@ class Producer:
             with attempt:
                 attempts += 1
                 await self._send(self._in_hand)
-        self._in_hand = []
+        self._hand([])
+        # Acknowledged: the day's first values they carry are facts on the topic now.
+        self._first_values.save()
         if attempts > 1:
             log.info("kafka_publish_recovered", attempts=attempts, batch=len(batch))
 
@@ -148,29 +177,37 @@ class Producer:
         self.connected = True
 
     def _settle(
-        self, ticks: list[Tick], futures: list[asyncio.Future[Any]]
+        self,
+        ticks: list[Tick],
+        futures: list[asyncio.Future[Any]] | list[asyncio.Future[Any] | None],
     ) -> tuple[str, str] | None:
-        """Count the acknowledged ticks; keep the others in ``_in_hand``. Returns the
-        first error Kafka reported for one of them, if any."""
+        """Count the acknowledged ticks; keep the others in ``_in_hand`` (with their
+        futures still pending in ``_in_flight``). Returns the first error Kafka
+        reported for one of them, if any."""
         unacked: list[Tick] = []
+        pending: list[asyncio.Future[Any] | None] = []
         error: tuple[str, str] | None = None
         for i, tick in enumerate(ticks):
             future = futures[i] if i < len(futures) else None
             if future is None or not future.done() or future.cancelled():
                 unacked.append(tick)
+                pending.append(future if future is not None and not future.done() else None)
             elif (exc := future.exception()) is not None:
                 unacked.append(tick)
+                pending.append(None)
                 error = error or (type(exc).__name__, str(exc) or type(exc).__name__)
         acked = len(ticks) - len(unacked)
         if acked:
             self.published += acked
             self._metrics.ticks_published.inc(acked)
         self._in_hand = unacked
+        self._in_flight = pending
         if unacked:
             for future in futures:
                 # Late outcomes of an abandoned client are of no interest: no
                 # "exception was never retrieved" noise when it is closed.
-                future.add_done_callback(_ignore_outcome)
+                if future is not None:
+                    future.add_done_callback(_ignore_outcome)
         return error
 
     async def _fail(self, kind: str, message: str) -> None:
@@ -206,8 +243,15 @@ class Producer:
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
+        if client is None:
+            return
+        try:
             await stop_client(client, "producer")
+        finally:
+            # Closing flushes the client's buffer: a tick in hand Kafka acknowledged
+            # meanwhile is published, not to be sent (or spooled) again.
+            if any(f is not None for f in self._in_flight):
+                self._settle(self._in_hand, self._in_flight)
 
     # -- spool ---------------------------------------------------------------------
 
@@ -216,6 +260,17 @@ class Producer:
         # Spooled ticks not read back yet (the run ended before) stay first.
         previous = self._read_spool() if self._spool_rest is None else []
         all_ticks = previous + ticks
+        dropped = len(all_ticks) - self.spool_limit
+        if dropped > 0:
+            # The oldest go, as in the queue: the newest prices matter most.
+            all_ticks = all_ticks[dropped:]
+            self._metrics.spool_dropped.inc(dropped)
+            log.error(
+                "unpublished_ticks_dropped",
+                count=dropped,
+                kept=len(all_ticks),
+                path=str(self._spool),
+            )
         try:
             if all_ticks:
                 atomic_write(self._spool, b"".join(t.to_json() + b"\n" for t in all_ticks))

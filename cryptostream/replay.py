@@ -125,7 +125,11 @@ async def _copy(
                 records.extend(
                     Record(tp.partition, m.offset, m.value) for m in messages if m.offset < ends[tp]
                 )
-                if messages and messages[-1].offset + 1 >= ends[tp]:
+            # Done with a partition when its position reached the end, not when a record
+            # at end - 1 came: that offset may hold no data record (a transaction marker,
+            # a record compacted away), and then no record ever says so.
+            for tp in sorted(remaining, key=lambda t: t.partition):
+                if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
                     consumer.pause(tp)
             if not records:

@@ -5,7 +5,7 @@
 
 Life of a run (:meth:`Service.run`):
 
-1. start-up: open the sink (recover the CSV files), load firstValue state;
+1. start-up: open the sink (recover the CSV files);
 2. main: one :class:`asyncio.TaskGroup` runs fetcher, producer, consumer and
    web. A task that fails is logged with its cause and triggers shutdown; the
    run then exits 1 (the container or systemd restarts it);
@@ -30,8 +30,6 @@ from cryptostream.config import Config
 from cryptostream.consumer import Consumer
 from cryptostream.dashboard import Dashboard
 from cryptostream.fetcher import Fetcher
-from cryptostream.firstvalue import FirstValues
-from cryptostream.layout import FIRST_VALUES_FILE
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.producer import Producer
@@ -65,7 +63,9 @@ class Service:
         )
         self.queue = TickQueue(config.source.queue_size, self.metrics)
         topic = Topic(config.kafka)
-        self.producer = Producer(config.kafka, topic, self.queue, self.metrics, data_dir)
+        self.producer = Producer(
+            config.kafka, topic, self.queue, self.metrics, data_dir, fsync=config.storage.fsync
+        )
         self.consumer = Consumer(config.kafka, topic, self.sink, self.metrics)
         # The dashboard sees each batch once it is durable, never re-reading the CSV.
         self.dashboard = (
@@ -138,15 +138,12 @@ class Service:
         except SinkError as exc:
             log.error("sink_unavailable", error=str(exc))
             return 1
-        first_values = FirstValues(
-            cfg.storage.data_dir / FIRST_VALUES_FILE, fsync=cfg.storage.fsync
-        )
         # Room for a failover chain running at once: a price stream holds one
         # connection for good, its REST refresh and each probing source need one more.
         connector = aiohttp.TCPConnector(limit=8, ttl_dns_cache=300)
         async with aiohttp.ClientSession(connector=connector) as session:
             source = make_source(cfg, session, self.metrics)
-            self.fetcher = Fetcher(source, self.queue, first_values, self.metrics)
+            self.fetcher = Fetcher(source, self.queue, self.metrics)
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._spawn(tg, "consumer", self.consumer.run())

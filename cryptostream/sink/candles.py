@@ -9,24 +9,32 @@ Columns: ``start,id,symbol,open,high,low,close,firstTimestamp,lastTimestamp,tick
 The rule for late and out-of-order ticks: a candle is a function of the ticks
 *observed* in its period, whatever order they arrived in — ``open`` is the
 price with the smallest timestamp, ``close`` the one with the largest — so a
-late tick corrects its candle instead of being dropped. Candles are rebuilt
-from the durable daily tick file whenever a day is not in memory (a late tick
-for an old day, or after a restart), which makes them correct across crashes:
-the tick files are the exactly-once source, candles are derived from them.
+late tick corrects its candle instead of being dropped.
+
+Crash safety: the tick files are the exactly-once source, candles are derived
+from them. A day's candles are rebuilt from its durable tick file whenever the
+day is not in memory (a late tick for an old day, or after a restart). After
+the three levels of a day are replaced, ``.cryptostream/candles.json`` records
+the length of the tick file they were computed from (a watermark per day, for
+every level at once). On start, every day whose watermark is not its tick
+file's committed length is rebuilt — so a kill between the 1m, 1h and 1d
+replacements, or before the watermark, costs a rebuild, never a stale level.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+import orjson
+
 from cryptostream.csvrow import read_rows, text_cell
 from cryptostream.days import Days, day_start
 from cryptostream.files import atomic_write
-from cryptostream.layout import TICKS_DIR, candle_file, daily_file
+from cryptostream.layout import CANDLE_WATERMARKS_FILE, TICKS_DIR, candle_file, daily_file
 from cryptostream.logs import get_logger
 from cryptostream.tick import Tick
 
@@ -118,14 +126,33 @@ _Day = dict[tuple[str, int], Candle]
 
 
 class CandleBook:
-    def __init__(self, data_dir: Path, *, fsync: bool = True, keep_days: int = 2) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fsync: bool = True,
+        keep_days: int = 2,
+        committed_size: Callable[[str], int | None] | None = None,
+    ) -> None:
         self._data_dir = data_dir
+        self._ticks_dir = data_dir / TICKS_DIR
+        self._watermark_path = data_dir / CANDLE_WATERMARKS_FILE
         self._fsync = fsync
         self._keep_days = keep_days
+        # The committed length of a day's tick file (the sink's state); without it, the
+        # file's length on disk (equal to it whenever the book is called by the sink).
+        self._committed_size = committed_size or self._size_on_disk
         self._days: dict[str, _Day] = {}
         self._dirty: set[str] = set()
+        self._watermarks: dict[str, int] = {}
         self._last_flush = 0.0
         self._day_of = Days().name
+
+    def _size_on_disk(self, day: str) -> int | None:
+        try:
+            return (self._ticks_dir / f"{day}.csv").stat().st_size
+        except FileNotFoundError:
+            return None
 
     # -- feeding -------------------------------------------------------------------
 
@@ -152,20 +179,44 @@ class CandleBook:
             self._last_flush = now
 
     def recover(self) -> None:
-        """Rebuild the days whose candle files are older than their tick file."""
-        for tick_file in sorted((self._data_dir / TICKS_DIR).glob("*.csv")):
-            day = tick_file.stem
-            minutes = self._data_dir / candle_file("1m", day)
-            try:
-                stale = minutes.stat().st_mtime < tick_file.stat().st_mtime
-            except FileNotFoundError:
-                stale = True
-            if stale:
-                self._days[day] = self._load_day(tick_file)
+        """Rebuild every day whose candles do not match its committed tick file."""
+        self._watermarks = self._load_watermarks()
+        days = {p.stem for p in self._ticks_dir.glob("*.csv")}
+        for day in sorted(days):
+            if self._watermarks.get(day) != self._committed_size(day) or not self._files_exist(day):
+                self._days[day] = self._load_day(self._ticks_dir / f"{day}.csv")
                 self._dirty.add(day)
+        # A day without its tick file has no candles to vouch for.
+        gone = set(self._watermarks) - days
+        for day in gone:
+            del self._watermarks[day]
         if self._dirty:
             log.info("candles_rebuilt", days=sorted(self._dirty))
             self.flush()
+        elif gone:
+            self._save_watermarks()
+
+    def _files_exist(self, day: str) -> bool:
+        """Someone may have deleted a candle file: then the day is rebuilt too."""
+        return all(
+            (self._data_dir / candle_file(period, day)).exists() for period in ("1m", "1h", "1d")
+        )
+
+    def _load_watermarks(self) -> dict[str, int]:
+        try:
+            raw = orjson.loads(self._watermark_path.read_bytes())
+            return {str(day): int(size) for day, size in raw["days"].items()}
+        except FileNotFoundError:
+            return {}
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Derived data: without watermarks every day is rebuilt once, nothing is lost.
+            log.warning("candle_watermarks_unreadable", error=str(exc))
+            return {}
+
+    def _save_watermarks(self) -> None:
+        self._watermark_path.parent.mkdir(parents=True, exist_ok=True)
+        data = orjson.dumps({"days": dict(sorted(self._watermarks.items()))})
+        atomic_write(self._watermark_path, data, fsync=self._fsync)
 
     def _load_day(self, tick_file: Path) -> _Day:
         candles: _Day = {}
@@ -176,9 +227,19 @@ class CandleBook:
     # -- writing -------------------------------------------------------------------
 
     def flush(self) -> None:
+        if not self._dirty:
+            return
         for day in sorted(self._dirty):
+            # Read before writing: the candles in memory hold every committed tick of
+            # the day, which is exactly this length of its tick file.
+            size = self._committed_size(day)
+            self._watermarks.pop(day, None)
             self._write_day(day, self._days[day])
-        self._dirty.clear()
+            if size is not None:
+                self._watermarks[day] = size
+            self._dirty.discard(day)
+        # Last: a kill before this line leaves a watermark behind, which means a rebuild.
+        self._save_watermarks()
         # Keep only the newest days in memory; an older one is reloaded if needed.
         for day in sorted(self._days)[: -self._keep_days]:
             del self._days[day]

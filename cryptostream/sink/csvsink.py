@@ -20,14 +20,15 @@ ignored: a rewind of the consumer can never duplicate a row.
 
 Derived files are rebuilt from the durable rows, never the other way round:
 candles (see :mod:`cryptostream.sink.candles`) and the retention trim of
-``crypto_data.csv`` (the daily files keep everything).
+``crypto_data.csv`` (the daily files keep everything). Each row's ``firstValue``
+is decided here from the committed daily files (see
+:mod:`cryptostream.sink.firstvalues`), not taken from the message.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import shutil
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -54,6 +55,7 @@ from cryptostream.layout import (
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.candles import CandleBook
+from cryptostream.sink.firstvalues import FirstValueBook
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
 
 log = get_logger(__name__)
@@ -150,11 +152,20 @@ class CsvSink:
         self._files: OrderedDict[str, AppendFile] = OrderedDict()
         self._days = Days()
         self._trimmed_on = ""
-        self.candles = CandleBook(data_dir, fsync=fsync) if candles else None
+        self.candles = (
+            CandleBook(data_dir, fsync=fsync, committed_size=self._committed_daily_size)
+            if candles
+            else None
+        )
+        # firstValue of every row, from the committed daily files (see sink.firstvalues).
+        self._first_values = FirstValueBook(data_dir / TICKS_DIR, self._committed_daily_size)
         self.opened = False
         #: Seconds since the epoch of the last durable batch (for readiness).
         self.last_write = 0.0
         self._observers: list[Callable[[list[Tick]], None]] = []
+
+    def _committed_daily_size(self, day: str) -> int | None:
+        return self._state.sizes.get(daily_file(day))
 
     def subscribe(self, observer: Callable[[list[Tick]], None]) -> None:
         """Call ``observer`` with the ticks of every batch once it is durable."""
@@ -328,7 +339,9 @@ class CsvSink:
         last = state.last
         # The UTC day of the previous row: nearly every row of a batch is on the same one.
         day_rows: list[str] = []
+        day = ""
         day_begin = day_end = 0.0
+        stamp = self._first_values.stamp
         # The loop below runs once per message: locals, no per-row calls it can avoid.
         for rec in records:
             partition = rec.partition
@@ -354,13 +367,14 @@ class CsvSink:
                 continue
             keys[1].add(key)
             keys[2].append(key)
-            line = csv_line(tick)
-            rows.append(line)
             if not day_begin <= ts < day_end:
                 day = self._days.name(ts)
                 day_rows = by_day.setdefault(day, [])
                 day_begin = day_start(day)
                 day_end = day_begin + 86400
+            tick = stamp(tick, day)
+            line = csv_line(tick)
+            rows.append(line)
             day_rows.append(line)
             written.append(tick)
             newest = newest_ts.get(asset)
@@ -374,6 +388,7 @@ class CsvSink:
         result.written = len(rows)
         result.dead_letters = len(dead)
         if offsets == state.offsets:
+            self._first_values.discard()
             return result
 
         old_sizes = dict(state.sizes)
@@ -403,11 +418,13 @@ class CsvSink:
             new_state = _State(state.topic, offsets, sizes, last)
             atomic_write(self.data_dir / SINK_STATE_FILE, new_state.to_json(), fsync=self._fsync)
         except OSError as exc:
+            self._first_values.discard()
             self._rollback(touched, old_sizes)
             kind = "disk_full" if exc.errno == 28 else "io_error"
             self.metrics.sink_errors.labels(kind).inc()
             raise SinkWriteError(kind, f"{exc.strerror or exc} ({exc.filename or ''})") from exc
         self._state = new_state
+        self._first_values.commit()
         for asset, (known, fresh, order) in seen.items():
             if not order:
                 continue
@@ -509,27 +526,34 @@ class CsvSink:
             )
 
     def _trim(self, cutoff: float) -> int:
-        """Drop the leading rows older than ``cutoff`` from crypto_data.csv (atomic replace).
+        """Drop every row older than ``cutoff`` (a UTC midnight) from crypto_data.csv
+        (atomic replace); the daily files keep them.
 
-        Rows are in arrival order, so the cut is at the first row at or after
-        the cutoff; an older late row after it stays (the daily files have it anyway).
+        Whole days go, late rows of those days included: every day the file keeps
+        has all its rows, so its first row per asset stays the one that set the
+        rows' firstValue (see :mod:`cryptostream.sink.firstvalues`).
         """
         path = self.data_dir / DATA_FILE
-        removed = 0
         with path.open("rb") as src:
             src.readline()
-            keep_from = src.tell()
-            while line := src.readline():
-                if _line_ts(line.decode()) >= cutoff:
-                    break
-                removed += 1
-                keep_from = src.tell()
-            if not removed:
+            # Rewrite only when some row is older (found at the top on most days).
+            if not any(_line_ts(line.decode()) < cutoff for line in src):
                 return 0
-            src.seek(keep_from)
+            src.seek(0)
+            src.readline()
+            removed = 0
             with replacing(path, fsync=self._fsync) as dst:
                 dst.write(_HEADER)
-                shutil.copyfileobj(src, dst, 1 << 20)
+                kept: list[bytes] = []
+                for line in src:
+                    if _line_ts(line.decode()) < cutoff:
+                        removed += 1
+                        continue
+                    kept.append(line)
+                    if len(kept) >= 8192:
+                        dst.writelines(kept)
+                        kept.clear()
+                dst.writelines(kept)
                 self._files.pop(DATA_FILE).close()
         # A crash before the next line leaves a file shorter than the state records:
         # start-up accepts that (nothing uncommitted can be in it at this point).
@@ -546,6 +570,7 @@ class CsvSink:
         for f in self._files.values():
             f.close()
         self._files.clear()
+        self._first_values.forget()
         self.opened = False
 
 

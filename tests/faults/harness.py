@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import csv
+import datetime as dt
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import signal
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -285,13 +287,122 @@ def compare(case: str, produced: Iterable[TickKey], csv_keys: list[TickKey], tor
     return figures
 
 
+def utc_day(timestamp: str) -> str:
+    return dt.datetime.fromtimestamp(float(timestamp), tz=dt.UTC).date().isoformat()
+
+
+def first_value_wrong(rows: list[list[str]]) -> int:
+    """Rows of one file whose firstValue is not the priceUsd of the first row of the
+    same asset and UTC day in that file."""
+    first: dict[tuple[str, str], str] = {}
+    wrong = 0
+    for row in rows:
+        if row[6] != first.setdefault((row[1], utc_day(row[0])), row[4]):
+            wrong += 1
+    return wrong
+
+
+_CANDLE_LEVELS = (("1m", 60), ("1h", 3600), ("1d", 86400))
+
+
+def _expected_candles(rows: list[list[str]], width: int) -> dict[tuple[int, str], list[str]]:
+    """Candles of one day's tick rows, by the documented rule: open/close are the prices
+    with the smallest/largest timestamp, high/low the extremes, in file order for ties."""
+    acc: dict[tuple[int, str], dict[str, Any]] = {}
+    for row in rows:
+        ts, price = float(row[0]), Decimal(row[4])
+        key = (int(ts // width) * width, row[1])
+        c = acc.get(key)
+        if c is None:
+            acc[key] = c = {"open": row, "close": row, "high": price, "low": price, "n": 0}
+            c["vwaps"] = []
+        if ts < float(c["open"][0]):
+            c["open"] = row
+        if ts >= float(c["close"][0]):
+            c["close"] = row
+        c["high"], c["low"] = max(c["high"], price), min(c["low"], price)
+        c["n"] += 1
+        if row[7]:
+            c["vwaps"].append(Decimal(row[7]))
+    out = {}
+    for key, c in acc.items():
+        vwaps = c["vwaps"]
+        mean = str((sum(vwaps) / len(vwaps)).quantize(Decimal("1e-16"))) if vwaps else ""
+        out[key] = [
+            str(key[0]),
+            key[1],
+            c["open"][4],
+            str(c["high"]),
+            str(c["low"]),
+            c["close"][4],
+            c["open"][0],
+            c["close"][0],
+            str(c["n"]),
+            mean,
+        ]
+    return out
+
+
+def _candle_file(path: Path) -> dict[tuple[int, str], list[str]]:
+    if not path.exists():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[1:]
+    # Without the symbol (cell 2): the tick rows give each asset's.
+    found = {}
+    for r in rows:
+        found[(int(r[0]), r[1])] = [r[0], r[1], *r[3:]]
+    return found
+
+
+def _same_candle(got: list[str] | None, want: list[str]) -> bool:
+    if got is None:
+        return False
+    numeric = (3, 4)  # high, low: compared as numbers (the text of either extreme)
+    return all(
+        (Decimal(g) == Decimal(w)) if i in numeric else g == w
+        for i, (g, w) in enumerate(zip(got, want, strict=True))
+    )
+
+
+def audit_candles(data_dir: Path) -> tuple[int, int]:
+    """(candles expected, candle rows that are wrong, missing or extra): every candle
+    file recomputed from the tick files, all three levels."""
+    candles = data_dir / "history" / "candles"
+    expected = wrong = 0
+    days = {}
+    for path in sorted((data_dir / "history" / "ticks").glob("*.csv")):
+        days[path.stem] = read_csv(path).rows
+    years: dict[str, dict[tuple[int, str], list[str]]] = {}
+    for day, rows in days.items():
+        for level, width in _CANDLE_LEVELS:
+            want = _expected_candles(rows, width)
+            expected += len(want)
+            if level == "1d":
+                year = years.setdefault(day[:4], _candle_file(candles / "1d" / f"{day[:4]}.csv"))
+                start = int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp())
+                got = {k: year.pop(k) for k in list(year) if k[0] == start}
+            else:
+                got = _candle_file(candles / level / f"{day}.csv")
+            wrong += sum(not _same_candle(got.pop(k, None), v) for k, v in want.items())
+            wrong += len(got)  # candles of no tick
+    wrong += sum(len(rest) for rest in years.values())
+    for level in ("1m", "1h"):
+        wrong += sum(
+            len(_candle_file(p)) for p in (candles / level).glob("*.csv") if p.stem not in days
+        )
+    return expected, wrong
+
+
 def audit(case: str, data_dir: Path, produced: Iterable[TickKey]) -> Figures:
     """Figures of ``crypto_data.csv``; the daily history files and the last-values
-    file are checked too (every CSV the sink writes), their counts in the notes."""
+    file are checked too (every CSV the sink writes), their counts in the notes, and
+    so are firstValue in every file and the candles against the tick files."""
     produced = list(produced)
     main = read_csv(data_dir / "crypto_data.csv")
     assert main.header_ok, "crypto_data.csv does not start with the header"
     figures = compare(case, produced, main.keys, main.torn)
+    first_wrong = first_value_wrong(main.rows)
 
     daily_keys: list[TickKey] = []
     daily_torn = 0
@@ -300,6 +411,7 @@ def audit(case: str, data_dir: Path, produced: Iterable[TickKey]) -> Figures:
         assert day.header_ok, f"{path.name} does not start with the header"
         daily_keys += day.keys
         daily_torn += day.torn
+        first_wrong += first_value_wrong(day.rows)
     if daily_keys or daily_torn:
         history = compare(case, produced, daily_keys, daily_torn)
         figures.notes["history_lost"] = history.lost
@@ -314,6 +426,15 @@ def audit(case: str, data_dir: Path, produced: Iterable[TickKey]) -> Figures:
     figures.notes["last_values_ok"] = (
         last.header_ok and last.torn == 0 and {r[1]: r for r in last.rows} == newest
     )
+    # crypto_last_values.csv repeats rows of crypto_data.csv: the same rule, judged there.
+    firsts: dict[tuple[str, str], str] = {}
+    for row in main.rows:
+        firsts.setdefault((row[1], utc_day(row[0])), row[4])
+    first_wrong += sum(r[6] != firsts.get((r[1], utc_day(r[0]))) for r in last.rows)
+    figures.notes["first_value_rows"] = len(main.rows) + len(daily_keys) + len(last.rows)
+    figures.notes["first_value_wrong"] = first_wrong
+    if (data_dir / "history" / "candles").exists() or daily_keys:
+        figures.notes["candles"], figures.notes["candles_wrong"] = audit_candles(data_dir)
     return figures
 
 
@@ -322,6 +443,8 @@ def assert_all_files_exact(figures: Figures) -> None:
     for name in ("history_lost", "history_duplicated", "history_torn", "not_on_topic"):
         assert not figures.notes.get(name), figures.line()
     assert figures.notes.get("last_values_ok") is True, figures.line()
+    assert figures.notes.get("first_value_wrong") == 0, figures.line()
+    assert figures.notes.get("candles_wrong", 0) == 0, figures.line()
 
 
 def sink_state(data_dir: Path) -> dict[str, Any]:

@@ -129,6 +129,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         kills_while_writing=while_writing,
         kills_mid_transaction=tails_seen,
         tails_cut_on_start=len(svc.events("sink_uncommitted_tail_removed")),
+        candle_rebuilds_on_start=len(svc.events("candles_rebuilt")),
     )
     figures.report()
     assert kills >= KILLS and figures.produced >= TICKS

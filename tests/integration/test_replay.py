@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.conftest import API_KEY, ConfigFactory, wait_until
+from cryptostream.replay import replay
+from cryptostream.tick import Tick
+from tests.conftest import API_KEY, ConfigFactory, unique, wait_until
 from tests.support.fake_coincap import FakeCoinCap
 
 pytestmark = pytest.mark.integration
@@ -94,3 +97,37 @@ async def test_replay_equals_live_output(
     _, err2 = await asyncio.wait_for(again.communicate(), 60)
     assert again.returncode == 1
     assert b"already holds cryptostream files" in err2
+
+
+async def test_replay_finishes_when_the_last_offset_is_a_transaction_marker(
+    make_config: ConfigFactory, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    config = make_config(bootstrap=kafka_bootstrap)
+    topic = config.kafka.topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    # Another application writes with transactions: every commit leaves a control
+    # record (no data) at the end of each partition it wrote to.
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
+    await producer.start()
+    ticks = [
+        Tick(1741305600.0 + i, asset, asset[:3].upper(), asset, f"{100 + i}.5", "1", None, None)
+        for i in range(20)
+        for asset in ("bitcoin", "ethereum")
+    ]
+    try:
+        async with producer.transaction():
+            for t in ticks:
+                await producer.send(topic, t.to_json(), key=t.key(), partition=len(t.id) % 2)
+    finally:
+        await producer.stop()
+
+    target = tmp_path / "replayed"
+    async with asyncio.timeout(60):
+        read = await replay(config, target, progress=False)
+    assert read == len(ticks)
+    assert (target / "crypto_data.csv").read_bytes().count(b"\n") == 1 + len(ticks)

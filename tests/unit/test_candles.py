@@ -1,7 +1,13 @@
 from __future__ import annotations
 
 import csv
+import signal
+import subprocess
+import sys
+from decimal import Decimal
 from pathlib import Path
+
+import pytest
 
 from cryptostream.metrics import Metrics
 from cryptostream.sink.candles import COLUMNS
@@ -99,3 +105,92 @@ def test_stale_candles_are_rebuilt_from_the_tick_file_on_start(tmp_path: Path) -
     sink.open()
     sink.close()
     assert candles(tmp_path, "1m/2025-03-07.csv")[0]["close"] == "1"
+
+
+# A child process: writes one batch through the real sink and is SIGKILLed by itself
+# right after the candle file named by argv[3] (a level: 1m, 1h or 1d) is replaced.
+_KILLED_MID_FLUSH = """
+import os, signal, sys
+from pathlib import Path
+import cryptostream.sink.candles as candles
+from cryptostream.metrics import Metrics
+from cryptostream.sink.csvsink import CsvSink, Record
+from cryptostream.tick import Tick
+
+real = candles.atomic_write
+def replace_then_die(path, data, **kw):
+    real(path, data, **kw)
+    if path.parent.name == sys.argv[3]:
+        os.kill(os.getpid(), signal.SIGKILL)
+candles.atomic_write = replace_then_die
+ts, price = float(sys.argv[2]), sys.argv[4]
+sink = CsvSink(Path(sys.argv[1]), "t", Metrics())
+sink.open()
+offset = sum(sink.committed_offsets().values())
+tick = Tick(ts, "bitcoin", "BTC", "Bitcoin", price, "1", None, "100")
+sink.write([Record(0, offset, tick.to_json())])
+sink.close()
+"""
+
+
+def expected_candles(data_dir: Path) -> dict[str, list[list[str]]]:
+    """Candle rows computed straight from the tick files (its own arithmetic)."""
+    ticks: list[list[str]] = []
+    for path in sorted((data_dir / "history/ticks").glob("*.csv")):
+        with path.open(newline="") as fh:
+            ticks += list(csv.reader(fh))[1:]
+    out: dict[str, list[list[str]]] = {}
+    for level, width in (("1m", 60), ("1h", 3600), ("1d", 86400)):
+        groups: dict[tuple[int, str], list[list[str]]] = {}
+        for row in ticks:
+            groups.setdefault((int(float(row[0]) // width * width), row[1]), []).append(row)
+        rows = []
+        for (start, asset), group in sorted(groups.items()):
+            prices = [Decimal(r[4]) for r in group]
+            first = min(group, key=lambda r: float(r[0]))
+            last = max(group, key=lambda r: float(r[0]))
+            rows.append(
+                [
+                    str(start),
+                    asset,
+                    first[4],
+                    str(max(prices)),
+                    str(min(prices)),
+                    last[4],
+                    first[0],
+                    last[0],
+                    str(len(group)),
+                ]
+            )
+        out[level] = rows
+    return out
+
+
+def candle_rows(data_dir: Path, level: str) -> list[list[str]]:
+    rows = []
+    for path in sorted((data_dir / "history/candles" / level).glob("*.csv")):
+        with path.open(newline="") as fh:
+            for r in list(csv.reader(fh))[1:]:
+                rows.append([r[0], r[1], r[3], r[4], r[5], r[6], r[7], r[8], r[9]])
+    return sorted(rows, key=lambda r: (int(r[0]), r[1]))
+
+
+@pytest.mark.parametrize("level", ["1m", "1h"])
+def test_a_kill_between_candle_levels_leaves_no_level_stale(tmp_path: Path, level: str) -> None:
+    feed(tmp_path, [[tick(DAY1 + 10, "5.0")]])
+    # A new high on the same past day; the process dies after replacing the `level` file.
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_FLUSH, str(tmp_path), str(DAY1 + 4000), level, "9"],
+        check=False,
+        capture_output=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    # The next start recovers; no more ticks of that day ever come.
+    sink = CsvSink(tmp_path, "t", Metrics())
+    sink.open()
+    sink.close()
+    expected = expected_candles(tmp_path)
+    assert expected["1d"][0][3] == "9"  # the tick is in the committed tick file
+    for lvl in ("1m", "1h", "1d"):
+        assert candle_rows(tmp_path, lvl) == expected[lvl], lvl

@@ -75,7 +75,8 @@ async def test_every_tick_is_in_the_store_once_whenever_it_was_written(tmp_path:
         assert summary["totals"]["last"] == T0 + 3
         assert [a["id"] for a in summary["assets"]] == ["ethereum", "bitcoin"]  # config order
         assert summary["assets"][1]["last"]["priceUsd"] == "103"
-        assert summary["assets"][1]["variation"] == pytest.approx(3.0)
+        # The sink's firstValue: the day's first bitcoin row (101), not the message's 100.
+        assert summary["assets"][1]["variation"] == pytest.approx(200 / 101)
         assert summary["days"] == ["2025-03-07"]
         assert summary["source"] == "demo"
     finally:
@@ -96,13 +97,14 @@ async def test_live_ticks_go_to_open_pages_in_coalesced_events(tmp_path: Path) -
             event, data = message.decode().rstrip("\n").split("\n")
             assert event == "event: ticks"
             payload = orjson.loads(data.removeprefix("data: "))
-            # Both batches came in one event: [time, price, % against firstValue].
+            # Both batches came in one event: [time, price, % against firstValue], which
+            # the sink sets to the day's first row of the asset (101 and 50).
             assert payload["ticks"]["bitcoin"] == [
-                [T0 + 1, 101.0, pytest.approx(1.0)],
-                [T0 + 2, 102.0, pytest.approx(2.0)],
-                [T0 + 3, 103.0, pytest.approx(3.0)],
+                [T0 + 1, 101.0, pytest.approx(0.0)],
+                [T0 + 2, 102.0, pytest.approx(100 / 101)],
+                [T0 + 3, 103.0, pytest.approx(200 / 101)],
             ]
-            assert payload["ticks"]["ethereum"] == [[T0 + 5, 50.0, pytest.approx(25.0)]]
+            assert payload["ticks"]["ethereum"] == [[T0 + 5, 50.0, pytest.approx(0.0)]]
             assert payload["totals"]["records"] == 4
             assert {a["id"] for a in payload["assets"]} == {"bitcoin", "ethereum"}
         assert metrics.dashboard_clients._value.get() == 0

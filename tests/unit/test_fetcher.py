@@ -7,7 +7,6 @@ import pytest
 
 from cryptostream.config import Config
 from cryptostream.fetcher import Fetcher
-from cryptostream.firstvalue import FirstValues
 from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
 from cryptostream.source.coincap import CoinCapSource
@@ -21,9 +20,7 @@ class Rig:
         self.metrics = Metrics()
         self.queue = TickQueue(1000, self.metrics)
         self.source = CoinCapSource(config, session, self.metrics)
-        fv = FirstValues(config.storage.data_dir / "fv.json")
-        config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-        self.fetcher = Fetcher(self.source, self.queue, fv, self.metrics)
+        self.fetcher = Fetcher(self.source, self.queue, self.metrics)
 
     async def poll_once(self) -> int:
         ticks = await self.source.poll_once()
@@ -59,7 +56,7 @@ async def test_one_poll_gives_a_tick_per_asset_with_bearer_key(
     btc = next(t for t in ticks if t.id == "bitcoin")
     assert btc.price_usd == "86466.9872578656434844"  # exact digits from the fixture
     assert btc.timestamp == 1741381815.467  # event time = the response's timestamp
-    assert btc.first_value == btc.price_usd
+    assert btc.first_value is None  # decided after the queue (producer) and by the sink
     request = fake_coincap.requests[-1]
     assert request.header("Authorization") == f"Bearer {API_KEY}"
     assert "apiKey" not in request.query  # the key stays out of URLs

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
+from cryptostream.csvrow import COLUMNS, HEADER
 from cryptostream.powerbi import kit, queries, report
 from cryptostream.powerbi.project import MODEL_DIR, PBIP, REPORT_DIR
-from cryptostream.csvrow import COLUMNS, HEADER
 from tests.support import pbip
 
 REPO = Path(__file__).resolve().parents[2]

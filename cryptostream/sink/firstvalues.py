@@ -1,0 +1,118 @@
+"""The ``firstValue`` cell of every CSV row, decided by the sink at write time.
+
+The rule, checkable in each file on its own: a row's ``firstValue`` is the
+``priceUsd`` of the first row of the same asset and UTC day in that file.
+
+The daily file ``history/ticks/D.csv`` holds exactly the rows of day D in the
+order they were written, so its first row per asset *is* the answer — for the
+daily file, and for ``crypto_data.csv`` too (the same rows, in the same order,
+written in the same transaction; its retention trim removes whole days). So the
+book needs no state of its own: a day not in memory is read back from the
+committed part of its daily file. A batch's new first rows stay pending until
+the sink's transaction commits; a failed batch leaves nothing behind.
+
+``crypto_last_values.csv`` repeats the newest row of each asset of
+``crypto_data.csv``, its ``firstValue`` included.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptostream.csvrow import text_cell
+from cryptostream.tick import Tick
+
+#: Days whose first prices stay in memory (a late tick for an older one reads its file).
+KEEP_DAYS = 8
+
+
+class FirstValueBook:
+    def __init__(self, ticks_dir: Path, committed_size: Callable[[str], int | None]) -> None:
+        self._ticks_dir = ticks_dir
+        self._committed_size = committed_size
+        # day -> id cell -> priceUsd of the day's first committed row of that asset.
+        self._firsts: OrderedDict[str, dict[str, str]] = OrderedDict()
+        # The same for rows of the batch being written, until it commits.
+        self._pending: dict[str, dict[str, str]] = {}
+        # Asset id -> its CSV cell: the file knows an asset by the cell it holds.
+        self._cells: dict[str, str] = {}
+
+    def stamp(self, tick: Tick, day: str) -> Tick:
+        """``tick`` with the firstValue its row gets; ``day`` is its UTC date."""
+        firsts = self._firsts.get(day)
+        if firsts is None:
+            firsts = self._load(day)
+        cell = self._cells.get(tick.id)
+        if cell is None:
+            if len(self._cells) >= 4096:  # odd input must not grow it without bound
+                self._cells.clear()
+            cell = self._cells[tick.id] = text_cell(tick.id)
+        first = firsts.get(cell)
+        if first is None:
+            first = self._pending.setdefault(day, {}).setdefault(cell, tick.price_usd)
+        return tick if tick.first_value == first else tick.with_first_value(first)
+
+    def commit(self) -> None:
+        """The batch is durable: its first rows are the days' first rows now."""
+        for day, new in self._pending.items():
+            firsts = self._firsts.get(day)
+            if firsts is not None:
+                firsts.update(new)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        """The batch was rolled back: none of its rows counts."""
+        self._pending.clear()
+
+    def forget(self) -> None:
+        """Drop everything in memory (the files may have changed under us)."""
+        self._firsts.clear()
+        self._pending.clear()
+
+    def _load(self, day: str) -> dict[str, str]:
+        firsts = _first_prices(self._ticks_dir / f"{day}.csv", self._committed_size(day) or 0)
+        self._firsts[day] = firsts
+        while len(self._firsts) > KEEP_DAYS:
+            self._firsts.popitem(last=False)
+        return firsts
+
+
+def _first_prices(path: Path, size: int) -> dict[str, str]:
+    """Id cell -> priceUsd of its first row, in the first ``size`` bytes of a daily file."""
+    firsts: dict[str, str] = {}
+    if size <= 0:
+        return firsts
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(size)
+    except FileNotFoundError:
+        return firsts
+    lines = data.split(b"\n")
+    lines.pop()  # after the last newline: nothing, or a torn line that does not count
+    for raw in lines[1:]:  # the header
+        if b'"' in raw:
+            # A quoted text cell (a comma or quote in it): the slow, exact path.
+            row = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
+            if len(row) < 5:
+                continue
+            cell = _requote(row[1])
+            price = row[4]
+        else:
+            parts = raw.split(b",", 5)
+            if len(parts) < 6:
+                continue
+            cell = parts[1].decode("utf-8", errors="replace")
+            price = parts[4].decode()
+        if cell not in firsts:
+            firsts[cell] = price
+    return firsts
+
+
+def _requote(value: str) -> str:
+    """The cell as the sink wrote it, from its parsed text (quoted again when needed)."""
+    if '"' in value or "," in value:
+        return '"' + value.replace('"', '""') + '"'
+    return value
