@@ -388,7 +388,7 @@ class CreditBudget:
         out["key"] = self.key
         out["lastsUntil"] = iso(plan.runs_out or plan.period_end)
         out["note"] = None
-        if not self.key:
+        if not self.key and self._config.source.name != "demo":
             out["note"] = (
                 "No CoinCap API key: prices come from the keyless sources. To use CoinCap, "
                 "put COINCAP_API_KEY=<your key> in .env (or the environment) and restart."
