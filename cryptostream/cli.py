@@ -55,8 +55,10 @@ configuration:
 
 examples:
   {API_KEY_ENV}=... cryptostream run
+  cryptostream run                       (no key: the keyless Binance and Kraken APIs)
   cryptostream --config /etc/cryptostream.toml run
   cryptostream check && echo healthy
+  cryptostream credits --json            (CoinCap credits spent and the plan)
 
 exit codes: 0 ok, 1 runtime failure or unhealthy, 2 bad configuration or usage.
 """

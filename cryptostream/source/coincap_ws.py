@@ -170,6 +170,12 @@ class CoinCapWsSource:
                     heartbeat=None,
                 )
         except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 402 and self._budget is not None:
+                # Payment required: the allowance is spent (the handshake has no body to
+                # read, so only this status says it unambiguously).
+                detail = f"stream refused: {exc.status} {exc.message}"
+                self._budget.spent_by_api(detail)
+                self.health.spent(detail)
             hint = ": check COINCAP_API_KEY" if exc.status in (401, 403) else ""
             self._ended("handshake", f"server answered {exc.status} {exc.message}{hint}")
         except TimeoutError:

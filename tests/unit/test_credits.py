@@ -6,14 +6,18 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
-from cryptostream.config import Config, load_config
+from cryptostream.config import Config, ConfigError, load_config
 from cryptostream.credits import CreditBudget, Ledger, credits_for, period_bounds
 from cryptostream.credits.ledger import LEDGER_FILE, billed
+from cryptostream.credits.report import report_text
 from cryptostream.metrics import Metrics
 from cryptostream.source.base import SourceHealth
 from cryptostream.source.failover import FailoverSource
@@ -324,12 +328,15 @@ def test_health_spent_is_cleared_by_an_answer() -> None:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)  # no ./config.toml
     for name in ("CRYPTOSTREAM_CONFIG", "COINCAP_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CRYPTOSTREAM_STORAGE__DATA_DIR", str(tmp_path / "data"))
-    return tmp_path
+    yield tmp_path
+    # main() pointed the logs at this test's captured stderr: not the next test's.
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
 
 
 def test_credits_prints_the_ledger_and_the_plan(
@@ -364,3 +371,37 @@ def test_credits_without_a_key_says_coincap_is_not_used(
     assert main(["credits"]) == 0
     assert "CoinCap     not used (no COINCAP_API_KEY): nothing is spent" in capsys.readouterr().out
     assert not (workdir / "data").exists(), "a report writes nothing"
+
+
+def test_the_stream_is_charged_by_the_minute_connected(tmp_path: Path) -> None:
+    clock = Clock(MARCH + DAY)
+    budget = CreditBudget(config(tmp_path, source__name="coincap-ws"), clock=clock)
+    budget.charge_stream(59.0)
+    assert budget.ledger.used() == 0
+    budget.charge_stream(91.0)  # 150 s: two whole minutes
+    assert budget.ledger.used() == 2
+    budget.end_stream()  # the connection ends: its started third minute counts
+    budget.end_stream()
+    rec = budget.ledger.current()
+    assert (rec.credits, rec.by_kind, rec.stream_seconds) == (3, {"stream": 3}, 150.0)
+    plan = budget.plan()
+    assert plan.source == "coincap-ws" and plan.stream_credits_per_minute == 1
+    assert "about 1 credit a minute connected" in report_text(budget)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"source__name": "coincap", "coincap__budget_mode": "failover"},
+            "CRYPTOSTREAM_COINCAP__BUDGET_MODE: failover needs a keyless source to hand over",
+        ),
+        ({"coincap__billing_day": "32"}, "must be a day of the month, 1-31, got 32"),
+        ({"coincap__monthly_credits": "-1"}, "must be 0 or more, got -1"),
+        ({"coincap__budget_mode": "stop"}, "expected one of auto, pace, failover"),
+    ],
+)
+def test_budget_settings_are_checked(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config(tmp_path, **env)
+    assert message in str(err.value)
