@@ -19,12 +19,20 @@ sink writes, under its exactly-once state); Power BI's folder connector on
   ``.cryptostream/backfill-<interval>.json``; after Ctrl-C or a crash a re-run
   skips them (and re-fetching one would add nothing anyway).
 * Rate limits: the CoinCap client's declared retry policy (``Retry-After`` on
-  429, backoff on 5xx); ``--max-requests`` caps the credits one run may spend.
+  429, backoff on 5xx); ``--max-requests`` caps the requests one run may make.
+* Credits: :meth:`Backfill.estimate` says what the windows still to fetch will cost
+  before anything is spent; the command refuses (exit 2, with the numbers) when that
+  is more than what is left of ``coincap.monthly_credits`` this billing period, unless
+  ``--allow-over-budget``. What it spends goes into the same ledger as the service's.
+  When CoinCap says the allowance is spent, the run stops (the rest stays undone).
+* An asset CoinCap does not know is an error naming it, before any history request.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +41,8 @@ import aiohttp
 import orjson
 
 from cryptostream.config import Config
+from cryptostream.credits import CreditBudget
+from cryptostream.credits.budget import history_credits_estimate, poll_credits_estimate
 from cryptostream.csvrow import HEADER, csv_line, read_rows
 from cryptostream.days import day_name
 from cryptostream.files import atomic_write
@@ -41,7 +51,7 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.progress import Progress
 from cryptostream.source.coincap import CoinCapClient
-from cryptostream.source.http import ApiError, ClientError
+from cryptostream.source.http import AllowanceSpent, ApiError, UnknownAsset
 from cryptostream.tick import InvalidTick, Tick, decimal_text
 
 log = get_logger(__name__)
@@ -76,6 +86,42 @@ class BackfillError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class CostEstimate:
+    """What the windows still to fetch will cost, against what is left this period."""
+
+    windows: int
+    requests: int
+    credits: int
+    used: int
+    #: ``coincap.monthly_credits`` (0 = no limit).
+    budget: int
+    #: None without a limit.
+    left: int | None
+    period_end: dt.datetime
+    #: CoinCap said this period's allowance is spent.
+    spent_by_coincap: bool
+
+    @property
+    def over(self) -> bool:
+        return self.spent_by_coincap or (self.left is not None and self.credits > self.left)
+
+    def refusal(self) -> str:
+        """The one line that says why the backfill does not start, with the numbers."""
+        reset = self.period_end.date().isoformat()
+        if self.spent_by_coincap:
+            return (
+                f"CoinCap said this billing period's allowance is spent; the backfill needs "
+                f"about {self.credits} credits: run it after the reset on {reset}"
+            )
+        return (
+            f"the backfill needs about {self.credits} CoinCap credits ({self.requests} "
+            f"requests) but only {self.left} of {self.budget} are left this billing period "
+            f"(resets {reset}): narrow the range, use a coarser --interval, wait for the "
+            "reset, or pass --allow-over-budget"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     asset: str
     start_ms: int
@@ -94,6 +140,9 @@ class BackfillResult:
     rows_added: int = 0
     rows_invalid: int = 0
     incomplete: list[str] = field(default_factory=list)
+    credits: int = 0
+    #: Why the run stopped before the end (CoinCap's allowance or the budget is spent).
+    stopped: str | None = None
 
 
 def plan(
@@ -120,8 +169,20 @@ def _ms(when: dt.datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
+def _rows(window: Window, interval: str) -> int:
+    step = INTERVALS[interval] * 1000
+    return max(1, math.ceil((window.end_ms - window.start_ms) / step))
+
+
 class Backfill:
-    def __init__(self, config: Config, interval: str, *, max_requests: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        interval: str,
+        *,
+        max_requests: int | None = None,
+        allow_over_budget: bool = False,
+    ) -> None:
         self._config = config
         self._interval = interval
         self._max_requests = max_requests
@@ -129,6 +190,26 @@ class Backfill:
         self._dir = data_dir / backfill_dir(interval)
         self._progress_file = data_dir / backfill_progress_file(interval)
         self._names: dict[str, tuple[str, str]] = {}
+        self.budget = CreditBudget(config, enforce=not allow_over_budget)
+
+    def estimate(self, windows: list[Window]) -> CostEstimate:
+        """The credits the windows not yet done will cost (nothing is fetched)."""
+        done = self._load_done()
+        todo = [w for w in windows if w.key not in done]
+        assets = {w.asset for w in todo}
+        credits = sum(history_credits_estimate(_rows(w, self._interval)) for w in todo)
+        credits += len(assets) * poll_credits_estimate(1)  # one /assets/{id} each
+        plan = self.budget.plan()
+        return CostEstimate(
+            windows=len(todo),
+            requests=len(todo) + len(assets),
+            credits=credits,
+            used=plan.used,
+            budget=plan.budget,
+            left=plan.left,
+            period_end=plan.period_end,
+            spent_by_coincap=self.budget.ledger.current().spent_at is not None,
+        )
 
     def _load_done(self) -> set[str]:
         try:
@@ -164,42 +245,91 @@ class Backfill:
             count_key="windows_done",
             show=progress,
         )
-        async with aiohttp.ClientSession() as session:
-            client = CoinCapClient(self._config.coincap, session, metrics)
-            with bar:
-                for window in todo:
-                    if self._max_requests is not None and result.requests >= self._max_requests:
-                        result.incomplete.append(window.key)
-                        continue
-                    try:
-                        added, invalid, calls = await self._window(client, window)
-                    except ApiError as exc:
-                        # This window stays undone; a re-run picks it up.
-                        log.error("backfill_window_failed", window=window.key, error=str(exc))
-                        result.incomplete.append(window.key)
-                        continue
-                    result.requests += calls
-                    result.rows_added += added
-                    result.rows_invalid += invalid
-                    done.add(window.key)
-                    self._save_done(done)
-                    bar.update()
+        spent_before = self.budget.ledger.current().credits
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = CoinCapClient(
+                    self._config.coincap, session, metrics, budget=self.budget, kind="backfill"
+                )
+                # Every asset first: an unknown one is said before any history is fetched.
+                await self._names_of(client, sorted({w.asset for w in todo}), result)
+                with bar:
+                    await self._windows(client, todo, done, result, bar)
+        finally:
+            self.budget.close()
+            result.credits = self.budget.ledger.current().credits - spent_before
         log.info(
             "backfill_finished",
             rows_added=result.rows_added,
             rows_invalid=result.rows_invalid or None,
             requests=result.requests,
+            credits=result.credits,
             incomplete=len(result.incomplete) or None,
+            stopped=result.stopped,
         )
         return result
+
+    async def _names_of(
+        self, client: CoinCapClient, assets: list[str], result: BackfillResult
+    ) -> None:
+        """Symbol and name of each asset; raises BackfillError naming every unknown one."""
+        unknown = []
+        for asset in assets:
+            try:
+                body = await client.retrying(functools.partial(client.get_asset, asset))
+            except UnknownAsset:
+                unknown.append(asset)
+                continue
+            except ApiError:
+                continue  # said by the window that needs it (and retried there)
+            result.requests += 1
+            data = orjson.loads(body).get("data") or {}
+            self._names[asset] = (str(data.get("symbol") or ""), str(data.get("name") or ""))
+        if unknown:
+            names = ", ".join(repr(a) for a in unknown)
+            raise BackfillError(
+                f"unknown asset {names}: CoinCap does not know "
+                f"{'it' if len(unknown) == 1 else 'them'} (ids look like bitcoin, binance-coin)"
+            )
+
+    async def _windows(
+        self,
+        client: CoinCapClient,
+        todo: list[Window],
+        done: set[str],
+        result: BackfillResult,
+        bar: Progress,
+    ) -> None:
+        for window in todo:
+            if result.stopped or (
+                self._max_requests is not None and result.requests >= self._max_requests
+            ):
+                result.incomplete.append(window.key)
+                continue
+            try:
+                added, invalid, calls = await self._window(client, window)
+            except AllowanceSpent as exc:
+                # Every further request would be refused too: stop, keep what is done.
+                log.error("backfill_stopped", window=window.key, reason=str(exc))
+                result.stopped = str(exc)
+                result.incomplete.append(window.key)
+                continue
+            except ApiError as exc:
+                # This window stays undone; a re-run picks it up.
+                log.error("backfill_window_failed", window=window.key, error=str(exc))
+                result.incomplete.append(window.key)
+                continue
+            result.requests += calls
+            result.rows_added += added
+            result.rows_invalid += invalid
+            done.add(window.key)
+            self._save_done(done)
+            bar.update()
 
     async def _window(self, client: CoinCapClient, window: Window) -> tuple[int, int, int]:
         calls = 0
         if window.asset not in self._names:
-            try:
-                body = await client.retrying(lambda: client.get(f"/assets/{window.asset}", {}))
-            except ClientError as exc:
-                raise ApiError(f"asset {window.asset!r}: {exc}") from None
+            body = await client.retrying(lambda: client.get_asset(window.asset))
             calls += 1
             data = orjson.loads(body).get("data") or {}
             self._names[window.asset] = (str(data.get("symbol") or ""), str(data.get("name") or ""))

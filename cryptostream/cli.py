@@ -11,6 +11,8 @@ Commands:
     CoinCap price history into ``history/backfill/<interval>/`` CSV files;
 ``replay``
     rebuild every CSV file from the Kafka topic's earliest offset;
+``credits``
+    the CoinCap credit ledger and the plan for the current configuration;
 ``powerbi``
     write a Power BI Project (PBIP) for the data directory.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 import urllib.error
@@ -52,8 +55,10 @@ configuration:
 
 examples:
   {API_KEY_ENV}=... cryptostream run
+  cryptostream run                       (no key: the keyless Binance and Kraken APIs)
   cryptostream --config /etc/cryptostream.toml run
   cryptostream check && echo healthy
+  cryptostream credits --json            (CoinCap credits spent and the plan)
 
 exit codes: 0 ok, 1 runtime failure or unhealthy, 2 bad configuration or usage.
 """
@@ -151,9 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="spend at most N API requests (credits) in this run; re-run to continue",
+        help="make at most N API requests in this run; re-run to continue",
+    )
+    bf.add_argument(
+        "--allow-over-budget",
+        action="store_true",
+        help="start even when the range needs more CoinCap credits than are left this "
+        "billing period (coincap.monthly_credits)",
     )
     bf.set_defaults(func=backfill)
+    cr = sub.add_parser(
+        "credits",
+        parents=[config_option],
+        help="the CoinCap credit ledger and the plan for the current configuration",
+        description="What this data directory spent on CoinCap in the current billing period, "
+        "the budget (coincap.monthly_credits), and what the configured poll rate needs until "
+        "the reset. Reads the ledger only; safe while the service runs.",
+    )
+    cr.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    cr.set_defaults(func=credits)
     pbi = sub.add_parser(
         "powerbi",
         parents=[config_option],
@@ -185,18 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the ticks from the daily files history/ticks/ (default) or crypto_data.csv",
     )
     pbi.add_argument("--force", action="store_true", help="replace a project already in --out")
-    # It describes the files, not the feed: it needs no API key, so it loads the
-    # configuration itself (see cryptostream.powerbi.command).
-    pbi.set_defaults(func=None, raw=powerbi)
+    pbi.set_defaults(func=powerbi)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    raw: Callable[[argparse.Namespace], int] | None = getattr(args, "raw", None)
-    if raw is not None:
-        return raw(args)
     command: Command | None = getattr(args, "func", None)
     if command is None:
         parser.print_help()
@@ -279,25 +295,54 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
         windows = plan(assets, start, end, args.interval)
     except BackfillError as exc:
         return _fail(str(exc), 2)
-    job = Backfill(config, args.interval, max_requests=args.max_requests)
+    job = Backfill(
+        config,
+        args.interval,
+        max_requests=args.max_requests,
+        allow_over_budget=args.allow_over_budget,
+    )
+    # Plan before spending: what the range costs against what is left this period.
+    cost = job.estimate(windows)
+    left = "no limit" if cost.left is None else f"{cost.left} of {cost.budget} left"
+    print(  # noqa: T201
+        f"backfill {args.interval}: {cost.windows} windows to fetch, about {cost.credits} "
+        f"CoinCap credits ({left} this billing period)",
+        file=sys.stderr,
+    )
+    if cost.over and not args.allow_over_budget:
+        return _fail(cost.refusal(), 2)
     try:
         result = asyncio.run(job.run(windows, progress=args.progress))
+    except BackfillError as exc:  # an asset CoinCap does not know
+        return _fail(str(exc), 2)
     except KeyboardInterrupt:
         return _fail("interrupted; run the same command to continue", 130)
     print(  # noqa: T201
         f"backfill {args.interval}: {result.rows_added} rows added, "
         f"{result.windows - len(result.incomplete)}/{result.windows} windows done, "
-        f"{result.requests} requests"
+        f"{result.requests} requests, {result.credits} credits"
     )
+    if result.stopped:
+        return _fail(f"stopped: {result.stopped}", 1)
     return 1 if result.incomplete else 0
 
 
-def powerbi(args: argparse.Namespace) -> int:
+def credits(config: Config, args: argparse.Namespace) -> int:
+    from cryptostream.credits import CreditBudget
+    from cryptostream.credits.report import report_json, report_text
+
+    budget = CreditBudget(config)
+    if args.json:
+        print(json.dumps(report_json(budget), indent=2))  # noqa: T201
+    else:
+        print(report_text(budget))  # noqa: T201
+    return 0
+
+
+def powerbi(config: Config, args: argparse.Namespace) -> int:
     from cryptostream.powerbi.command import run as run_powerbi
 
-    return run_powerbi(
-        getattr(args, "config", None), args.out, args.data_folder, args.ticks, force=args.force
-    )
+    return run_powerbi(config, args.out, args.data_folder, args.ticks, force=args.force)
 
 
 def check(config: Config, args: argparse.Namespace) -> int:

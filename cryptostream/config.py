@@ -34,6 +34,10 @@ DEFAULT_CONFIG_FILE = "config.toml"
 # A shorter access token is guessable; a long random one costs nothing.
 MIN_TOKEN_LENGTH = 16
 
+#: A free CoinCap key's monthly allowance was a few thousand credits, and reportedly
+#: cut since: this default keeps a free key within it. Paid plans set their own.
+DEFAULT_MONTHLY_CREDITS = 2500
+
 DEFAULT_ASSETS = ("bitcoin", "ethereum", "tether", "xrp", "binance-coin", "solana")
 #: A CoinCap asset id: lower-case, and nothing that would break a URL or a list.
 ASSET_ID_PATTERN = r"^[^A-Z ,/?&#]+$"
@@ -102,6 +106,8 @@ def _rule(error: str, **constraints: Any) -> msgspec.Meta:
 
 Positive = Annotated[float, _rule("must be greater than 0, got {value!r}", gt=0)]
 PositiveInt = Annotated[int, _rule("must be greater than 0, got {value!r}", gt=0)]
+NonNegativeInt = Annotated[int, _rule("must be 0 or more, got {value!r}", ge=0)]
+DayOfMonth = Annotated[int, _rule("must be a day of the month, 1-31, got {value!r}", ge=1, le=31)]
 HttpUrl = Annotated[str, _rule("must start with http:// or https://", pattern=r"^https?://")]
 WsUrl = Annotated[str, _rule("must start with ws:// or wss://", pattern=r"^wss?://")]
 AssetId = Annotated[
@@ -141,13 +147,24 @@ class CoinCapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     ws_silence_timeout: Positive = 30.0
     #: How often ``coincap-ws`` refreshes symbol, name, change and VWAP over REST, seconds.
     ws_refresh_interval: Positive = 60.0
+    #: Credits this service may spend per billing period (0 = no limit: counted only).
+    #: The default fits a free key's allowance; set your plan's (see README "Costs").
+    monthly_credits: NonNegativeInt = DEFAULT_MONTHLY_CREDITS
+    #: Day of the month (UTC) the billing period starts; 29-31 mean the last day in
+    #: shorter months.
+    billing_day: DayOfMonth = 1
+    #: When the configured rate would overspend: ``pace`` the polls so the budget lasts,
+    #: ``failover`` at the configured rate then hand over to ``source.fallbacks`` until
+    #: the reset, or ``auto`` (failover when a fallback exists, else pace).
+    budget_mode: Literal["auto", "pace", "failover"] = "auto"
     api_key: Secret = Secret("")
 
 
 class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: ``coincap``/``coincap-ws`` (need COINCAP_API_KEY), ``binance``, ``kraken`` (keyless),
-    #: ``demo`` (synthetic prices, offline) or ``auto`` (see ``source.chain.source_chain``).
-    name: SourceName = "coincap"
+    #: ``demo`` (synthetic prices, offline) or ``auto`` (see ``source.chain.source_chain``):
+    #: the default, so a first run without a key starts on the keyless sources.
+    name: SourceName = "auto"
     #: Sources to fail over to, in order, when the one in use keeps failing.
     fallbacks: tuple[ChainSource, ...] = ()
     #: Seconds the active source may fail before the next one takes over.
@@ -547,6 +564,16 @@ def _check_sources(config: Config, where: Callable[[str, str], str]) -> None:
             f"{API_KEY_ENV} is not set: CoinCap API v3 needs a key for source {keyed[0]} "
             "(get one at https://pro.coincap.io/dashboard, or use source.name = auto, "
             "binance or kraken without one)"
+        )
+    cc = config.coincap
+    if (
+        cc.budget_mode == "failover"
+        and cc.monthly_credits
+        and not any(s not in KEYED_SOURCES for s in chain[1:])
+    ):
+        raise ConfigError(
+            f"{where('coincap', 'budget_mode')}: failover needs a keyless source to hand "
+            "over to: add source.fallbacks (e.g. binance, kraken) or use pace"
         )
 
 

@@ -9,7 +9,8 @@
     errors/dead_letters.jsonl                   messages on the topic that are not valid ticks
     .cryptostream/                              the sink's state (offsets and file lengths),
                                                 ``firstValue`` of the day, ticks spooled at
-                                                shutdown, candle watermarks, backfill progress
+                                                shutdown, candle watermarks, the CoinCap
+                                                credit ledger, backfill progress
 
 Names are relative to the data directory, with ``/`` separators: the sink's
 state records file lengths under them, so they are part of its format.
@@ -29,6 +30,9 @@ SPOOL_FILE = f"{STATE_DIR}/unpublished.jsonl"
 SPOOL_PROGRESS_FILE = f"{STATE_DIR}/unpublished.progress"
 #: Per UTC day, the tick-file length its candle files were computed from (all levels).
 CANDLE_WATERMARKS_FILE = f"{STATE_DIR}/candles.json"
+#: The CoinCap credit ledger (shared by ``run`` and ``backfill``) and its lock.
+CREDITS_FILE = f"{STATE_DIR}/coincap-credits.json"
+CREDITS_LOCK_FILE = f"{STATE_DIR}/coincap-credits.lock"
 
 
 def daily_file(day: str) -> str:

@@ -72,6 +72,41 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.assets_unknown = Gauge(
+            "cryptostream_assets_unknown",
+            "1 for a configured asset the source's answers lack (for CoinCap: an id it "
+            "does not know), 0 once it is priced",
+            ["source", "asset"],
+            registry=r,
+        )
+        # CoinCap credits (credits/)
+        self.coincap_credits = Counter(
+            "cryptostream_coincap_credits",
+            "CoinCap credits this process spent, by kind (poll, refresh, backfill, stream)",
+            ["kind"],
+            registry=r,
+        )
+        self.coincap_credits_used = Gauge(
+            "cryptostream_coincap_credits_used",
+            "CoinCap credits used in the current billing period (every process of this "
+            "data directory)",
+            registry=r,
+        )
+        self.coincap_credits_budget = Gauge(
+            "cryptostream_coincap_credits_budget",
+            "coincap.monthly_credits: the budget per billing period (0 = no limit)",
+            registry=r,
+        )
+        self.coincap_credits_projected = Gauge(
+            "cryptostream_coincap_credits_projected",
+            "CoinCap credits the billing period will have used at its end, at the current rate",
+            registry=r,
+        )
+        self.coincap_exhausted = Gauge(
+            "cryptostream_coincap_exhausted",
+            "1 while CoinCap is not asked because the budget or CoinCap's allowance is spent",
+            registry=r,
+        )
         # queue between fetcher and producer
         self.queue_depth = Gauge(
             "cryptostream_queue_depth", "Ticks waiting to be published", registry=r

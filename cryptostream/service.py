@@ -28,6 +28,7 @@ import aiohttp
 from cryptostream import __version__
 from cryptostream.config import Config
 from cryptostream.consumer import Consumer
+from cryptostream.credits import CreditBudget
 from cryptostream.dashboard import Dashboard
 from cryptostream.fetcher import Fetcher
 from cryptostream.logs import get_logger
@@ -73,6 +74,10 @@ class Service:
         )
         if self.dashboard is not None:
             self.sink.subscribe(self.dashboard.on_batch)
+        # CoinCap's credits: the ledger in the data directory, the plan, the pacing.
+        self.credits = CreditBudget(config, self.metrics)
+        if self.dashboard is not None:
+            self.dashboard.credits = self.credits.status
         self.web = WebServer(config.web, self.metrics, self.readiness, self.dashboard)
         self.fetcher: Fetcher | None = None
 
@@ -142,7 +147,7 @@ class Service:
         # connection for good, its REST refresh and each probing source need one more.
         connector = aiohttp.TCPConnector(limit=8, ttl_dns_cache=300)
         async with aiohttp.ClientSession(connector=connector) as session:
-            source = make_source(cfg, session, self.metrics)
+            source = make_source(cfg, session, self.metrics, self.credits)
             self.fetcher = Fetcher(source, self.queue, self.metrics)
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -157,6 +162,7 @@ class Service:
                     await self._shutdown()
             finally:
                 self.sink.close()
+                self.credits.close()
         code = 1 if self.failed or self.forced else 0
         log.info("service_stopped", exit_code=code, failed_task=self.failed)
         return code

@@ -80,6 +80,10 @@ def make_config(tmp_path: Path) -> ConfigFactory:
             "CRYPTOSTREAM_COINCAP__MAX_BACKOFF": "0.2",
             "CRYPTOSTREAM_COINCAP__AUTH_RETRY_INTERVAL": "0.5",
             "CRYPTOSTREAM_SOURCE__POLL_INTERVAL": "0.2",
+            # Only the fake CoinCap, never a public exchange; credits counted, not capped
+            # (tests of the budget set their own).
+            "CRYPTOSTREAM_SOURCE__NAME": "coincap",
+            "CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS": "0",
             "CRYPTOSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
             "CRYPTOSTREAM_KAFKA__TOPIC": topic or unique("prices"),
             "CRYPTOSTREAM_KAFKA__GROUP_ID": unique("group"),

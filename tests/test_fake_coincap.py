@@ -543,3 +543,48 @@ async def test_command_line_entry_point_serves_until_sigterm() -> None:
     assert proc.returncode == 0, stderr.decode()
     assert KEY not in (line + stdout.decode() + stderr.decode())
     assert stderr.decode().count("GET /v3/assets -> 200") == 2
+
+
+# --- credits and the spent allowance ---------------------------------------------------
+
+
+async def test_the_fake_bills_by_the_documented_rule(
+    fake: FakeCoinCap, http: aiohttp.ClientSession
+) -> None:
+    for ids in (IDS, "bitcoin,ethereum"):
+        async with http.get(f"{fake.base_url}/assets", params={"ids": ids}) as resp:
+            await resp.read()
+    async with http.get(f"{fake.base_url}/assets/nosuchcoin") as resp:
+        assert resp.status == 404
+    sizes = [r.body_bytes for r in fake.requests]
+    assert sizes[0] is not None and sizes[0] > 2500  # six assets cross 2,500 bytes
+    assert sizes[1] is not None and sizes[1] < 2500
+    assert fake.bills == [2, 1, 1]
+    assert fake.credits_served == 4
+
+
+async def test_a_spent_allowance_answers_429_without_retry_after(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with FakeCoinCap(api_key=KEY, allowance=3) as fake:
+        statuses = []
+        for _ in range(3):
+            async with http.get(f"{fake.base_url}/assets", params={"ids": IDS}) as resp:
+                statuses.append(resp.status)
+                body = await resp.json()
+                headers = resp.headers
+        assert statuses == [200, 200, 429]  # 2 + 2 credits crossed the allowance of 3
+        assert "Retry-After" not in headers
+        assert "credit limit" in body["error"] and "plan" in body["error"]
+        fake.renew_allowance()
+        async with http.get(f"{fake.base_url}/assets", params={"ids": IDS}) as resp:
+            assert resp.status == 200
+        fake.spend_allowance()
+        async with http.get(f"{fake.base_url}/assets/bitcoin") as resp:
+            assert resp.status == 429
+        # The key is still checked first.
+        async with (
+            aiohttp.ClientSession() as anonymous,
+            anonymous.get(f"{fake.base_url}/assets") as resp,
+        ):
+            assert resp.status == 401

@@ -6,6 +6,7 @@
     GET /api/series       the chart's data for a time range, downsampled
     GET /api/stream       Server-Sent Events: live ticks as they are written
                           (503 beyond ``live.MAX_CLIENTS`` open streams)
+    GET /api/credits      CoinCap credits: used, budget, the date they last until
 
 Static files are read into memory once at start and served from a fixed
 table: there is no directory listing, and no request path ever reaches the
@@ -84,6 +85,7 @@ class DashboardApi:
         app.router.add_get("/api/summary", self._summary)
         app.router.add_get("/api/series", self._series)
         app.router.add_get("/api/stream", self._stream)
+        app.router.add_get("/api/credits", self._credits)
         app.on_shutdown.append(self._on_shutdown)
 
     async def _on_shutdown(self, _app: web.Application) -> None:
@@ -111,6 +113,10 @@ class DashboardApi:
 
     async def _summary(self, _request: web.Request) -> web.Response:
         return _json(self._dashboard.summary())
+
+    async def _credits(self, _request: web.Request) -> web.Response:
+        credits = self._dashboard.credits
+        return _json(credits() if credits is not None else {"source": None, "key": None})
 
     async def _series(self, request: web.Request) -> web.Response:
         try:

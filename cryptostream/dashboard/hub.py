@@ -19,7 +19,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +77,8 @@ class Dashboard:
         self._pending: dict[str, list[tuple[float, float, float | None]]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._compacted_at = time.monotonic()
+        #: The CoinCap credit card's data (``/api/credits``), set by the service.
+        self.credits: Callable[[], dict[str, Any]] | None = None
 
     # -- feeding -------------------------------------------------------------------
 

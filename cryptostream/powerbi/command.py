@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
 
-from cryptostream.config import API_KEY_ENV, ConfigError, load_config
+from cryptostream.config import Config
 from cryptostream.powerbi.project import (
     Options,
     ProjectError,
@@ -21,25 +20,14 @@ _WINDOWS_PATH = re.compile(r"^([A-Za-z]:[\\/]|\\\\)")
 
 
 def run(
-    config_path: str | None,
+    config: Config,
     out: Path | None,
     data_folder: str | None,
     ticks_from: str,
     *,
     force: bool = False,
 ) -> int:
-    """Exit code: 0 written, 2 bad configuration or ``--out`` (one line on stderr)."""
-    # Writing the project reads only storage.data_dir: a missing API key (needed to
-    # fetch prices, not to describe the files) must not stop it. The stand-in key is
-    # never used and never leaves this process.
-    environ = dict(os.environ)
-    if not environ.get(API_KEY_ENV, "").strip():  # docker compose passes it empty
-        environ[API_KEY_ENV] = "not-used-by-powerbi"
-    try:
-        config = load_config(config_path, environ)
-    except ConfigError as exc:
-        print(f"cryptostream: configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
+    """Exit code: 0 written, 2 bad ``--out`` (one line on stderr)."""
     data_dir = config.storage.data_dir.resolve()
     options = Options(
         out=out if out is not None else data_dir / "powerbi",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import aiohttp
 
 from cryptostream.config import Config
@@ -9,24 +11,34 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.base import Emit, Source
 from cryptostream.source.binance import BinanceSource
-from cryptostream.source.chain import source_chain
+from cryptostream.source.chain import KEYED_SOURCES, source_chain
 from cryptostream.source.coincap import CoinCapSource
 from cryptostream.source.coincap_ws import CoinCapWsSource
 from cryptostream.source.demo import DemoSource
 from cryptostream.source.failover import FailoverSource
 from cryptostream.source.kraken import KrakenSource
 
+if TYPE_CHECKING:  # the credits package imports this one
+    from cryptostream.credits import CreditBudget
+
 __all__ = ["Emit", "Source", "make_source"]
 
 log = get_logger(__name__)
 
 
-def make_one(name: str, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> Source:
-    """One real-price source by name (``coincap``, ``coincap-ws``, ``binance``, ``kraken``)."""
+def make_one(
+    name: str,
+    config: Config,
+    session: aiohttp.ClientSession,
+    metrics: Metrics,
+    budget: CreditBudget | None = None,
+) -> Source:
+    """One real-price source by name (``coincap``, ``coincap-ws``, ``binance``, ``kraken``);
+    the CoinCap ones spend credits through ``budget``."""
     if name == "coincap":
-        return CoinCapSource(config, session, metrics)
+        return CoinCapSource(config, session, metrics, budget)
     if name == "coincap-ws":
-        return CoinCapWsSource(config, session, metrics)
+        return CoinCapWsSource(config, session, metrics, budget)
     if name == "binance":
         return BinanceSource(config, session, metrics)
     if name == "kraken":
@@ -34,17 +46,29 @@ def make_one(name: str, config: Config, session: aiohttp.ClientSession, metrics:
     raise ValueError(f"unknown source {name!r}")
 
 
-def make_source(config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> Source:
+def make_source(
+    config: Config,
+    session: aiohttp.ClientSession,
+    metrics: Metrics,
+    budget: CreditBudget | None = None,
+) -> Source:
     """The source named by ``source.name``; real sources run inside a failover chain
-    (``source.fallbacks``; a chain of one simply never switches)."""
+    (``source.fallbacks``; a chain of one simply never switches). With CoinCap in the
+    chain, ``budget`` logs the credit plan for the billing period."""
     if config.source.name == "demo":
         return DemoSource(config)
     chain = source_chain(config)
-    if config.source.name == "auto":
-        log.info(
-            "source_auto",
-            chain=list(chain),
-            reason="COINCAP_API_KEY is set" if config.coincap.api_key else "no COINCAP_API_KEY",
+    if config.source.name == "auto" and not config.coincap.api_key:
+        # The documented first run: no key, keyless prices at once, and how to add one.
+        log.warning(
+            "coincap_key_missing",
+            using=list(chain),
+            hint="prices come from keyless sources; to use CoinCap, set COINCAP_API_KEY "
+            "(in .env with Docker) and restart",
         )
-    sources = [make_one(name, config, session, metrics) for name in chain]
+    elif config.source.name == "auto":
+        log.info("source_auto", chain=list(chain), reason="COINCAP_API_KEY is set")
+    if budget is not None and any(name in KEYED_SOURCES for name in chain):
+        budget.log_plan()
+    sources = [make_one(name, config, session, metrics, budget) for name in chain]
     return FailoverSource(sources, config.source.failover_after, metrics)

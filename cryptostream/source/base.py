@@ -26,24 +26,34 @@ class SourceHealth:
     episode, so a source that keeps failing is measured from its *first* failure.
     """
 
-    __slots__ = ("_clock", "failing_since", "last_error", "last_ok")
+    __slots__ = ("_clock", "exhausted", "failing_since", "last_error", "last_ok")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.last_ok: float | None = None
         self.failing_since: float | None = None
         self.last_error = ""
+        #: Its paid allowance is spent: nothing comes before the reset, so a failover
+        #: need not wait ``source.failover_after``.
+        self.exhausted = False
 
     def ok(self) -> None:
         self.last_ok = self._clock()
         self.failing_since = None
         self.last_error = ""
+        self.exhausted = False
 
     def reset(self) -> None:
         """Forget the past: a source (re)started gets a fresh chance to prove itself."""
         self.last_ok = None
         self.failing_since = None
         self.last_error = ""
+        self.exhausted = False
+
+    def spent(self, error: str) -> None:
+        """A failure that lasts until the billing period resets."""
+        self.failed(error)
+        self.exhausted = True
 
     def failed(self, error: str) -> None:
         if self.failing_since is None:

@@ -5,6 +5,11 @@ Every request carries the key as a bearer token; 401/403 become
 :class:`~cryptostream.source.http.AuthFailed`, retried every
 ``coincap.auth_retry_interval`` seconds. The rest of the error handling and the
 retry policy are the shared ones of :mod:`cryptostream.source.http`.
+
+Credits: with a :class:`~cryptostream.credits.CreditBudget`, every request first asks
+it whether it may go out (else :class:`~cryptostream.source.http.AllowanceSpent`,
+without touching the network), and every answer is counted in the ledger. An answer
+saying the allowance is spent marks CoinCap exhausted until the billing period ends.
 """
 
 from __future__ import annotations
@@ -13,16 +18,30 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
 from cryptostream.config import CoinCapConfig, Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.source.http import HttpClient, RetryPolicy, TransientError, describe_body
+from cryptostream.source.base import Emit
+from cryptostream.source.http import (
+    AllowanceSpent,
+    ClientError,
+    HttpClient,
+    RetryPolicy,
+    TransientError,
+    UnknownAsset,
+    describe_body,
+    error_text,
+    says_allowance_spent,
+)
 from cryptostream.source.rest import PollingSource
 from cryptostream.tick import InvalidTick, Tick, tick_from_api
+
+if TYPE_CHECKING:  # the credits package imports the source package
+    from cryptostream.credits import CreditBudget
 
 log = get_logger(__name__)
 
@@ -65,8 +84,8 @@ def record_label(record: Any) -> str:
 
 
 class CoinCapClient:
-    """CoinCap requests without state: for the polling source, backfill and the
-    price stream's metadata refresh."""
+    """CoinCap requests: for the polling source, backfill and the price stream's
+    metadata refresh. ``kind`` names their credits in the ledger (poll, refresh, backfill)."""
 
     def __init__(
         self,
@@ -75,7 +94,13 @@ class CoinCapClient:
         metrics: Metrics,
         *,
         source: str = "coincap",
+        budget: CreditBudget | None = None,
+        kind: str = "poll",
     ) -> None:
+        self._budget = budget
+        self.kind = kind
+        #: Credits of the newest answer (0 when it was not billed).
+        self.last_credits = 0
         self._base = config.base_url.rstrip("/")
         self._http = HttpClient(
             session,
@@ -98,7 +123,32 @@ class CoinCapClient:
 
     async def get(self, path: str, params: dict[str, str]) -> bytes:
         """GET ``base_url + path``; the body of a 200, else an ApiError subclass."""
-        return await self._http.get_ok(self._base + path, params)
+        budget = self._budget
+        if budget is not None:
+            reason = budget.refusal(self.kind)
+            if reason is not None:
+                raise AllowanceSpent(reason)
+        answer = await self._http.get(self._base + path, params)
+        if budget is not None:
+            self.last_credits = budget.charged(self.kind, answer.status, len(answer.body))
+        if says_allowance_spent(answer):
+            detail = error_text(answer.body, self._http.expected)
+            if budget is not None:
+                budget.spent_by_api(detail)
+            raise AllowanceSpent(f"{answer.status} CoinCap says the allowance is spent: {detail}")
+        body = self._http.check(answer)
+        if budget is not None:
+            budget.answered()
+        return body
+
+    async def get_asset(self, asset: str) -> bytes:
+        """``/assets/{id}``; an id CoinCap does not know is :class:`UnknownAsset`."""
+        try:
+            return await self.get(f"/assets/{asset}", {})
+        except ClientError as exc:
+            if exc.status == 404:
+                raise UnknownAsset(asset, f"CoinCap does not know the asset {asset!r}") from None
+            raise
 
     async def get_assets(self, ids: tuple[str, ...]) -> AssetsResponse:
         """One ``/assets`` request, no retries. Raises an ApiError subclass."""
@@ -124,9 +174,20 @@ class CoinCapSource(PollingSource):
     """Polls ``/assets`` on a drift-free grid; validates every record on its own."""
 
     name = "coincap"
+    missing_event = "assets_unknown"
+    missing_hint = "CoinCap does not know these ids: check source.assets (e.g. binance-coin)"
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
-        self._client = CoinCapClient(config.coincap, session, metrics, source=self.name)
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        budget: CreditBudget | None = None,
+    ) -> None:
+        self._budget = budget
+        self._client = CoinCapClient(
+            config.coincap, session, metrics, source=self.name, budget=budget, kind="poll"
+        )
         assets = config.source.assets
         super().__init__(
             assets=assets,
@@ -137,6 +198,17 @@ class CoinCapSource(PollingSource):
             retry=self._client.policy,
         )
         self._assets = assets
+
+    async def run(self, emit: Emit) -> None:
+        try:
+            await super().run(emit)
+        finally:
+            # Shutdown (or a failover stopping this source): what it spent is written.
+            if self._budget is not None:
+                self._budget.close()
+
+    def due(self) -> bool:
+        return self._budget is None or self._budget.poll_due()
 
     async def request(self) -> list[Tick]:
         return self.to_ticks(await self._client.get_assets(self._assets))

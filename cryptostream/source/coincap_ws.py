@@ -22,6 +22,11 @@ Faults:
   10 minutes, as for the REST API), however short the backoff is, since retrying
   sooner only earns another 429; without the header it backs off as above.
 
+Credits: the minutes connected are charged to the budget (about one credit a minute,
+whole minutes as they pass and the started one when a connection ends), the REST
+refresh like any CoinCap request. When the budget or CoinCap's allowance is spent no
+connection is made and the source says it is exhausted, so the failover hands over.
+
 The API key travels in the URL (the stream's only way to take it), so the URL is
 never logged and connection errors are reported without it.
 """
@@ -32,7 +37,7 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import aiohttp
 import tenacity
@@ -43,8 +48,11 @@ from cryptostream.metrics import Metrics
 from cryptostream.source.assets import describe
 from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
 from cryptostream.source.coincap import CoinCapClient, record_label
-from cryptostream.source.http import ApiError, parse_retry_after
+from cryptostream.source.http import AllowanceSpent, ApiError, parse_retry_after
 from cryptostream.tick import InvalidTick, Tick, decimal_text, tick_from_api
+
+if TYPE_CHECKING:  # the credits package imports the source package
+    from cryptostream.credits import CreditBudget
 
 log = get_logger(__name__)
 
@@ -73,8 +81,15 @@ class StreamEnded(Exception):
 class CoinCapWsSource:
     name = "coincap-ws"
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        budget: CreditBudget | None = None,
+    ) -> None:
         cc = config.coincap
+        self._budget = budget
         self._assets = config.source.assets
         self._wanted = frozenset(self._assets)
         self._session = session
@@ -90,7 +105,9 @@ class CoinCapWsSource:
         self._refresh = cc.ws_refresh_interval
         self._max_backoff = cc.max_backoff
         # Metadata requests must not make the stream look unhealthy: no health here.
-        self._client = CoinCapClient(cc, session, metrics, source=self.name)
+        self._client = CoinCapClient(
+            cc, session, metrics, source=self.name, budget=budget, kind="refresh"
+        )
         self.health = SourceHealth()
         #: The newest REST record per asset (symbol, name, change, VWAP are read from it).
         self.metadata: dict[str, Tick] = {}
@@ -110,9 +127,14 @@ class CoinCapWsSource:
             silence_timeout=self._silence,
             refresh_interval=self._refresh,
         )
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._refresh_metadata())
-            await self._stream(emit)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._refresh_metadata())
+                await self._stream(emit)
+        finally:
+            if self._budget is not None:
+                self._budget.end_stream()
+                self._budget.close()
 
     async def _stream(self, emit: Emit) -> None:
         # 0.5 s, 1 s, 2 s ... plus up to 0.5 s of jitter, capped at max_backoff.
@@ -149,6 +171,12 @@ class CoinCapWsSource:
         """One connection, read until it ends; always ends in StreamBroken or StreamEnded."""
         self.connects += 1
         loop = asyncio.get_running_loop()
+        if self._budget is not None:
+            reason = self._budget.refusal("stream")
+            if reason is not None:
+                self.health.spent(reason)
+                self._metrics.ws_reconnects.labels("spent").inc()
+                raise StreamBroken("spent", reason)
         try:
             async with asyncio.timeout(self._connect_timeout):
                 ws = await self._session.ws_connect(
@@ -172,13 +200,19 @@ class CoinCapWsSource:
                     f"server answered 429 too many requests: {wait}",
                     retry_after=retry_after,
                 )
+            if exc.status == 402 and self._budget is not None:
+                # Payment required: the allowance is spent (the handshake has no body to
+                # read, so only this status says it unambiguously).
+                detail = f"stream refused: {exc.status} {exc.message}"
+                self._budget.spent_by_api(detail)
+                self.health.spent(detail)
             hint = ": check COINCAP_API_KEY" if exc.status in (401, 403) else ""
             self._ended("handshake", f"server answered {exc.status} {exc.message}{hint}")
         except TimeoutError:
             self._ended("error", f"no connection within {self._connect_timeout:g} s")
         except (aiohttp.ClientError, OSError) as exc:
             self._ended("error", self._clean(f"{type(exc).__name__}: {exc}"))
-        started = loop.time()
+        started = charged = loop.time()
         frames = 0
         (log.info if self.connects == 1 else log.debug)(
             "ws_connected", url=self._safe_url, attempt=self.connects
@@ -190,6 +224,10 @@ class CoinCapWsSource:
                 except TimeoutError:
                     reason, detail = "silent", f"no frame for {self._silence:g} s"
                     break
+                now = loop.time()
+                if self._budget is not None and now - charged >= 60:
+                    self._budget.charge_stream(now - charged)
+                    charged = now
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     if self._on_frame(msg.data, emit):
                         frames += 1
@@ -207,6 +245,9 @@ class CoinCapWsSource:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CLOSE_TIMEOUT):
                     await ws.close()
+            if self._budget is not None:
+                self._budget.charge_stream(loop.time() - charged)
+                self._budget.end_stream()
         stable = frames > 0 and loop.time() - started >= STABLE_SESSION
         self._ended(reason, detail, frames=frames, stable=stable)
 
@@ -312,6 +353,9 @@ class CoinCapWsSource:
         async for _ in poll_slots(self._refresh):
             try:
                 response = await self._client.fetch(self._assets)
+            except AllowanceSpent as exc:
+                log.debug("ws_metadata_refresh_skipped", reason=str(exc))
+                continue
             except ApiError as exc:
                 log.error(
                     "ws_metadata_refresh_failed",

@@ -8,6 +8,9 @@ The chain is ordered by preference (``source.name`` then ``source.fallbacks``).
   first failed request of the episode), the next source in the chain is started
   and becomes active. The failed one keeps running, as a probe, under its own
   retry policy (backoff, ``Retry-After``), so nothing is hammered.
+* A source whose paid allowance is spent (its health says *exhausted*: CoinCap's
+  budget or CoinCap's own answer) is handed over at once, without waiting
+  ``source.failover_after``: nothing will come from it before the reset.
 * The moment a source *more* preferred than the active one delivers ticks again,
   it becomes active with that very batch, and every less preferred source is
   stopped (a poll in flight is abandoned whole: its answer is never emitted).
@@ -150,7 +153,11 @@ class FailoverSource:
         active = self.active
         health = self.sources[active].health
         failing = health.failing_for()
-        if active + 1 < len(self.sources) and failing > self._after:
+        if active + 1 >= len(self.sources):
+            return
+        if health.exhausted:
+            self._switch(active + 1, reason="allowance_spent", detail=health.last_error)
+        elif failing > self._after:
             self._switch(
                 active + 1,
                 reason="failing",

@@ -7,7 +7,10 @@ Errors are sorted into what the retry policy needs to know:
 * :class:`AuthFailed` (401/403 from an API that takes a key) and :class:`ClientError`
   (other 4xx, an unknown market): our request is wrong, so retry slowly, never hammer;
 * :class:`TransientError` (timeouts, connection errors, 5xx, a body that is not the
-  documented JSON): capped exponential backoff with jitter.
+  documented JSON): capped exponential backoff with jitter;
+* *final* errors, never retried: :class:`AllowanceSpent` (the API's paid allowance, or
+  our own budget of it, is used up until its reset) and :class:`UnknownAsset` (the API
+  does not know what we asked for).
 
 Bodies are never trusted: HTML from a proxy, an empty body or truncated JSON all
 become a short description, never a crash.
@@ -19,6 +22,7 @@ import asyncio
 import datetime as dt
 import email.utils
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +43,8 @@ T = TypeVar("T")
 
 class ApiError(Exception):
     kind = "error"
+    #: Retrying cannot help: the retry policy gives up at once.
+    final = False
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -63,6 +69,37 @@ class AuthFailed(ApiError):
 
 class ClientError(ApiError):
     kind = "client_error"
+
+
+class UnknownAsset(ClientError):
+    kind = "unknown_asset"
+    final = True
+
+    def __init__(self, asset: str, message: str) -> None:
+        super().__init__(message, 404)
+        self.asset = asset
+
+
+class AllowanceSpent(ApiError):
+    """No request goes out until the billing period resets (or the hourly probe)."""
+
+    kind = "allowance_spent"
+    final = True
+
+
+_SPENT_WORDS = re.compile(rb"credit|limit|quota|plan", re.IGNORECASE)
+
+
+def says_allowance_spent(answer: HttpAnswer) -> bool:
+    """An answer saying the paid allowance is used up, as opposed to a rate limit: a 429
+    without ``Retry-After`` whose body speaks of credits, a limit, a quota or the plan;
+    a 402; a 403 that speaks of them."""
+    status = answer.status
+    if status == 402:
+        return True
+    if status == 429 and answer.headers.get("Retry-After"):
+        return False  # a rate limit: wait what it says
+    return status in (403, 429) and _SPENT_WORDS.search(answer.body[:4096]) is not None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -222,7 +259,7 @@ class RetryPolicy:
     async def run(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` until it succeeds or the deadline passes; says when it recovered."""
         retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception_type(ApiError),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, ApiError) and not e.final),
             wait=self.wait,
             stop=tenacity.stop_after_delay(self.deadline),
             before_sleep=log_retries("api_request_failed", lambda: {"source": self.source}),

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
-from cryptostream.source.http import ApiError, RetryPolicy
+from cryptostream.source.http import AllowanceSpent, ApiError, RetryPolicy
 from cryptostream.tick import InvalidTick, Tick
 
 log = get_logger(__name__)
@@ -24,6 +24,9 @@ class PollingSource:
     """Polls on a drift-free grid; each poll retries per the declared policy."""
 
     name = "rest"
+    #: The event that says which configured markets an answer lacks, and its hint.
+    missing_event = "assets_not_in_response"
+    missing_hint: str | None = None
 
     def __init__(
         self,
@@ -71,12 +74,23 @@ class PollingSource:
                     reason="previous poll overran",
                 )
             expected = slot + 1
+            if not self.due():
+                continue  # paced: this slot is skipped on purpose
             emit(await self.poll_once())
+
+    def due(self) -> bool:
+        """Whether to poll in this slot (a paced source skips some)."""
+        return True
 
     async def poll_once(self) -> list[Tick]:
         """One poll with retries: the valid ticks, or none if the poll was given up."""
         try:
             return await self._retry.run(self._attempt)
+        except AllowanceSpent as exc:
+            # Said once where it was decided (budget, or CoinCap's answer); no request
+            # went out, so nothing to report per poll.
+            log.debug("poll_skipped", source=self.name, reason=str(exc))
+            return []
         except ApiError as exc:
             log.error("poll_failed", source=self.name, kind=exc.kind, error=str(exc))
             return []
@@ -86,6 +100,10 @@ class PollingSource:
         # end of a retry sequence that may last minutes.
         try:
             ticks = await self.request()
+        except AllowanceSpent as exc:
+            # Nothing will come before the reset: the failover moves on at once.
+            self.health.spent(str(exc))
+            raise
         except ApiError as exc:
             self.health.failed(str(exc))
             raise
@@ -114,6 +132,10 @@ class PollingSource:
         once which configured markets the answer lacked."""
         seen = {t.id for t in ticks}
         self._bad.good(seen)
+        if ticks:
+            for asset in self.markets:
+                lacking = asset not in seen and not self._bad.failing(asset)
+                self._metrics.assets_unknown.labels(self.name, asset).set(int(lacking))
         missing = [
             a
             for a in self.markets
@@ -122,10 +144,11 @@ class PollingSource:
         if missing and ticks:
             self._missing_reported.update(missing)
             log.warning(
-                "assets_not_in_response",
+                self.missing_event,
                 source=self.name,
                 assets=missing,
                 markets=[self.markets[a] for a in missing],
+                hint=self.missing_hint,
             )
         return ticks
 

@@ -304,6 +304,44 @@
     return s;
   }
 
+  // -- CoinCap credits ------------------------------------------------------------------
+
+  const CREDITS_EVERY_MS = 60000;
+
+  function fmtDay(iso) { return iso ? iso.slice(0, 10) : "—"; }
+
+  function renderCredits(c) {
+    const value = $("#card-credits .value"), sub = $("#card-credits .sub");
+    const note = $("#credits-note");
+    value.className = "value";
+    sub.className = "sub";
+    if (!c.source) {
+      value.textContent = c.key === false ? "no key" : "not used";
+      sub.textContent = c.key === false ? "keyless sources in use" : "CoinCap is not in the chain";
+    } else {
+      value.textContent = fmtCount(c.used) + " / " + (c.budget ? fmtCount(c.budget) : "no limit");
+      if (c.exhausted) {
+        value.classList.add("spent");
+        sub.classList.add("spent");
+        sub.textContent = (c.exhausted === "coincap" ? "CoinCap says spent" : "budget spent") +
+          ", back " + fmtDay(c.period_end);
+      } else if (c.lasts) {
+        sub.textContent = "lasts to the reset, " + fmtDay(c.period_end);
+      } else {
+        sub.classList.add("warn");
+        sub.textContent = "lasts until " + fmtDay(c.lastsUntil) +
+          (c.mode === "pace" ? " (paced)" : c.mode === "failover" ? ", then fallbacks" : "");
+      }
+    }
+    $("#card-credits").title = c.then ? "CoinCap credits this billing period: " + c.then : "";
+    note.hidden = !c.note;
+    note.textContent = c.note || "";
+  }
+
+  async function loadCredits() {
+    try { renderCredits(await api("/api/credits")); } catch (e) { /* the stream says when the service is away */ }
+  }
+
   // -- date pickers (UTC) ---------------------------------------------------------------
 
   function option(value, text) {
@@ -379,7 +417,7 @@
       const wasLost = state.everLost && !state.connected;
       try {
         // After a gap, fetch everything again: ticks may have been written meanwhile.
-        if (wasLost || !state.summary) { await loadSummary(); await loadSeries(); }
+        if (wasLost || !state.summary) { await loadSummary(); await loadSeries(); loadCredits(); }
         setConnected(true);
       } catch (e) { lost(); }
     });
@@ -476,6 +514,8 @@
   async function start() {
     applyMode();
     renderRangeLabel();
+    loadCredits();
+    setInterval(loadCredits, CREDITS_EVERY_MS);
     try {
       const s = await loadSummary();
       const last = s.totals.last;

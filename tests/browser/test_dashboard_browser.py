@@ -291,3 +291,88 @@ async def test_the_page_says_when_it_lost_the_service_and_comes_back(
     unexpected = [e for e in tab.errors if "ERR_CONNECTION_REFUSED" not in e]
     assert unexpected == []
     assert await again.stop() == 0
+
+
+async def test_the_credits_card_shows_used_budget_and_how_long_it_lasts(
+    make_config: ConfigFactory,
+    fake_coincap: FakeCoinCap,
+    kafka_bootstrap: str,
+    run_service: Any,
+    tab: Tab,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    # One poll an hour on 2,500 credits: it lasts the period. A second service of the
+    # same data folder (a backfill, say) spends 2,400 more: then it does not.
+    config = make_config(
+        base_url=fake_coincap.base_url,
+        bootstrap=kafka_bootstrap,
+        env={
+            "CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS": "2500",
+            "CRYPTOSTREAM_SOURCE__POLL_INTERVAL": "3600",
+            "CRYPTOSTREAM_WEB__PORT": str(port),
+        },
+    )
+    running = await run_service(config)
+    await wait_for_rows(running, 6, 6)
+    page = tab.page
+    await page.goto(f"http://127.0.0.1:{port}/")
+    card = page.locator("#card-credits")
+    await page.wait_for_function(
+        "() => document.querySelector('#card-credits .value').textContent === '2 / 2,500'"
+    )
+    reset = running.service.credits.plan().period_end.date().isoformat()
+    assert await card.locator(".sub").inner_text() == f"lasts to the reset, {reset}"
+    assert await page.locator("#credits-note").is_hidden()
+    await tab.screenshot("credits")
+
+    from cryptostream.credits import Ledger
+
+    other = Ledger(config.storage.data_dir)
+    other.charge("backfill", 2400)
+    other.flush()
+    running.service.credits.ledger.sync()
+    await page.reload()
+    await page.wait_for_function(
+        "() => document.querySelector('#card-credits .value').textContent === '2,402 / 2,500'"
+    )
+    runs_out = running.service.credits.plan().runs_out
+    assert runs_out is not None
+    # CoinCap alone: the polls are paced so that what is left lasts.
+    sub = await card.locator(".sub").inner_text()
+    assert sub == f"lasts until {runs_out.date().isoformat()} (paced)"
+    await tab.screenshot("credits-short")
+    assert tab.errors == []
+    assert await running.stop() == 0
+
+
+async def test_without_a_key_the_page_says_how_to_add_one(
+    make_config: ConfigFactory, kafka_bootstrap: str, run_service: Any, tab: Tab
+) -> None:
+    from tests.support.fake_binance import FakeBinance
+
+    port = free_port()
+    async with FakeBinance() as binance:
+        config = make_config(
+            bootstrap=kafka_bootstrap,
+            env={
+                "COINCAP_API_KEY": "",
+                "CRYPTOSTREAM_SOURCE__NAME": "auto",
+                "CRYPTOSTREAM_SOURCE__FALLBACKS": "binance",
+                "CRYPTOSTREAM_BINANCE__BASE_URL": binance.base_url,
+                "CRYPTOSTREAM_SOURCE__POLL_INTERVAL": "3600",
+                "CRYPTOSTREAM_WEB__PORT": str(port),
+            },
+        )
+        running = await run_service(config)
+        await wait_for_rows(running, 5, 5)
+        page = tab.page
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await page.wait_for_selector("#credits-note", state="visible")
+        note = await page.locator("#credits-note").inner_text()
+        assert "No CoinCap API key" in note and "COINCAP_API_KEY=" in note and ".env" in note
+        assert await page.locator("#card-credits .value").inner_text() == "no key"
+        assert await page.locator("#card-source .value").inner_text() == "binance"
+        await tab.screenshot("no-key")
+        assert tab.errors == []
+        assert await running.stop() == 0

@@ -451,6 +451,9 @@ async def test_compose_up_failover_down_and_up_again_keep_every_tick_once(
         # Only the fake: never a keyless public exchange, whatever the default becomes.
         "CRYPTOSTREAM_SOURCE__NAME": "coincap",
         "CRYPTOSTREAM_SOURCE__POLL_INTERVAL": POLL_INTERVAL,
+        # Polls every 0.5 s would spend a free key's budget within minutes and be
+        # paced: count the credits, never cap them, in this test.
+        "CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS": "0",
         "KAFKA_1_HOST_PORT": str(ports["KAFKA_1"]),
         "KAFKA_2_HOST_PORT": str(ports["KAFKA_2"]),
         "KAFKA_3_HOST_PORT": str(ports["KAFKA_3"]),

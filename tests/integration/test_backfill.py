@@ -186,3 +186,111 @@ async def test_bad_arguments_exit_2(tmp_path: Path) -> None:
         _, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 2
         assert len(err.decode().strip().splitlines()) == 1
+
+
+# -- credits: plan before spending, one ledger, unknown assets ------------------------------
+
+
+async def cli_backfill(
+    fake: FakeCoinCap, data_dir: Path, *args: str, **env: str
+) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cryptostream",
+        "backfill",
+        "--start",
+        START,
+        "--end",
+        END,
+        "--no-progress",
+        *args,
+        env={
+            "PATH": os.environ["PATH"],
+            "COINCAP_API_KEY": API_KEY,
+            "CRYPTOSTREAM_COINCAP__BASE_URL": fake.base_url,
+            "CRYPTOSTREAM_STORAGE__DATA_DIR": str(data_dir),
+            **env,
+        },
+        cwd=data_dir.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def ledger_credits(data_dir: Path) -> dict[str, int]:
+    from cryptostream.credits import Ledger
+
+    return Ledger(data_dir).current().by_kind
+
+
+async def test_backfill_refuses_a_range_over_what_is_left_with_the_numbers(
+    fake_coincap: FakeCoinCap, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    # m1 over 2.5 days of bitcoin: 3 windows of 720/1440/1440 rows, 146 credits by the estimate.
+    code, out, err = await cli_backfill(
+        fake_coincap,
+        data_dir,
+        "--assets",
+        "bitcoin",
+        "--interval",
+        "m1",
+        CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS="100",
+    )
+    assert code == 2, err
+    refusal = err.strip().splitlines()[-1]
+    assert "needs about 146 CoinCap credits (4 requests)" in refusal
+    assert "only 100 of 100 are left" in refusal and "--allow-over-budget" in refusal
+    assert fake_coincap.calls() == 0, "nothing is spent before the plan says yes"
+
+    # Allowed over the budget: it runs, and its spend is in the ledger, exactly.
+    code, out, err = await cli_backfill(
+        fake_coincap,
+        data_dir,
+        "--assets",
+        "bitcoin",
+        "--interval",
+        "m1",
+        "--allow-over-budget",
+        CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS="100",
+    )
+    assert code == 0, err
+    assert ledger_credits(data_dir) == {"backfill": fake_coincap.credits_served}
+    # The estimate was close to what the fake billed (a 1-day m1 answer: 58 credits).
+    assert abs(fake_coincap.credits_served - 146) <= 4
+    assert f"{fake_coincap.credits_served} credits" in out
+
+
+async def test_backfill_of_an_unknown_asset_is_exit_2_naming_it(
+    fake_coincap: FakeCoinCap, tmp_path: Path
+) -> None:
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    code, _, err = await cli_backfill(
+        fake_coincap, tmp_path / "data", "--assets", "bitcoin,nosuchcoin", "--interval", "h1"
+    )
+    assert code == 2
+    assert loop.time() - began < 20, "no retrying a 404"
+    assert err.strip().splitlines()[-1] == (
+        "cryptostream: unknown asset 'nosuchcoin': CoinCap does not know it "
+        "(ids look like bitcoin, binance-coin)"
+    )
+    assert fake_coincap.calls("/v3/assets/nosuchcoin") == 1
+    assert fake_coincap.calls("/v3/assets/bitcoin/history") == 0
+
+
+async def test_backfill_stops_when_coincap_says_the_allowance_is_spent(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    async with FakeCoinCap(api_key=API_KEY, allowance=60) as fake:
+        config = make_config(base_url=fake.base_url)
+        result = await Backfill(config, "m1").run(windows(["bitcoin"]), progress=False)
+    assert result.stopped is not None and "allowance is spent" in result.stopped
+    # The first window (30 credits) and the asset lookup fitted; the second crossed the
+    # allowance; the third was never asked for.
+    assert [r.status for r in fake.requests_to("/v3/assets/bitcoin/history")] == [200, 200, 429]
+    assert len(result.incomplete) == 1

@@ -238,3 +238,76 @@ async def test_second_signal_forces_exit_and_spools_unpublished_ticks(
     _, rows = csv_rows(csv_path)
     assert len(rows) == spooled + again.service.metrics.ticks_fetched._value.get()
     assert len({tick_key(r) for r in rows}) == len(rows)
+
+
+# -- the CoinCap credit ledger across SIGTERM, SIGKILL and restarts -------------------------
+
+
+def ledger_total(data_dir: Path) -> int:
+    from cryptostream.credits import Ledger
+
+    return sum(p.credits for p in Ledger(data_dir).periods().values())
+
+
+async def test_the_ledger_counts_what_coincap_served_and_survives_sigkill(
+    fake_coincap: FakeCoinCap, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import sys
+
+    from tests.conftest import API_KEY
+
+    data_dir = tmp_path / "data"
+    env = {
+        "PATH": os.environ["PATH"],
+        "COINCAP_API_KEY": API_KEY,
+        "CRYPTOSTREAM_COINCAP__BASE_URL": fake_coincap.base_url,
+        "CRYPTOSTREAM_SOURCE__NAME": "coincap",
+        "CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS": "0",
+        "CRYPTOSTREAM_SOURCE__POLL_INTERVAL": "0.2",
+        "CRYPTOSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "CRYPTOSTREAM_KAFKA__TOPIC": unique("ledger-prices"),
+        "CRYPTOSTREAM_KAFKA__GROUP_ID": unique("ledger-group"),
+        "CRYPTOSTREAM_STORAGE__DATA_DIR": str(data_dir),
+        "CRYPTOSTREAM_WEB__PORT": "0",
+    }
+
+    async def run_until(polls: int, signum: signal.Signals) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cryptostream",
+            "run",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            target = fake_coincap.answered(200, "/v3/assets") + polls
+            await wait_until(
+                lambda: fake_coincap.answered(200, "/v3/assets") >= target, what="polls"
+            )
+            proc.send_signal(signum)
+            await asyncio.wait_for(proc.wait(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
+
+    # An orderly stop writes every credit the fake billed (six assets: 2 a poll).
+    await run_until(10, signal.SIGTERM)
+    first = fake_coincap.credits_served
+    assert first >= 20 and set(fake_coincap.bills) == {2}
+    assert ledger_total(data_dir) == first
+    # SIGKILL within the minute between two flushes loses that minute, no more:
+    # the count is never reset.
+    await run_until(10, signal.SIGKILL)
+    after_kill = ledger_total(data_dir)
+    assert first <= after_kill <= fake_coincap.credits_served
+    # And a restart counts on from what was written.
+    served_before = fake_coincap.credits_served
+    await run_until(5, signal.SIGTERM)
+    assert ledger_total(data_dir) == after_kill + fake_coincap.credits_served - served_before

@@ -219,3 +219,142 @@ async def test_demo_ticks_are_marked_as_demo_everywhere(
     assert sorted(tick_key(r) for r in rows) == sorted(tick_key(m) for m in messages)
     assert len({tick_key(r) for r in rows}) == len(rows)
     assert len(rows) == running.service.metrics.ticks_fetched._value.get()
+
+
+# -- CoinCap credits: the budget, CoinCap's own "spent" answer, the reset -------------------
+
+
+class SimClock:
+    """The billing period's clock, moved by the test (the rest of the service keeps real
+    time: polls, failover, Kafka)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MARCH_10 = 1741608000.0  # 2025-03-10T12:00:00Z
+APRIL_1 = 1743465600.0  # 2025-04-01T00:00:00Z
+
+
+def coincap_then_binance(
+    fake: FakeCoinCap, binance: FakeBinance, kraken: FakeKraken, **env: str
+) -> dict[str, str]:
+    return {
+        "CRYPTOSTREAM_COINCAP__BASE_URL": fake.base_url,
+        "CRYPTOSTREAM_SOURCE__NAME": "coincap",
+        "CRYPTOSTREAM_SOURCE__FALLBACKS": "binance",
+        # Long: a spent allowance must hand over at once, not after this.
+        "CRYPTOSTREAM_SOURCE__FAILOVER_AFTER": "60",
+        **exchange_env(binance, kraken),
+        **env,
+    }
+
+
+def gauge(metrics: Metrics, name: str) -> float | None:
+    return metrics.registry.get_sample_value(name)
+
+
+async def test_spent_budget_hands_over_at_once_and_coincap_returns_at_the_reset(
+    make_config: ConfigFactory,
+    fake_binance: FakeBinance,
+    fake_kraken: FakeKraken,
+    kafka_bootstrap: str,
+    run_service,
+) -> None:
+    async with FakeCoinCap(api_key=API_KEY) as fake:
+        config = make_config(
+            bootstrap=kafka_bootstrap,
+            env=coincap_then_binance(
+                fake, fake_binance, fake_kraken, CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS="20"
+            ),
+        )
+        with structlog.testing.capture_logs() as logs:
+            running = await run_service(config)
+            service = running.service
+            clock = SimClock(MARCH_10)
+            service.credits.clock = clock  # from the next poll on: mid-March
+            metrics = service.metrics
+            await wait_until(lambda: switches(metrics, "coincap", "binance") == 1, what="handover")
+            served_in_march = fake.credits_served
+            await wait_until(lambda: fake_binance.answered(200) >= 3, what="binance polls")
+            # No request to CoinCap while its budget is spent.
+            assert fake.credits_served == served_in_march
+            march = service.credits.ledger.current()
+            assert 20 - 2 < march.credits <= 20, "spent to the budget, never over"
+            assert gauge(metrics, "cryptostream_coincap_exhausted") == 1
+            assert gauge(metrics, "cryptostream_coincap_credits_used") == march.credits
+            assert gauge(metrics, "cryptostream_coincap_credits_budget") == 20
+            assert gauge(metrics, "cryptostream_coincap_credits_projected") == 20
+            clock.now = APRIL_1 + 60  # the reset
+            await wait_until(lambda: switches(metrics, "binance", "coincap") == 1, what="return")
+            assert gauge(metrics, "cryptostream_coincap_exhausted") == 0
+            assert await running.stop() == 0
+    plan = next(e for e in logs if e["event"] == "coincap_credit_plan")
+    assert plan["log_level"] == "warning" and plan["budget"] == 20
+    assert plan["then"].startswith("hand over to binance")
+    switch = next(e for e in logs if e["event"] == "source_switched")
+    assert switch["reason"] == "allowance_spent"
+    messages = await read_topic(kafka_bootstrap, config.kafka.topic)
+    assert runs(messages, "bitcoin") == ["coincap", "binance", "coincap"]
+    # Every credit CoinCap billed is in the ledger: this period's and the last one's.
+    periods = service.credits.ledger.periods()
+    assert sum(p.credits for p in periods.values()) == fake.credits_served
+
+
+async def test_coincaps_spent_answer_hands_over_at_once_and_is_probed_hourly(
+    make_config: ConfigFactory,
+    fake_binance: FakeBinance,
+    fake_kraken: FakeKraken,
+    kafka_bootstrap: str,
+    run_service,
+) -> None:
+    async with FakeCoinCap(api_key=API_KEY) as fake:
+        config = make_config(
+            bootstrap=kafka_bootstrap,
+            env=coincap_then_binance(fake, fake_binance, fake_kraken),
+        )
+        running = await run_service(config)
+        service = running.service
+        clock = SimClock(MARCH_10)
+        service.credits.clock = clock
+        metrics = service.metrics
+        await wait_until(lambda: fake.answered(200, "/v3/assets") >= 3, what="coincap polls")
+        fake.spend_allowance()
+        await wait_until(lambda: switches(metrics, "coincap", "binance") == 1, what="handover")
+        refused = fake.answered(429)
+        assert refused == 1, "one spent answer is enough: no retry, no hammering"
+        await wait_until(lambda: fake_binance.answered(200) >= 5, what="binance polls")
+        assert fake.answered(429) == refused
+        assert gauge(metrics, "cryptostream_coincap_exhausted") == 1
+        clock.now += 3601  # an hour later: one probe, still spent
+        await wait_until(lambda: fake.answered(429) == refused + 1, what="the probe")
+        await wait_until(lambda: fake_binance.answered(200) >= 8, what="binance polls")
+        assert fake.answered(429) == refused + 1
+        fake.renew_allowance()  # CoinCap serves again (the reset on its side)
+        clock.now += 3601
+        await wait_until(lambda: switches(metrics, "binance", "coincap") == 1, what="return")
+        assert await running.stop() == 0
+    assert gauge(metrics, "cryptostream_coincap_exhausted") == 0
+
+
+async def test_an_asset_coincap_does_not_know_is_said_once_and_in_a_metric(
+    make_config: ConfigFactory, fake_coincap: FakeCoinCap, kafka_bootstrap: str, run_service
+) -> None:
+    config = make_config(
+        base_url=fake_coincap.base_url,
+        bootstrap=kafka_bootstrap,
+        env={"CRYPTOSTREAM_SOURCE__ASSETS": "bitcoin,nosuchcoin"},
+    )
+    with structlog.testing.capture_logs() as logs:
+        running = await run_service(config)
+        await wait_until(lambda: fake_coincap.answered(200) >= 5, what="polls")
+        assert await running.stop() == 0
+    said = [e for e in logs if e["event"] == "assets_unknown"]
+    assert len(said) == 1 and said[0]["assets"] == ["nosuchcoin"]
+    sample = running.service.metrics.registry.get_sample_value
+    labels = {"source": "coincap"}
+    assert sample("cryptostream_assets_unknown", {**labels, "asset": "nosuchcoin"}) == 1
+    assert sample("cryptostream_assets_unknown", {**labels, "asset": "bitcoin"}) == 0

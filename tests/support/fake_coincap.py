@@ -62,6 +62,22 @@ right is enough).  Otherwise: 401 ``{"error": "...", "timestamp": ...}``.  The k
 logged, printed or echoed; the access log writes the path without the query string and
 :class:`~tests.support.fakehttp.RecordedRequest`'s ``repr`` masks it.
 
+Credits
+-------
+The fake bills like CoinCap documents it: every answer of the API itself (after the key
+is checked; faults, which stand for a gateway in front of it, are not billed) whose
+status is below 500 costs 1 credit plus 1 per further 2,500 bytes (or part) of its body.
+:attr:`FakeCoinCap.credits_served` is the running total, ``RecordedRequest.body_bytes``
+each body's size. Sizes cross 2,500 bytes as the real API's do: ``/v3/assets`` for the
+six default assets is about 2.6 KB (2 credits), for up to three assets under 1.4 KB
+(1 credit), a day of ``m1`` history about 140 KB (58 credits).
+
+Spent allowance: with ``allowance=N`` the fake serves until N credits are billed, then
+answers every request (key checked first) with ``spent_status`` (default 429, no
+``Retry-After``) and an error body that speaks of the monthly credit limit and the
+plan — modelled on what users report, not a recording. :meth:`FakeCoinCap.spend_allowance`
+switches to that at once, :meth:`FakeCoinCap.renew_allowance` back (a new period).
+
 Fault injection
 ---------------
 :meth:`FakeCoinCap.inject` queues :class:`~tests.support.fakehttp.Fault` objects as for
@@ -185,6 +201,19 @@ class _BadRequest(Exception):
     pass
 
 
+#: CoinCap's billing rule, written out here again (the fake must not borrow the code
+#: it checks): 1 credit per call plus 1 per further 2,500 bytes.
+CREDIT_BYTES: Final = 2500
+SPENT_MESSAGE: Final = (
+    "Monthly credit limit reached for this API key. Upgrade your plan at "
+    "https://pro.coincap.io/dashboard or wait for your next billing cycle."
+)
+
+
+def bill(nbytes: int) -> int:
+    return 1 + max(0, (nbytes - 1) // CREDIT_BYTES) if nbytes > 0 else 1
+
+
 class FakeCoinCap(FakeHttpServer):
     """Fake CoinCap v3 REST server; see the module docstring for the endpoints.
 
@@ -205,9 +234,18 @@ class FakeCoinCap(FakeHttpServer):
         seed: int = 0,
         clock: Clock | None = None,
         fixtures_dir: Path = FIXTURES_DIR,
+        allowance: int | None = None,
+        spent_status: int = 429,
     ) -> None:
         super().__init__(host=host, port=port)
         self.api_key = api_key
+        #: Credits the key may use before every answer says the allowance is spent.
+        self.allowance = allowance
+        self.spent_status = spent_status
+        self.spent = False
+        #: Credits billed so far, and the credits of each billed answer in order.
+        self.credits_served = 0
+        self.bills: list[int] = []
         #: Epoch-milliseconds clock used for every ``timestamp``; assign to control time.
         self.clock: Clock = clock or _wall_clock_ms
 
@@ -267,6 +305,17 @@ class FakeCoinCap(FakeHttpServer):
             return True
         return request.query.get("apiKey") == self.api_key
 
+    def spend_allowance(self) -> None:
+        """From now on every request is told the allowance is spent."""
+        self.spent = True
+
+    def renew_allowance(self, allowance: int | None = None) -> None:
+        """A new billing period: serve again (with a fresh ``allowance``)."""
+        self.spent = False
+        self.allowance = allowance
+        self.credits_served = 0
+        self.bills.clear()
+
     async def answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self._authorized(request):
             return self._error(
@@ -275,12 +324,22 @@ class FakeCoinCap(FakeHttpServer):
                 "(Authorization: Bearer <key> or ?apiKey=<key>)",
                 headers={"WWW-Authenticate": 'Bearer realm="coincap"'},
             )
+        if self.spent:
+            return self._error(self.spent_status, SPENT_MESSAGE)
         try:
-            return await handler(request)
+            response = await handler(request)
         except _BadRequest as exc:
-            return self._error(400, str(exc))
+            response = self._error(400, str(exc))
         except web.HTTPException as exc:
-            return self._error(exc.status, exc.reason)
+            response = self._error(exc.status, exc.reason)
+        body = response.body if isinstance(response, web.Response) else None
+        if response.status < 500 and isinstance(body, bytes):
+            credits = bill(len(body))
+            self.bills.append(credits)
+            self.credits_served += credits
+            if self.allowance is not None and self.credits_served >= self.allowance:
+                self.spent = True
+        return response
 
     # -- /v3/assets ----------------------------------------------------------------------
 

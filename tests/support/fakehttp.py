@@ -166,6 +166,8 @@ class RecordedRequest:
     monotonic: float
     status: int | None = None
     fault: FaultKind | None = None
+    #: Length of the answer's body as sent (None while in flight or for a stream).
+    body_bytes: int | None = None
 
     def header(self, name: str) -> str | None:
         """Case-insensitive header lookup."""
@@ -180,8 +182,14 @@ class RecordedRequest:
         return (
             f"RecordedRequest(method={self.method!r}, path={self.path!r}, query={query!r}, "
             f"headers={headers!r}, monotonic={self.monotonic!r}, status={self.status!r}, "
-            f"fault={self.fault!r})"
+            f"fault={self.fault!r}, body_bytes={self.body_bytes!r})"
         )
+
+
+def _body_bytes(response: web.StreamResponse) -> int | None:
+    if isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
+        return len(response.body)
+    return None
 
 
 class _RedactingAccessLogger(AbstractAccessLogger):
@@ -368,9 +376,11 @@ class FakeHttpServer:
             early = await self._apply_fault(fault, request)
             if early is not None:
                 recorded.status = early.status
+                recorded.body_bytes = _body_bytes(early)
                 return early
         response = await self.answer(request, handler)
         recorded.status = response.status
+        recorded.body_bytes = _body_bytes(response)
         return response
 
     async def _apply_fault(self, fault: Fault, request: web.Request) -> web.StreamResponse | None:

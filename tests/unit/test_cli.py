@@ -30,6 +30,8 @@ def test_config_before_or_after_the_command(argv: list[str], config: str | None)
         (["check", "--timeout", "1"], cli.check),
         (["replay", "--to", "out"], cli.replay),
         (["backfill", "--start", "2025-03-01"], cli.backfill),
+        (["credits", "--json"], cli.credits),
+        (["powerbi"], cli.powerbi),
     ],
 )
 def test_each_command_dispatches_to_its_function(argv: list[str], command: cli.Command) -> None:
@@ -44,7 +46,7 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
 def test_help_and_module_docstring_name_every_command() -> None:
     usage = cli.build_parser().format_help()
     assert cli.__doc__ is not None
-    for name in ("run", "check", "backfill", "replay"):
+    for name in ("run", "check", "backfill", "replay", "credits", "powerbi"):
         assert f"``{name}``" in cli.__doc__
         assert f"\n    {name} " in usage
 

@@ -115,9 +115,11 @@ def test_bad_configuration_names_the_key(
     assert "\n" not in str(err.value)
 
 
-def test_missing_api_key(tmp_path: Path) -> None:
+def test_missing_api_key_is_an_error_only_when_coincap_is_asked_for(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="COINCAP_API_KEY is not set"):
-        load_config(write(tmp_path, ""), {})
+        load_config(write(tmp_path, "[source]\nname = 'coincap'\n"), {})
+    # The default (auto) starts a first run without a key on the keyless sources.
+    assert load_config(write(tmp_path, ""), {}).source.name == "auto"
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -147,9 +149,10 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists(), "nothing may start on a bad configuration"
 
 
-def test_cli_missing_key_exit_2(tmp_path: Path) -> None:
-    result = cli("run", cwd=tmp_path)
+def test_cli_missing_key_for_coincap_exit_2(tmp_path: Path) -> None:
+    result = cli("run", cwd=tmp_path, env={"CRYPTOSTREAM_SOURCE__NAME": "coincap"})
     assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
     assert "COINCAP_API_KEY" in result.stderr
 
 

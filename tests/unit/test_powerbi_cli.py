@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from cryptostream.cli import main
 from cryptostream.powerbi.project import MODEL_DIR, PBIP
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)  # no ./config.toml
     monkeypatch.delenv("CRYPTOSTREAM_CONFIG", raising=False)
     monkeypatch.delenv("COINCAP_API_KEY", raising=False)  # not needed to describe files
     data = tmp_path / "data"
     monkeypatch.setenv("CRYPTOSTREAM_STORAGE__DATA_DIR", str(data))
-    return data
+    yield data
+    # main() pointed the logs at this test's captured stderr: not the next test's.
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
 
 
 def expressions(out: Path) -> str:

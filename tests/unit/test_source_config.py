@@ -19,7 +19,10 @@ def load(tmp_path: Path, toml: str = "", **env: str):
 @pytest.mark.parametrize(
     ("env", "chain"),
     [
-        ({"COINCAP_API_KEY": "k"}, ("coincap",)),
+        # The default is auto: CoinCap with its keyless fallbacks, or those alone.
+        ({"COINCAP_API_KEY": "k"}, ("coincap", "binance", "kraken")),
+        ({}, ("binance", "kraken")),
+        ({"COINCAP_API_KEY": "k", "CRYPTOSTREAM_SOURCE__NAME": "coincap"}, ("coincap",)),
         ({"COINCAP_API_KEY": "k", "CRYPTOSTREAM_SOURCE__NAME": "coincap-ws"}, ("coincap-ws",)),
         ({"CRYPTOSTREAM_SOURCE__NAME": "binance"}, ("binance",)),
         ({"CRYPTOSTREAM_SOURCE__NAME": "kraken"}, ("kraken",)),

@@ -1,0 +1,339 @@
+"""The CoinCap credit ledger: what this data directory spent, per billing period.
+
+One JSON file, ``<data_dir>/.cryptostream/coincap-credits.json``, holds a record per
+billing period (the last :data:`KEEP_PERIODS` of them). Every process that spends
+credits — ``run`` and ``backfill``, possibly at the same time — keeps what it spent
+since its last flush as a *delta* in memory and adds it to the file by
+read-modify-write under a short exclusive ``fcntl.flock`` on a lock file beside it,
+replacing the file atomically. So no process overwrites another's spend, a reader
+never sees half a file, and a crash loses at most the delta not yet flushed (a flush
+happens at least every :data:`FLUSH_EVERY` seconds while credits are spent, and at
+shutdown) — it never resets the count.
+
+A billing period starts at 00:00 UTC on ``coincap.billing_day`` of a month (in a
+month without that day, on its last day) and ends where the next one starts.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import datetime as dt
+import fcntl
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cryptostream.files import atomic_write
+from cryptostream.layout import CREDITS_FILE, CREDITS_LOCK_FILE
+from cryptostream.logs import get_logger
+
+log = get_logger(__name__)
+
+LEDGER_FILE = CREDITS_FILE
+LOCK_FILE = CREDITS_LOCK_FILE
+#: Seconds between flushes of the in-memory delta while credits are spent (and between
+#: re-reads that pick up another process's spend).
+FLUSH_EVERY = 60.0
+#: Billing periods kept in the file (a year and the current one).
+KEEP_PERIODS = 13
+#: CoinCap's documented rule: 1 credit per call, plus 1 per further 2,500 bytes.
+BYTES_PER_CREDIT = 2500
+
+Clock = Callable[[], float]
+
+
+def credits_for(nbytes: int) -> int:
+    """Credits of one answer of ``nbytes`` bytes: the first 2,500 bytes come with the
+    call's credit, each further 2,500 (or part of them) costs one more."""
+    return max(1, math.ceil(nbytes / BYTES_PER_CREDIT))
+
+
+def billed(status: int) -> bool:
+    """Whether an answer with this status is counted. CoinCap does not say; we count
+    every answer it gave except a refusal (401/402/403/429) and its own failure (5xx)."""
+    return status < 500 and status not in (401, 402, 403, 429)
+
+
+def _period_start_in(year: int, month: int, day: int) -> dt.datetime:
+    last = calendar.monthrange(year, month)[1]
+    return dt.datetime(year, month, min(day, last), tzinfo=dt.UTC)
+
+
+def period_bounds(now: float, billing_day: int) -> tuple[dt.datetime, dt.datetime]:
+    """The billing period holding ``now`` (Unix seconds): [start, end), both UTC."""
+    when = dt.datetime.fromtimestamp(now, tz=dt.UTC)
+    start = _period_start_in(when.year, when.month, billing_day)
+    if when < start:
+        year, month = (when.year, when.month - 1) if when.month > 1 else (when.year - 1, 12)
+        start = _period_start_in(year, month, billing_day)
+    year, month = (start.year, start.month + 1) if start.month < 12 else (start.year + 1, 1)
+    return start, _period_start_in(year, month, billing_day)
+
+
+def iso(when: dt.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class PeriodRecord:
+    """What was spent in one billing period (as stored, or as a delta to add)."""
+
+    credits: int = 0
+    calls: int = 0
+    bytes: int = 0
+    stream_seconds: float = 0.0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    #: When CoinCap last said the allowance is spent (Unix seconds), and when it was
+    #: last asked again since: both survive restarts so that no restart hammers it.
+    spent_at: float | None = None
+    probed_at: float | None = None
+    #: Credits the newest poll cost, for the plan of the next start.
+    poll_credits: int | None = None
+
+    def add(self, other: PeriodRecord) -> None:
+        self.credits += other.credits
+        self.calls += other.calls
+        self.bytes += other.bytes
+        self.stream_seconds += other.stream_seconds
+        for kind, n in other.by_kind.items():
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + n
+        self.spent_at = _newest(self.spent_at, other.spent_at)
+        self.probed_at = _newest(self.probed_at, other.probed_at)
+        if other.poll_credits is not None:
+            self.poll_credits = other.poll_credits
+
+    def empty(self) -> bool:
+        return self == PeriodRecord()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "credits": self.credits,
+            "calls": self.calls,
+            "bytes": self.bytes,
+            "stream_seconds": round(self.stream_seconds, 3),
+            "by_kind": dict(sorted(self.by_kind.items())),
+            "spent_at": self.spent_at,
+            "probed_at": self.probed_at,
+            "poll_credits": self.poll_credits,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> PeriodRecord:
+        if not isinstance(data, dict):
+            raise TypeError("a period is not an object")
+        by_kind = data.get("by_kind") or {}
+        return cls(
+            credits=int(data.get("credits", 0)),
+            calls=int(data.get("calls", 0)),
+            bytes=int(data.get("bytes", 0)),
+            stream_seconds=float(data.get("stream_seconds", 0.0)),
+            by_kind={str(k): int(v) for k, v in by_kind.items()},
+            spent_at=_opt_float(data.get("spent_at")),
+            probed_at=_opt_float(data.get("probed_at")),
+            poll_credits=_opt_int(data.get("poll_credits")),
+        )
+
+
+def _newest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+class Ledger:
+    """This process's view of the ledger file: what is on disk plus what it spent since.
+
+    ``clock`` (Unix seconds) decides the billing period and when to flush, so tests can
+    run a month in a moment.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        billing_day: int = 1,
+        *,
+        clock: Clock = time.time,
+        fsync: bool = True,
+    ) -> None:
+        self.path = data_dir / LEDGER_FILE
+        self._lock_path = data_dir / LOCK_FILE
+        self.billing_day = billing_day
+        self.clock = clock
+        self._fsync = fsync
+        #: period key -> record, as last read from the file.
+        self._disk: dict[str, PeriodRecord] = {}
+        #: period key -> what this process spent and has not written yet.
+        self._pending: dict[str, PeriodRecord] = {}
+        self._synced_at: float | None = None
+
+    # -- periods -------------------------------------------------------------------------
+
+    def bounds(self, now: float | None = None) -> tuple[dt.datetime, dt.datetime]:
+        return period_bounds(self.clock() if now is None else now, self.billing_day)
+
+    def key(self, now: float | None = None) -> str:
+        return iso(self.bounds(now)[0])
+
+    # -- reading -------------------------------------------------------------------------
+
+    def current(self) -> PeriodRecord:
+        """The current period: what the file said at the last sync plus our delta."""
+        self.maybe_sync()
+        key = self.key()
+        total = PeriodRecord()
+        if key in self._disk:
+            total.add(self._disk[key])
+        if key in self._pending:
+            total.add(self._pending[key])
+        return total
+
+    def used(self) -> int:
+        return self.current().credits
+
+    def periods(self) -> dict[str, PeriodRecord]:
+        """Every period in the file (freshly read) with our unwritten delta added."""
+        self.sync()
+        out: dict[str, PeriodRecord] = {}
+        for source in (self._disk, self._pending):
+            for key, rec in source.items():
+                out.setdefault(key, PeriodRecord()).add(rec)
+        return dict(sorted(out.items()))
+
+    # -- spending ------------------------------------------------------------------------
+
+    def _delta(self) -> PeriodRecord:
+        return self._pending.setdefault(self.key(), PeriodRecord())
+
+    def charge(self, kind: str, credits: int, *, nbytes: int = 0, calls: int = 1) -> None:
+        delta = self._delta()
+        delta.credits += credits
+        delta.calls += calls
+        delta.bytes += nbytes
+        delta.by_kind[kind] = delta.by_kind.get(kind, 0) + credits
+        if kind == "poll" and calls:
+            delta.poll_credits = credits
+        self.maybe_sync()
+
+    def charge_stream(self, seconds: float, credits: int) -> None:
+        delta = self._delta()
+        delta.stream_seconds += seconds
+        delta.credits += credits
+        delta.by_kind["stream"] = delta.by_kind.get("stream", 0) + credits
+        self.maybe_sync()
+
+    def mark_spent(self, *, probe: bool = False) -> None:
+        """CoinCap said the allowance is spent (``probe``: we are asking it again now)."""
+        now = self.clock()
+        delta = self._delta()
+        if probe:
+            delta.probed_at = now
+        else:
+            delta.spent_at = now
+        # Written at once: a restart must know it, not ask CoinCap again.
+        self.sync()
+
+    def clear_spent(self) -> None:
+        """CoinCap answers again (a bigger plan, a reset on its side): forget the mark."""
+        self.sync()
+        key = self.key()
+        with self._locked():
+            data = self._read()
+            rec = data.get(key)
+            if rec is not None and rec.spent_at is not None:
+                rec.spent_at = None
+                rec.probed_at = None
+                self._write(data)
+            self._disk = data
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.spent_at = pending.probed_at = None
+
+    # -- the file ------------------------------------------------------------------------
+
+    def maybe_sync(self) -> None:
+        """Flush (and re-read) when the last sync is older than :data:`FLUSH_EVERY`."""
+        now = self.clock()
+        if self._synced_at is None or now - self._synced_at >= FLUSH_EVERY or now < self._synced_at:
+            self.sync()
+
+    def sync(self) -> None:
+        """Add our delta to the file (read-modify-write under the lock) and re-read it."""
+        self._synced_at = self.clock()
+        pending = {k: v for k, v in self._pending.items() if not v.empty()}
+        if not pending:
+            # Reading needs no lock (the file is replaced whole), nor a writable folder.
+            self._disk = self._read()
+            return
+        try:
+            with self._locked():
+                data = self._read()
+                if pending:
+                    for key, delta in pending.items():
+                        data.setdefault(key, PeriodRecord()).add(delta)
+                    self._write(data)
+                self._disk = data
+        except OSError as exc:
+            # The delta stays in memory and goes with the next flush.
+            log.error("credit_ledger_unwritable", path=str(self.path), error=str(exc))
+            return
+        self._pending.clear()
+
+    flush = sync
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # Held for one read and one atomic write: milliseconds.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _read(self) -> dict[str, PeriodRecord]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            doc = orjson.loads(raw)
+            return {str(k): PeriodRecord.from_json(v) for k, v in doc["periods"].items()}
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Written atomically, so only a hand edit gets here: keep the file for a
+            # person to look at, and count on from what this process knows.
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(self.clock())}")
+            with contextlib.suppress(OSError):
+                self.path.replace(aside)
+            log.error(
+                "credit_ledger_unreadable",
+                path=str(self.path),
+                moved_to=str(aside),
+                error=str(exc),
+            )
+            return dict(self._disk)
+
+    def _write(self, data: dict[str, PeriodRecord]) -> None:
+        keep = sorted(data)[-KEEP_PERIODS:]
+        doc = {
+            "version": 1,
+            "billing_day": self.billing_day,
+            "rule": "1 credit per call plus 1 per further 2500 bytes; the stream 1 per minute",
+            "periods": {k: data[k].to_json() for k in keep},
+        }
+        atomic_write(self.path, orjson.dumps(doc, option=orjson.OPT_INDENT_2), fsync=self._fsync)
