@@ -229,7 +229,16 @@ async def test_dashboard_history_ranges_live_tick_table_and_cards(
     snap = await snapshot(tab)
     btc = snap["series"]["bitcoin"]
     assert btc["points"] == 2 and btc["last"] == pytest.approx(now)
-    assert btc["lastValue"] == pytest.approx((91234.5 / 90000 - 1) * 100, abs=1e-5)
+    # The variation is against the day's first bitcoin row in the file (the sink's
+    # firstValue), not the message's 90000: the poll at start came first today.
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    first_today = next(
+        float(r["priceUsd"])
+        for r in rows
+        if r["id"] == "bitcoin"
+        and dt.datetime.fromtimestamp(float(r["timestamp"]), dt.UTC).date() == today
+    )
+    assert btc["lastValue"] == pytest.approx((91234.5 / first_today - 1) * 100, abs=1e-5)
     assert await page.locator("#card-records .value").inner_text() == f"{len(rows) + 1:,}"
     assert await page.locator("#card-last .value").inner_text() == fmt_time(now)
 
