@@ -354,6 +354,10 @@ class Bench:
             for i in range(self.plan.repeat):
                 runs["kcat"].append(self.produce_kcat(payloads, n))
                 runs["ours"].append(self.produce_ours(payloads, n, i))
+                if self.args.baseline:
+                    runs.setdefault("baseline", []).append(
+                        self.produce_ours(payloads, n, i, code=self.args.baseline)
+                    )
             record["runs"] = runs
             record["best"] = {
                 k: max(v, key=lambda r: r["rows_per_second"]) for k, v in runs.items()
@@ -367,15 +371,26 @@ class Bench:
             raise proc.BenchError(f"kcat published {end} messages, expected {n}")
         return self._row("kcat", n, done.wall, done)
 
-    def produce_ours(self, payloads: Path, n: int, i: int) -> dict[str, Any]:
+    def produce_ours(
+        self, payloads: Path, n: int, i: int, *, code: Path | None = None
+    ) -> dict[str, Any]:
+        name = f"producer-{i}" if code is None else f"producer-baseline-{i}"
         topic = self.topic("produce-ours")
-        data = self.out / f"producer-{i}"
+        data = self.out / name
         data.mkdir(exist_ok=True)
         env = self.env(kafka__topic=topic, storage__data_dir=str(data))
+        if code is not None:
+            # Run from the other checkout: its ``cryptostream`` comes first on sys.path.
+            env["PYTHONPATH"] = str(REPO)
         cmd = [self.python, "-m", "bench.producer_ours", "--config", str(self.empty_config)]
         cmd += ["--payloads", str(payloads)]
         done = proc.run(
-            "cryptostream producer", cmd, env=env, log=self.out / f"producer-{i}.log", timeout=1800
+            "cryptostream producer",
+            cmd,
+            env=env,
+            log=self.out / f"{name}.log",
+            timeout=1800,
+            cwd=code.resolve() if code is not None else REPO,
         )
         if (end := self.end_offset(topic)) != n or done.result["ticks"] != n:
             raise proc.BenchError(f"the producer published {end} messages, expected {n}")
@@ -627,8 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         metavar="DIR",
-        help="also run the sink contender with the cryptostream package of another checkout "
-        "(DIR holds its cryptostream/), for before/after figures",
+        help="also run the sink and producer contenders with the cryptostream package of "
+        "another checkout (DIR holds its cryptostream/), for before/after figures",
     )
     parser.add_argument(
         "--dashboard",

@@ -67,6 +67,7 @@ _DROPPED_NAMES = {
     "KAFKA_3_HOST_PORT",
     "KAFKA_CLUSTER_ID",
     "KAFKA_NODE_HEAP_OPTS",
+    "KAFKA_NODE_JVM_OPTS",
     "DOCKER_DEFAULT_PLATFORM",
 }
 _KEPT = {"COMPOSE_BAKE"}
@@ -277,6 +278,18 @@ class Stack:
                 logs = await self.docker("logs", self.fake, check=False)
                 raise AssertionError(f"fake CoinCap did not start:\n{logs.out}{logs.err}")
             await asyncio.sleep(0.2)
+
+    async def memory(self) -> str:
+        """What `docker stats` shows for each running container of the project (a note for
+        the timing table, not an assertion: bench/stack.py measures it properly)."""
+        ids = await self.compose("ps", "-q")
+        if not ids.out.split():
+            return "memory: no running container"
+        stats = await self.docker(
+            "stats", "--no-stream", "--format", "{{.Name}}={{.MemUsage}}", *ids.out.split()
+        )
+        usage = sorted(line.split(" / ")[0] for line in stats.out.splitlines() if line)
+        return "memory (docker stats): " + ", ".join(usage)
 
     async def app_events(self) -> list[dict[str, Any]]:
         logs = await self.compose("logs", "--no-log-prefix", "--no-color", "app")
@@ -513,6 +526,9 @@ async def test_compose_up_failover_down_and_up_again_keep_every_tick_once(
 
         check_csv(csv_path)
         check_ownership(data, uid, gid)
+        timings.notes.append(
+            f"{await stack.memory()} ({loop.time() - up_started:.0f} s after `up`)"
+        )
         assert (data / "crypto_last_values.csv").read_text().startswith(HEADER + "\n")
         status, body = await get(f"http://127.0.0.1:{ports['WEB']}/readyz")
         assert status == 200, body
