@@ -290,8 +290,7 @@ class Producer:
             for future in {f for f in futures if f is not None}:
                 # Late outcomes of an abandoned client are of no interest: no
                 # "exception was never retrieved" noise when it is closed.
-                if future is not None:
-                    future.add_done_callback(_ignore_outcome)
+                future.add_done_callback(_ignore_outcome)
         return error
 
     async def _fail(self, kind: str, message: str) -> None:
