@@ -48,7 +48,7 @@ from cryptostream.source.http import (
     parse_retry_after,
 )
 from cryptostream.source.rest import PollingSource, now
-from cryptostream.tick import InvalidTick, Tick, decimal_text
+from cryptostream.tick import Tick, decimal_text
 
 log = get_logger(__name__)
 
@@ -177,23 +177,14 @@ class BinanceSource(PollingSource):
         if not isinstance(data, list):
             raise TransientError("JSON that is not a list of tickers")
         received = now()
-        ticks: list[Tick] = []
-        seen: set[str] = set()
-        for record in data:
+
+        def keyed(record: Any) -> tuple[str | None, str, Any]:
             symbol = record.get("symbol") if isinstance(record, dict) else None
-            asset = self._by_symbol.get(symbol) if isinstance(symbol, str) else None
-            if asset is None or asset in seen:
-                label = symbol if isinstance(symbol, str) else "?"
-                self.unexpected(label)
-                continue
-            try:
-                tick = self._tick(asset, record, received)
-            except InvalidTick as exc:
-                self.reject(asset, exc)
-                continue
-            seen.add(asset)
-            ticks.append(tick)
-        return self.accepted(ticks)
+            if not isinstance(symbol, str):
+                return None, "?", record
+            return self._by_symbol.get(symbol), symbol, record
+
+        return self.collect(map(keyed, data), lambda a, r: self._tick(a, r, received))
 
     def _tick(self, asset: str, record: dict[str, Any], received: float) -> Tick:
         price = decimal_text(

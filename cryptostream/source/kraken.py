@@ -108,21 +108,13 @@ class KrakenSource(PollingSource):
         if not isinstance(result, dict):
             raise TransientError("JSON without a result object")
         received = now()
-        ticks: list[Tick] = []
-        seen: set[str] = set()
-        for pair, record in result.items():
-            asset = self._by_alias.get(pair_alias(pair))
-            if asset is None or asset in seen:
-                self.unexpected(pair)
-                continue
-            try:
-                tick = self._tick(asset, record, received)
-            except InvalidTick as exc:
-                self.reject(asset, exc)
-                continue
-            seen.add(asset)
-            ticks.append(tick)
-        return self.accepted(ticks)
+        return self.collect(
+            (
+                (self._by_alias.get(pair_alias(pair)), pair, record)
+                for pair, record in result.items()
+            ),
+            lambda a, r: self._tick(a, r, received),
+        )
 
     def _tick(self, asset: str, record: Any, received: float) -> Tick:
         if not isinstance(record, dict):

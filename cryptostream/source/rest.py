@@ -9,7 +9,8 @@ valid ticks, raising an :class:`~cryptostream.source.http.ApiError` subclass, wh
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
@@ -126,6 +127,29 @@ class PollingSource:
     def unexpected(self, label: str) -> None:
         """A record of a market not asked for, or one given twice in one answer."""
         self.reject(label, InvalidTick("unexpected_asset", "not asked for, or twice"))
+
+    def collect(
+        self,
+        records: Iterable[tuple[str | None, str, Any]],
+        make: Callable[[str, Any], Tick],
+    ) -> list[Tick]:
+        """The ticks of one answer: ``records`` are (asset or None, label, record);
+        ``make`` turns one record of an asset into a tick or raises :class:`InvalidTick`.
+        A market not asked for, or given twice, is counted; a bad record is reported."""
+        ticks: list[Tick] = []
+        seen: set[str] = set()
+        for asset, label, record in records:
+            if asset is None or asset in seen:
+                self.unexpected(label)
+                continue
+            try:
+                tick = make(asset, record)
+            except InvalidTick as exc:
+                self.reject(asset, exc)
+                continue
+            seen.add(asset)
+            ticks.append(tick)
+        return self.accepted(ticks)
 
     def accepted(self, ticks: list[Tick]) -> list[Tick]:
         """Bookkeeping after a response: forgive records that are good again, and say
