@@ -8,7 +8,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptostream import __version__
@@ -33,7 +33,8 @@ examples:
   cryptostream --config /etc/cryptostream.toml run
   cryptostream check && echo healthy
 
-exit codes: 0 ok, 1 runtime failure or unhealthy, 2 bad configuration or usage.
+exit codes: 0 ok, 1 runtime failure or unhealthy, 2 bad configuration or usage,
+  or the data directory in use by another cryptostream process.
 """
 
 
@@ -149,14 +150,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return check(config, args.timeout)
     if args.command == "backfill":
-        return backfill(config, args)
+        return _locked(config.storage.data_dir, lambda: backfill(config, args))
     if args.command == "replay":
-        return replay(config, args.to or config.storage.data_dir, args.progress)
+        target = args.to or config.storage.data_dir
+        return _locked(target, lambda: replay(config, target, args.progress))
     return run(config)
+
+
+def _locked(data_dir: Path, command: Callable[[], int]) -> int:
+    """Run a command that writes ``data_dir`` holding its lock (one writer at a time)."""
+    from cryptostream.datadir import DataDirError, DataDirLock
+
+    try:
+        lock = DataDirLock.acquire(data_dir)
+    except DataDirError as exc:
+        print(f"cryptostream: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    with lock:
+        return command()
 
 
 def run(config: Config) -> int:
     from cryptostream import logs
+    from cryptostream.datadir import DataDirError
     from cryptostream.service import Service
 
     logs.configure(config.log.level, config.log.format, secrets=config.secrets())
@@ -169,6 +185,9 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, _stop_before_start)
     try:
         return asyncio.run(_main())
+    except DataDirError as exc:  # another process holds the data directory
+        print(f"cryptostream: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
     except _EarlyStop:
         return 0
     except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
