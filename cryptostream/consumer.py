@@ -67,6 +67,7 @@ class _SeekToSinkState(ConsumerRebalanceListener):  # type: ignore[misc]
         # Wait for a batch in flight: its transaction completes before we let go.
         async with self._owner.lock:
             self._owner.assigned = set()
+            self._owner.generation += 1
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         async with self._owner.lock:
@@ -80,10 +81,13 @@ class Consumer:
         self._sink = sink
         self._metrics = metrics
         self._client: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._closing = False
         self._targets: dict[TopicPartition, int] | None = None
         self.lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
+        #: Bumped by every revocation and assignment: a batch fetched across one is stale.
+        self.generation = 0
         self.connected = False
         self.sink_failing: str | None = None
         self.written = 0
@@ -101,6 +105,7 @@ class Consumer:
                     raise self._fatal
                 if self._closing and await self._caught_up(client):
                     break
+                generation = self.generation
                 try:
                     batches = await client.getmany(
                         timeout_ms=200, max_records=self._config.max_batch
@@ -123,8 +128,11 @@ class Consumer:
                 ]
                 if records:
                     async with self.lock:
-                        await self._write(records)
-                        await self._commit(client)
+                        if generation != self.generation:
+                            self._refetch(client, records)
+                        else:
+                            await self._write(records)
+                            await self._commit(client)
                 self._update_lag(client)
         finally:
             await self._stop()
@@ -161,15 +169,20 @@ class Consumer:
                     heartbeat_interval_ms=max(100, int(self._config.session_timeout * 1000 / 3)),
                     max_poll_interval_ms=int(self._config.max_poll_interval * 1000),
                 )
+                # For the cluster id at each assignment: one client for the consumer's
+                # life, not one per rebalance (that churns connections to failing brokers).
+                admin = AIOKafkaAdminClient(**client_options(self._config))
                 # Set before start(): the listener seeks with it as soon as partitions come.
-                self._client = client
+                self._client, self._admin = client, admin
                 client.subscribe([self._config.topic], listener=_SeekToSinkState(self))
                 try:
                     async with asyncio.timeout(self._config.request_timeout * 2):
+                        await admin.start()
                         await client.start()
                 except BaseException:
-                    self._client = None
+                    self._client = self._admin = None
                     await stop_client(client, "consumer")
+                    await _close_admin(admin)
                     raise
         log.info("kafka_consumer_started", group_id=self._config.group_id)
         return client
@@ -178,26 +191,34 @@ class Consumer:
         client, self._client = self._client, None
         if client is not None:
             await stop_client(client, "consumer")
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await _close_admin(admin)
 
     # -- assignment ----------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.assigned = assigned
+        self.generation += 1
         client = self._client
-        # Seek before anything is awaited: the fetcher must not start from Kafka's
-        # committed offset meanwhile.
         offsets = self._sink.committed_offsets()
-        for tp in assigned:
-            if tp.partition in offsets and client is not None:
-                client.seek(tp, offsets[tp.partition])
         if client is not None and assigned:
+            # Paused while the topic is checked (that awaits the brokers): no batch may
+            # be fetched from a position that the check then moves (a reset), or it
+            # would be written first and push the sink's offset past the new start.
+            client.pause(*assigned)
             try:
+                for tp in assigned:
+                    if tp.partition in offsets:
+                        client.seek(tp, offsets[tp.partition])
                 await self._check_topic(client, assigned)
             except (KafkaError, TimeoutError, OSError) as exc:
                 # An "out of range" on the first fetch still catches a reset.
                 log.warning("topic_identity_unavailable", error=str(exc) or type(exc).__name__)
             except SinkWriteError as exc:
                 log.error("topic_identity_not_saved", error=str(exc))
+            finally:
+                client.resume(*assigned)
             offsets = self._sink.committed_offsets()
         log.info(
             "partitions_assigned",
@@ -207,6 +228,19 @@ class Consumer:
             }
             or None,
         )
+
+    def _refetch(self, client: AIOKafkaConsumer, records: list[Record]) -> None:
+        """Drop a batch fetched before the partitions were (re)assigned: the listener may
+        have moved them (a reset), and written first it would push the sink's offset
+        past the new position. Fetch again from where the sink stands."""
+        offsets = self._sink.committed_offsets()
+        first: dict[int, int] = {}
+        for rec in records:
+            first.setdefault(rec.partition, rec.offset)
+        for tp in self.assigned:
+            if tp.partition in first:
+                client.seek(tp, offsets.get(tp.partition, first[tp.partition]))
+        log.debug("stale_batch_dropped", records=len(records))
 
     # -- the topic's identity --------------------------------------------------------
 
@@ -223,14 +257,9 @@ class Consumer:
         )
 
     async def _cluster_id(self) -> str | None:
-        admin = AIOKafkaAdminClient(**client_options(self._config))
-        try:
-            await admin.start()
-            described: dict[str, Any] = await admin.describe_cluster()
-        finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await admin.close()
+        if self._admin is None:
+            return None
+        described: dict[str, Any] = await self._admin.describe_cluster()
         cluster_id = described.get("cluster_id")
         return str(cluster_id) if cluster_id else None
 
@@ -484,3 +513,10 @@ def _merged(old: TopicIdentity | None, now: TopicIdentity) -> TopicIdentity:
         {**old.log_start, **now.log_start},
         {**old.log_end, **now.log_end},
     )
+
+
+async def _close_admin(admin: AIOKafkaAdminClient) -> None:
+    """Close within a deadline (with brokers gone it can hang); its errors do not matter."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await admin.close()
