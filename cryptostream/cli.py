@@ -60,7 +60,8 @@ examples:
   cryptostream check && echo healthy
   cryptostream credits --json            (CoinCap credits spent and the plan)
 
-exit codes: 0 ok, 1 runtime failure or unhealthy, 2 bad configuration or usage.
+exit codes: 0 ok, 1 runtime failure or unhealthy, 2 bad configuration or usage,
+  or the data directory in use by another cryptostream process.
 """
 
 
@@ -237,7 +238,20 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _locked(data_dir: Path, command: Callable[[], int]) -> int:
+    """Run a command that writes ``data_dir`` holding its lock (one writer at a time)."""
+    from cryptostream.datadir import DataDirError, DataDirLock
+
+    try:
+        lock = DataDirLock.acquire(data_dir)
+    except DataDirError as exc:
+        return _fail(str(exc), 2)
+    with lock:
+        return command()
+
+
 def run(config: Config, _args: argparse.Namespace) -> int:
+    from cryptostream.datadir import DataDirError
     from cryptostream.service import Service
 
     async def _main() -> int:
@@ -248,6 +262,8 @@ def run(config: Config, _args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop_before_start)
     try:
         return asyncio.run(_main())
+    except DataDirError as exc:  # another process holds the data directory
+        return _fail(str(exc), 2)
     except _EarlyStop:
         return 0
     except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
@@ -263,12 +279,16 @@ def _stop_before_start(_signum: int, _frame: object) -> None:
 
 
 def replay(config: Config, args: argparse.Namespace) -> int:
+    target: Path = args.to or config.storage.data_dir
+    return _locked(target, lambda: _replay(config, target, args.progress))
+
+
+def _replay(config: Config, target: Path, progress: bool | None) -> int:
     from cryptostream.replay import ReplayError
     from cryptostream.replay import replay as do_replay
 
-    target: Path = args.to or config.storage.data_dir
     try:
-        count = asyncio.run(do_replay(config, target, progress=args.progress))
+        count = asyncio.run(do_replay(config, target, progress=progress))
     except ReplayError as exc:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:

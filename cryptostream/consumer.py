@@ -4,28 +4,59 @@ Auto-commit is off. The sink's own state file is the source of truth for
 positions: on every assignment the consumer seeks to it, so a batch whose
 transaction did not complete is read again. Kafka's committed offsets follow
 the sink (for lag monitoring and for a data directory that has no state yet).
+
+A topic can be reset under the stored offsets: ``docker compose down -v`` with
+``data/`` kept, the topic deleted and created again, another cluster behind
+``bootstrap_servers``, a log truncated by an unclean leader election. Its new
+records then sit at offsets below the stored ones, and a sink that ignores
+records below its offsets would drop every one of them without a word. So on
+every assignment the consumer compares the topic with the identity the sink
+recorded (:class:`~cryptostream.sink.csvsink.TopicIdentity`: cluster id, the
+log's start and end), and Kafka's "offset out of range" is never answered
+silently (``auto_offset_reset="none"``): it is either records removed by
+retention before they were read (logged, counted) or a reset. A reset is
+logged as an error with the old and the new identity and counted; by default
+(``kafka.on_topic_reset = "follow"``) the sink follows the new topic from its
+beginning (copies of ticks already in the CSV are still dropped by its
+duplicate window); ``"stop"`` ends the consumer with an error naming the topic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 import tenacity
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.retry import log_retries
-from cryptostream.sink.csvsink import CsvSink, Record, SinkWriteError
+from cryptostream.sink.csvsink import CsvSink, Record, SinkWriteError, TopicIdentity
 from cryptostream.topic import Topic, client_options, stop_client
 
 log = get_logger(__name__)
 
 #: Bytes per partition per fetch (aiokafka's default is 1 MiB): see ``_start``.
 FETCH_BYTES = 4 * 1024 * 1024
+
+
+class TopicResetError(Exception):
+    """The topic behind the stored offsets was reset and the policy is to stop."""
+
+
+def partition_lag(end: int, next_offset: int) -> int:
+    """Messages of a partition not yet in the CSV.
+
+    A stored offset beyond the log's end (a reset not handled yet) must not show
+    as "no lag": then every message of the log is unread.
+    """
+    return end - next_offset if end >= next_offset else end
 
 
 class _SeekToSinkState(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -36,10 +67,11 @@ class _SeekToSinkState(ConsumerRebalanceListener):  # type: ignore[misc]
         # Wait for a batch in flight: its transaction completes before we let go.
         async with self._owner.lock:
             self._owner.assigned = set()
+            self._owner.generation += 1
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         async with self._owner.lock:
-            self._owner.on_assigned(set(assigned))
+            await self._owner.on_assigned(set(assigned))
 
 
 class Consumer:
@@ -49,13 +81,19 @@ class Consumer:
         self._sink = sink
         self._metrics = metrics
         self._client: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._closing = False
         self._targets: dict[TopicPartition, int] | None = None
         self.lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
+        #: Bumped by every revocation and assignment: a batch fetched across one is stale.
+        self.generation = 0
         self.connected = False
         self.sink_failing: str | None = None
         self.written = 0
+        # Set where raising is impossible (the rebalance listener); raised by run().
+        self._fatal: TopicResetError | None = None
+        self._skipped_reported = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -63,9 +101,25 @@ class Consumer:
         try:
             client = await self._start()
             while True:
+                if self._fatal is not None:
+                    raise self._fatal
                 if self._closing and await self._caught_up(client):
                     break
-                batches = await client.getmany(timeout_ms=200, max_records=self._config.max_batch)
+                generation = self.generation
+                try:
+                    batches = await client.getmany(
+                        timeout_ms=200, max_records=self._config.max_batch
+                    )
+                except OffsetOutOfRangeError as exc:
+                    async with self.lock:
+                        await self._out_of_range(client, exc.args[0])
+                    continue
+                except NoOffsetForPartitionError as exc:
+                    async with self.lock:
+                        await self._no_position(client, exc.args[0])
+                    continue
+                if self._fatal is not None:
+                    raise self._fatal
                 self.connected = True
                 records = [
                     Record(tp.partition, m.offset, m.value)
@@ -74,8 +128,11 @@ class Consumer:
                 ]
                 if records:
                     async with self.lock:
-                        await self._write(records)
-                        await self._commit(client)
+                        if generation != self.generation:
+                            self._refetch(client, records)
+                        else:
+                            await self._write(records)
+                            await self._commit(client)
                 self._update_lag(client)
         finally:
             await self._stop()
@@ -100,7 +157,8 @@ class Consumer:
                     **client_options(self._config),
                     group_id=self._config.group_id,
                     enable_auto_commit=False,
-                    auto_offset_reset="earliest",
+                    # "Out of range" is a question for _out_of_range, never a silent jump.
+                    auto_offset_reset="none",
                     max_poll_records=self._config.max_batch,
                     # aiokafka fetches a partition again only once its buffer is empty,
                     # and each fetch is a round trip the sink waits for: while catching up,
@@ -111,15 +169,20 @@ class Consumer:
                     heartbeat_interval_ms=max(100, int(self._config.session_timeout * 1000 / 3)),
                     max_poll_interval_ms=int(self._config.max_poll_interval * 1000),
                 )
+                # For the cluster id at each assignment: one client for the consumer's
+                # life, not one per rebalance (that churns connections to failing brokers).
+                admin = AIOKafkaAdminClient(**client_options(self._config))
                 # Set before start(): the listener seeks with it as soon as partitions come.
-                self._client = client
+                self._client, self._admin = client, admin
                 client.subscribe([self._config.topic], listener=_SeekToSinkState(self))
                 try:
                     async with asyncio.timeout(self._config.request_timeout * 2):
+                        await admin.start()
                         await client.start()
                 except BaseException:
-                    self._client = None
+                    self._client = self._admin = None
                     await stop_client(client, "consumer")
+                    await _close_admin(admin)
                     raise
         log.info("kafka_consumer_started", group_id=self._config.group_id)
         return client
@@ -128,16 +191,35 @@ class Consumer:
         client, self._client = self._client, None
         if client is not None:
             await stop_client(client, "consumer")
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await _close_admin(admin)
 
     # -- assignment ----------------------------------------------------------------
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.assigned = assigned
+        self.generation += 1
         client = self._client
         offsets = self._sink.committed_offsets()
-        for tp in assigned:
-            if tp.partition in offsets and client is not None:
-                client.seek(tp, offsets[tp.partition])
+        if client is not None and assigned:
+            # Paused while the topic is checked (that awaits the brokers): no batch may
+            # be fetched from a position that the check then moves (a reset), or it
+            # would be written first and push the sink's offset past the new start.
+            client.pause(*assigned)
+            try:
+                for tp in assigned:
+                    if tp.partition in offsets:
+                        client.seek(tp, offsets[tp.partition])
+                await self._check_topic(client, assigned)
+            except (KafkaError, TimeoutError, OSError) as exc:
+                # An "out of range" on the first fetch still catches a reset.
+                log.warning("topic_identity_unavailable", error=str(exc) or type(exc).__name__)
+            except SinkWriteError as exc:
+                log.error("topic_identity_not_saved", error=str(exc))
+            finally:
+                client.resume(*assigned)
+            offsets = self._sink.committed_offsets()
         log.info(
             "partitions_assigned",
             partitions=sorted(tp.partition for tp in assigned),
@@ -146,6 +228,184 @@ class Consumer:
             }
             or None,
         )
+
+    def _refetch(self, client: AIOKafkaConsumer, records: list[Record]) -> None:
+        """Drop a batch fetched before the partitions were (re)assigned: the listener may
+        have moved them (a reset), and written first it would push the sink's offset
+        past the new position. Fetch again from where the sink stands."""
+        offsets = self._sink.committed_offsets()
+        first: dict[int, int] = {}
+        for rec in records:
+            first.setdefault(rec.partition, rec.offset)
+        for tp in self.assigned:
+            if tp.partition in first:
+                client.seek(tp, offsets.get(tp.partition, first[tp.partition]))
+        log.debug("stale_batch_dropped", records=len(records))
+
+    # -- the topic's identity --------------------------------------------------------
+
+    async def _observe(self, client: AIOKafkaConsumer, tps: list[TopicPartition]) -> TopicIdentity:
+        """The cluster id and the log's start and end of each partition, now."""
+        async with asyncio.timeout(self._config.request_timeout):
+            cluster_id = await self._cluster_id()
+            begins = await client.beginning_offsets(tps)
+            ends = await client.end_offsets(tps)
+        return TopicIdentity(
+            cluster_id,
+            {tp.partition: begins[tp] for tp in tps},
+            {tp.partition: ends[tp] for tp in tps},
+        )
+
+    async def _cluster_id(self) -> str | None:
+        if self._admin is None:
+            return None
+        described: dict[str, Any] = await self._admin.describe_cluster()
+        cluster_id = described.get("cluster_id")
+        return str(cluster_id) if cluster_id else None
+
+    async def _check_topic(self, client: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """Compare the topic with the identity the offsets were recorded with."""
+        tps = sorted(assigned)
+        now = await self._observe(client, tps)
+        old = self._sink.identity
+        offsets = self._sink.committed_offsets()
+        moved = bool(old and old.cluster_id and now.cluster_id and now.cluster_id != old.cluster_id)
+        resets: dict[int, str] = {}
+        for tp in tps:
+            p = tp.partition
+            if p not in offsets:
+                continue
+            if moved:
+                resets[p] = "cluster_changed"
+            elif offsets[p] > now.log_end[p]:
+                resets[p] = "offset_beyond_log_end"
+            elif old is not None and now.log_start[p] < old.log_start.get(p, 0):
+                # A log never starts earlier than it once did: this is another log.
+                resets[p] = "log_start_moved_back"
+        if resets:
+            self._reset(resets, old, now, offsets)
+            if self._fatal is None:
+                for tp in tps:
+                    if tp.partition in resets:
+                        client.seek(tp, now.log_start[tp.partition])
+            return
+        if old is None:
+            log.info("topic_identity_recorded", topic=self._config.topic, **now.to_json())
+        self._sink.set_identity(_merged(old, now))
+
+    def _reset(
+        self,
+        resets: dict[int, str],
+        old: TopicIdentity | None,
+        now: TopicIdentity,
+        offsets: dict[int, int],
+    ) -> None:
+        """Say so, count it, and follow the new topic from its beginning (or stop)."""
+        config = self._config
+        policy = config.on_topic_reset
+        for p, reason in sorted(resets.items()):
+            self._metrics.topic_resets.labels(reason).inc()
+            log.error(
+                "topic_reset",
+                topic=config.topic,
+                partition=p,
+                reason=reason,
+                policy=policy,
+                old={
+                    "cluster_id": old.cluster_id if old else None,
+                    "next_offset": offsets.get(p),
+                    "log_start": old.log_start.get(p) if old else None,
+                    "log_end": old.log_end.get(p) if old else None,
+                },
+                new={
+                    "cluster_id": now.cluster_id,
+                    "log_start": now.log_start.get(p),
+                    "log_end": now.log_end.get(p),
+                },
+            )
+        if policy == "stop":
+            reasons = ", ".join(sorted(set(resets.values())))
+            self._fatal = TopicResetError(
+                f"Kafka topic {config.topic!r} was reset ({reasons}): the offsets in "
+                "the data directory belong to a topic that no longer exists; nothing was "
+                "written. Set kafka.on_topic_reset = follow to read the new topic from its "
+                "beginning, or use another storage.data_dir"
+            )
+            return
+        new_cluster = "cluster_changed" in resets.values()
+        reset: dict[int, int | None] = {p: now.log_start[p] for p in resets}
+        if new_cluster:
+            # Offsets of partitions not assigned here mean nothing on the new cluster either.
+            reset.update({p: None for p in offsets if p not in now.log_start})
+        self._sink.set_identity(now if new_cluster else _merged(old, now), reset=reset)
+        log.warning(
+            "topic_reset_followed",
+            topic=config.topic,
+            partitions={p: now.log_start[p] for p in sorted(resets)},
+        )
+
+    async def _no_position(self, client: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Kafka has no committed offset for the group. Raised by a fetch that may have
+        started before the assignment listener sought to the sink's offset: that one wins."""
+        offsets = self._sink.committed_offsets()
+        if tp not in self.assigned:
+            return
+        if tp.partition in offsets:
+            client.seek(tp, offsets[tp.partition])
+        else:
+            # Neither the sink nor the group has a position: read from the start.
+            await client.seek_to_beginning(tp)
+
+    async def _out_of_range(
+        self, client: AIOKafkaConsumer, positions: dict[TopicPartition, int]
+    ) -> None:
+        """Kafka has no record at a partition's position: expired or reset, never silent."""
+        tps = sorted(tp for tp in positions if tp in self.assigned)
+        if not tps:
+            return
+        try:
+            now = await self._observe(client, tps)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("topic_offsets_unavailable", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(1)  # the fetch fails again and brings us back here
+            return
+        offsets = self._sink.committed_offsets()
+        resets: dict[int, str] = {}
+        for tp in tps:
+            p, at, begin = tp.partition, positions[tp], now.log_start[tp.partition]
+            if p in offsets and at != offsets[p]:
+                # Raised for a position already left behind (a seek came after the
+                # fetch): the fetcher asks again from where the partition is now.
+                continue
+            if at < begin:
+                # Retention removed records before they were read: gone from Kafka.
+                self._metrics.records_expired.inc(begin - at)
+                log.error(
+                    "topic_records_expired",
+                    topic=self._config.topic,
+                    partition=p,
+                    from_offset=at,
+                    log_start=begin,
+                    count=begin - at,
+                )
+                client.seek(tp, begin)
+            elif p in offsets:
+                # Beyond the end when fetched: the log the offset came from is gone.
+                resets[p] = "offset_beyond_log_end"
+            else:
+                log.warning("group_offset_out_of_range", partition=p, offset=at, log_start=begin)
+                client.seek(tp, begin)
+        if resets:
+            try:
+                self._reset(resets, self._sink.identity, now, offsets)
+            except SinkWriteError as exc:
+                log.error("topic_identity_not_saved", error=str(exc))
+                await asyncio.sleep(1)
+                return
+            if self._fatal is None:
+                for tp in tps:
+                    if tp.partition in resets:
+                        client.seek(tp, now.log_start[tp.partition])
 
     # -- writing -------------------------------------------------------------------
 
@@ -166,6 +426,16 @@ class Consumer:
         self.written += result.written
         m = self._metrics
         m.ticks_written.inc(result.written)
+        if result.skipped_below_offset:
+            m.records_skipped_below_offset.inc(result.skipped_below_offset)
+            if not self._skipped_reported:
+                self._skipped_reported = True
+                log.warning(
+                    "records_below_offset_skipped",
+                    count=result.skipped_below_offset,
+                    note="logged once per run; counted in "
+                    "cryptostream_records_skipped_below_offset_total",
+                )
         if result.duplicates:
             m.duplicates_skipped.inc(result.duplicates)
             log.info("duplicates_skipped", count=result.duplicates)
@@ -200,7 +470,7 @@ class Consumer:
         for tp in self.assigned:
             high = client.highwater(tp)
             if high is not None:
-                lag += max(0, high - offsets.get(tp.partition, 0))
+                lag += partition_lag(high, offsets.get(tp.partition, 0))
         self._metrics.consumer_lag.set(lag)
 
     async def _caught_up(self, client: AIOKafkaConsumer) -> bool:
@@ -232,3 +502,21 @@ class Consumer:
                     pass  # not known yet: not caught up (the shutdown budget bounds this)
             return False
         return True
+
+
+def _merged(old: TopicIdentity | None, now: TopicIdentity) -> TopicIdentity:
+    """``now``, keeping what ``old`` knew of partitions not looked at this time."""
+    if old is None:
+        return now
+    return TopicIdentity(
+        now.cluster_id or old.cluster_id,
+        {**old.log_start, **now.log_start},
+        {**old.log_end, **now.log_end},
+    )
+
+
+async def _close_admin(admin: AIOKafkaAdminClient) -> None:
+    """Close within a deadline (with brokers gone it can hang); its errors do not matter."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await admin.close()

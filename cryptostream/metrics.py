@@ -146,6 +146,23 @@ class Metrics:
         self.sink_errors = Counter(
             "cryptostream_sink_errors", "Failed sink writes, by kind", ["kind"], registry=r
         )
+        self.topic_resets = Counter(
+            "cryptostream_topic_resets",
+            "Partitions found reset under the stored offsets (new cluster, log end below "
+            "the stored offset, log start moved back), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.records_skipped_below_offset = Counter(
+            "cryptostream_records_skipped_below_offset",
+            "Records delivered below the sink's stored offset and ignored (already written)",
+            registry=r,
+        )
+        self.records_expired = Counter(
+            "cryptostream_records_expired",
+            "Records Kafka's retention removed before the sink read them",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "cryptostream_consumer_lag", "Messages on the topic not yet in the CSV", registry=r
         )

@@ -5,6 +5,8 @@
 
 Life of a run (:meth:`Service.run`):
 
+0. lock the data directory (one writer per directory; a second process is
+   refused with :class:`~cryptostream.datadir.DataDirError`);
 1. start-up: open the sink (recover the CSV files);
 2. main: one :class:`asyncio.TaskGroup` runs fetcher, producer, consumer and
    web. A task that fails is logged with its cause and triggers shutdown; the
@@ -30,6 +32,7 @@ from cryptostream.config import Config
 from cryptostream.consumer import Consumer
 from cryptostream.credits import CreditBudget
 from cryptostream.dashboard import Dashboard
+from cryptostream.datadir import DataDirLock
 from cryptostream.fetcher import Fetcher
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
@@ -115,17 +118,23 @@ class Service:
     # -- run -----------------------------------------------------------------------
 
     async def run(self, *, install_signal_handlers: bool = True) -> int:
-        """Run until stopped; returns the process exit code (0 clean, 1 failure)."""
-        loop = asyncio.get_running_loop()
-        if install_signal_handlers:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self.handle_signal, sig)
-        try:
-            return await self._run()
-        finally:
+        """Run until stopped; returns the process exit code (0 clean, 1 failure).
+
+        Raises :class:`~cryptostream.datadir.DataDirError` before anything starts
+        when another process holds the data directory.
+        """
+        # Held for the whole run, released by the kernel however the process ends.
+        with DataDirLock.acquire(self.config.storage.data_dir):
+            loop = asyncio.get_running_loop()
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
+                    loop.add_signal_handler(sig, self.handle_signal, sig)
+            try:
+                return await self._run()
+            finally:
+                if install_signal_handlers:
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(sig)
 
     async def _run(self) -> int:
         cfg = self.config

@@ -3,11 +3,19 @@
 Decimals are kept as the exact strings the API sent (``"86466.9872578656434844"``);
 they are validated but never converted to float. The Kafka value is a
 self-describing JSON object so other applications can read the topic.
+
+A tick's time must be plausible: from :data:`EARLIEST_TIMESTAMP` (Bitcoin's
+genesis block, 2009-01-03 00:00 UTC: no crypto price is older) to
+:data:`FUTURE_TOLERANCE` (one hour) past the clock of whoever checks it. That
+refuses the usual unit mistakes (milliseconds: 1.7e12; microseconds), negative
+times and values :mod:`datetime` cannot even hold (1e20), which would otherwise
+fail far from here, e.g. when the sink names the day's file.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, NamedTuple
 
 import orjson
@@ -25,7 +33,10 @@ _DECIMAL = re.compile(rf"-?{_UNSIGNED}")
 _PLAIN_DECIMALS = re.compile(
     rf"{_UNSIGNED}\x1f(?:-?{_UNSIGNED})?\x1f(?:{_UNSIGNED})?\x1f(?:{_UNSIGNED})?"
 )
-_INF = float("inf")
+#: 2009-01-03T00:00:00Z, Unix seconds: the earliest plausible tick time.
+EARLIEST_TIMESTAMP = 1_230_940_800.0
+#: Seconds a tick's time may be ahead of the checking clock (clocks drift a little).
+FUTURE_TOLERANCE = 3600.0
 
 
 class InvalidTick(ValueError):
@@ -123,10 +134,30 @@ def _text(value: Any, *, field: str, required: bool) -> str:
     return value
 
 
-def tick_from_api(record: Any, timestamp: float, source: str = "coincap") -> Tick:
+def latest_timestamp(now: float | None = None) -> float:
+    """The latest plausible tick time for a clock reading ``now`` (default: this clock)."""
+    return (time.time() if now is None else now) + FUTURE_TOLERANCE
+
+
+def check_timestamp(ts: float, latest: float | None = None) -> float:
+    """Return ``ts`` if it is a plausible tick time; raises :class:`InvalidTick`.
+
+    ``latest`` is the upper bound (:func:`latest_timestamp`); callers checking many
+    ticks at once compute it once.
+    """
+    bound = latest_timestamp() if latest is None else latest
+    if not EARLIEST_TIMESTAMP <= ts <= bound:
+        raise InvalidTick("timestamp_out_of_range", repr(ts)[:40])
+    return ts
+
+
+def tick_from_api(
+    record: Any, timestamp: float, source: str = "coincap", *, latest: float | None = None
+) -> Tick:
     """Build a tick from one CoinCap ``/assets`` record; raises :class:`InvalidTick`."""
     if not isinstance(record, dict):
         raise InvalidTick("not_an_object", type(record).__name__)
+    check_timestamp(timestamp, latest)
     asset_id = _text(record.get("id"), field="id", required=True)
     price = decimal_text(record.get("priceUsd"), field="price", required=True, allow_negative=False)
     assert price is not None
@@ -147,8 +178,10 @@ def tick_from_api(record: Any, timestamp: float, source: str = "coincap") -> Tic
     )
 
 
-def tick_from_json(value: bytes | None) -> Tick:
+def tick_from_json(value: bytes | None, latest: float | None = None) -> Tick:
     """Decode a Kafka message value; raises :class:`InvalidTick` for poison messages.
+
+    ``latest`` is the latest plausible time (:func:`latest_timestamp`, the default).
 
     The hot path of the sink, once per message. A message as the service
     publishes it (every field of the expected type, plain decimals) is checked
@@ -162,6 +195,8 @@ def tick_from_json(value: bytes | None) -> Tick:
         data = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise InvalidTick("not_json", str(exc)[:80]) from None
+    if latest is None:
+        latest = latest_timestamp()
     if type(data) is dict:
         get = data.get
         ts = get("timestamp")
@@ -175,7 +210,7 @@ def tick_from_json(value: bytes | None) -> Tick:
         source = get("source")
         if (
             type(ts) is float
-            and 0.0 <= ts < _INF
+            and EARLIEST_TIMESTAMP <= ts <= latest
             and type(asset) is str
             and type(symbol) is str
             and type(name) is str
@@ -199,19 +234,22 @@ def tick_from_json(value: bytes | None) -> Tick:
             return Tick(
                 ts, asset, symbol, name, price, change or None, first or None, vwap or None, source
             )
-    return _tick_from_data(data)
+    return _tick_from_data(data, latest)
 
 
-def _tick_from_data(data: Any) -> Tick:
+def _tick_from_data(data: Any, latest: float | None = None) -> Tick:
     """The checked path: every field validated on its own, with the reason when it fails."""
     if not isinstance(data, dict):
         raise InvalidTick("not_an_object", type(data).__name__)
     ts = data.get("timestamp")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not ts == ts or ts < 0:
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not ts == ts:
         raise InvalidTick("invalid_timestamp", repr(ts)[:40])
-    if ts in (float("inf"),):
-        raise InvalidTick("invalid_timestamp", repr(ts))
-    tick = tick_from_api(data, float(ts), source=str(data.get("source") or "unknown"))
+    if latest is None:
+        latest = latest_timestamp()
+    # Checked before float(): comparing an int of any size with a float is exact.
+    check_timestamp(ts, latest)
+    source = str(data.get("source") or "unknown")
+    tick = tick_from_api(data, float(ts), source=source, latest=latest)
     first = decimal_text(
         data.get("firstValue"), field="first_value", required=False, allow_negative=False
     )

@@ -4,19 +4,31 @@ The consumed Kafka offsets live *with the data*, in ``.cryptostream/sink_state.j
 beside the CSV files, not only in Kafka. Each batch is one transaction:
 
 1. append the rows to ``crypto_data.csv`` and to the UTC day's
-   ``history/ticks/YYYY-MM-DD.csv`` (and poison messages to the dead-letter
-   file), fsync each;
+   ``history/ticks/YYYY-MM-DD.csv`` (and records it cannot write to the
+   dead-letter file), fsync each;
 2. atomically replace ``crypto_last_values.csv``;
 3. atomically replace the state: next offset per partition, the durable length
    of every append-only file, and the last row per asset.
+
+**The rename of the state file is the commit point.** A failure before it rolls
+the batch back (every file cut to its committed length) and the batch is
+retried; a failure after it (the directory fsync) is reported but the batch
+counts, since the state on disk already counts its rows. If the rollback
+itself fails, the sink recovers from its state, as on a restart, before it
+writes again.
 
 Kafka's committed offsets are written after that, for lag monitoring only.
 On start the sink truncates every append-only file to the length in the state
 (cutting off a torn line or rows whose batch never committed), removes a daily
 file the state does not know (created by a batch that never committed), and
 the consumer seeks to the state's offsets, so rows after a crash are written
-again exactly once. A record below the state's offset for its partition is
+again exactly once. A data directory without a state gets one at once, before
+its first batch. A record below the state's offset for its partition is
 ignored: a rewind of the consumer can never duplicate a row.
+
+The state also records which topic the offsets belong to (:class:`TopicIdentity`:
+the cluster id and the log's start and end), so the consumer can tell a topic
+that was reset from the one the offsets were taken from.
 
 Derived files are rebuilt from the durable rows, never the other way round:
 candles (see :mod:`cryptostream.sink.candles`) and the retention trim of
@@ -28,6 +40,7 @@ is decided here from the committed daily files (see
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import time
 from collections import OrderedDict, deque
@@ -41,7 +54,7 @@ import orjson
 
 from cryptostream.csvrow import COLUMNS, HEADER, csv_line
 from cryptostream.days import Days, day_start
-from cryptostream.files import AppendFile, atomic_write, replacing
+from cryptostream.files import AppendFile, atomic_write, fsync_dir, replacing
 from cryptostream.layout import (
     DATA_FILE,
     DEAD_LETTER_FILE,
@@ -56,7 +69,7 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.candles import CandleBook
 from cryptostream.sink.firstvalues import FirstValueBook
-from cryptostream.tick import InvalidTick, Tick, tick_from_json
+from cryptostream.tick import InvalidTick, Tick, latest_timestamp, tick_from_json
 
 log = get_logger(__name__)
 
@@ -106,23 +119,59 @@ class BatchResult:
     latencies: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class TopicIdentity:
+    """What tells the topic the offsets were read from apart from another of its name.
+
+    ``cluster_id`` is the Kafka cluster's (None when the broker did not say);
+    ``log_start``/``log_end`` are each partition's first and next offset when the
+    consumer last looked. A log never starts earlier than it once did, and a
+    stored offset is never beyond the log's end: a topic that breaks either, or
+    that lives in another cluster, is not the one the offsets came from.
+    (Topic ids would say it directly, but the Kafka client does not expose them.)
+    """
+
+    cluster_id: str | None
+    log_start: dict[int, int] = field(default_factory=dict)
+    log_end: dict[int, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cluster_id": self.cluster_id,
+            "log_start": {str(p): o for p, o in sorted(self.log_start.items())},
+            "log_end": {str(p): o for p, o in sorted(self.log_end.items())},
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TopicIdentity:
+        cluster = raw.get("cluster_id")
+        return cls(
+            cluster_id=None if cluster is None else str(cluster),
+            log_start={int(p): int(o) for p, o in raw.get("log_start", {}).items()},
+            log_end={int(p): int(o) for p, o in raw.get("log_end", {}).items()},
+        )
+
+
 @dataclass(slots=True)
 class _State:
     topic: str
     offsets: dict[int, int]
     sizes: dict[str, int]
     last: dict[str, str]
+    #: None in a state written before identities were recorded: adopted on first sight.
+    identity: TopicIdentity | None = None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "version": STATE_VERSION,
-                "topic": self.topic,
-                "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
-                "files": self.sizes,
-                "last": self.last,
-            }
-        )
+        data: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "topic": self.topic,
+            "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
+            "files": self.sizes,
+            "last": self.last,
+        }
+        if self.identity is not None:
+            data["kafka"] = self.identity.to_json()
+        return orjson.dumps(data)
 
 
 class CsvSink:
@@ -160,6 +209,9 @@ class CsvSink:
         # firstValue of every row, from the committed daily files (see sink.firstvalues).
         self._first_values = FirstValueBook(data_dir / TICKS_DIR, self._committed_daily_size)
         self.opened = False
+        # A rollback could not cut the files back: recover from the state before writing.
+        self._broken = False
+        self._candles_error: str | None = None
         #: Seconds since the epoch of the last durable batch (for readiness).
         self.last_write = 0.0
         self._observers: list[Callable[[list[Tick]], None]] = []
@@ -199,11 +251,17 @@ class CsvSink:
         for name in sorted(names):
             self._recover(name, have_state)
         self._check_header(self._file(DATA_FILE))
+        if not have_state:
+            # Adopt what is on disk now, before any batch: without a state, a batch
+            # that never committed could not be told from rows that did (its dead
+            # letters would be written again when Kafka delivers it again).
+            atomic_write(state_path, self._state.to_json(), fsync=self._fsync)
         self._rebuild_window()
         self._write_last_values()
         if self.candles is not None:
-            self.candles.recover()
+            self._candles_do(self.candles.recover)
         self.opened = True
+        self._broken = False
         log.info(
             "sink_opened",
             data_dir=str(self.data_dir),
@@ -244,13 +302,15 @@ class CsvSink:
             if raw.get("version") != STATE_VERSION:
                 raise SinkError(f"{path}: unknown state version {raw.get('version')!r}")
             topic = str(raw["topic"])
+            kafka = raw.get("kafka")
             state = _State(
                 topic=topic,
                 offsets={int(p): int(o) for p, o in raw["offsets"].items()},
                 sizes={str(k): int(v) for k, v in raw["files"].items()},
                 last={str(k): str(v) for k, v in raw["last"].items()},
+                identity=None if kafka is None else TopicIdentity.from_json(kafka),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SinkError(
                 f"{path} is damaged ({exc}); move it away to rebuild from Kafka's committed offsets"
             ) from None
@@ -322,14 +382,42 @@ class CsvSink:
         """Next offset to read per partition, as of the last durable batch."""
         return dict(self._state.offsets)
 
+    @property
+    def identity(self) -> TopicIdentity | None:
+        """The topic the committed offsets were read from (None: not recorded yet)."""
+        return self._state.identity
+
+    def set_identity(
+        self, identity: TopicIdentity, reset: dict[int, int | None] | None = None
+    ) -> None:
+        """Durably record the topic's identity; ``reset`` moves partitions to new offsets
+        (a topic that was reset is read from its beginning; None forgets the partition).
+        Raises :class:`SinkWriteError`."""
+        state = self._state
+        offsets = dict(state.offsets)
+        for partition, offset in (reset or {}).items():
+            if offset is None:
+                offsets.pop(partition, None)
+            else:
+                offsets[partition] = offset
+        new_state = _State(state.topic, offsets, state.sizes, state.last, identity)
+        try:
+            atomic_write(self.data_dir / SINK_STATE_FILE, new_state.to_json(), fsync=self._fsync)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+        self._state = new_state
+
     def write(self, records: Iterable[Record]) -> BatchResult:
         """Make one batch durable. Raises :class:`SinkWriteError`; then nothing counts."""
+        if self._broken:
+            self._recover_from_state()
         state = self._state
         result = BatchResult()
         offsets = dict(state.offsets)
         rows: list[str] = []
         by_day: dict[str, list[str]] = {}
         dead: list[bytes] = []
+        dead_reasons: list[str] = []
         last_updates: dict[str, str] = {}
         newest_ts: dict[str, float] = {}
         # Per asset: the keys of earlier batches (a set mirroring the state's deque), and
@@ -337,6 +425,7 @@ class CsvSink:
         seen: dict[str, tuple[set[_Key], set[_Key], list[_Key]]] = {}
         written: list[Tick] = []
         last = state.last
+        latest = latest_timestamp(self._clock())
         # The UTC day of the previous row: nearly every row of a batch is on the same one.
         day_rows: list[str] = []
         day = ""
@@ -351,10 +440,10 @@ class CsvSink:
                 continue
             offsets[partition] = offset + 1
             try:
-                tick = tick_from_json(rec.value)
+                tick = tick_from_json(rec.value, latest)
             except InvalidTick as exc:
-                dead.append(self._dead_letter(rec, exc))
-                self.metrics.dead_letters.labels(exc.reason).inc()
+                dead.append(self._dead_letter(rec, exc.reason, exc.detail))
+                dead_reasons.append(exc.reason)
                 continue
             asset = tick.id
             ts = tick.timestamp
@@ -365,13 +454,20 @@ class CsvSink:
             if key in keys[0] or key in keys[1]:
                 result.duplicates += 1
                 continue
-            keys[1].add(key)
-            keys[2].append(key)
             if not day_begin <= ts < day_end:
-                day = self._days.name(ts)
+                try:
+                    day = self._days.name(ts)
+                except (ValueError, OverflowError, OSError) as exc:
+                    # The checks let through a time the calendar cannot place: one
+                    # record never stops the sink (it would be read again, and again).
+                    dead.append(self._dead_letter(rec, "unwritable", str(exc)[:80]))
+                    dead_reasons.append("unwritable")
+                    continue
                 day_rows = by_day.setdefault(day, [])
                 day_begin = day_start(day)
                 day_end = day_begin + 86400
+            keys[1].add(key)
+            keys[2].append(key)
             tick = stamp(tick, day)
             line = csv_line(tick)
             rows.append(line)
@@ -392,39 +488,52 @@ class CsvSink:
             return result
 
         old_sizes = dict(state.sizes)
+        sizes = dict(state.sizes)
         touched: list[str] = []
         try:
             data = "".join(rows).encode()
             if rows:
                 touched.append(DATA_FILE)
-                self._file(DATA_FILE).append(data)
+                f = self._file(DATA_FILE)
+                f.append(data)
+                sizes[DATA_FILE] = f.size
             for day, day_rows in by_day.items():
                 name = daily_file(day)
                 touched.append(name)
+                # Opening a day's file may close the least recently used one (a batch
+                # can span any number of days): its size is taken now, not at the end.
                 f = self._file(name)
                 # One day (the usual case) holds every row of the batch: the same bytes.
                 chunk = data if len(by_day) == 1 else "".join(day_rows).encode()
                 f.append(_HEADER + chunk if f.size == 0 else chunk)
+                sizes[name] = f.size
             if dead:
                 touched.append(DEAD_LETTER_FILE)
-                self._file(DEAD_LETTER_FILE).append(b"".join(dead))
+                f = self._file(DEAD_LETTER_FILE)
+                f.append(b"".join(dead))
+                sizes[DEAD_LETTER_FILE] = f.size
             last = state.last
             if last_updates:
                 last = {**state.last, **last_updates}
                 self._write_last_values(last)
-            sizes = dict(state.sizes)
-            for name in touched:
-                sizes[name] = self._files[name].size
-            new_state = _State(state.topic, offsets, sizes, last)
-            atomic_write(self.data_dir / SINK_STATE_FILE, new_state.to_json(), fsync=self._fsync)
+            new_state = _State(state.topic, offsets, sizes, last, state.identity)
+            # The commit point: once this rename is done, the batch counts.
+            atomic_write(
+                self.data_dir / SINK_STATE_FILE,
+                new_state.to_json(),
+                fsync=self._fsync,
+                sync_dir=False,
+            )
         except OSError as exc:
             self._first_values.discard()
             self._rollback(touched, old_sizes)
-            kind = "disk_full" if exc.errno == 28 else "io_error"
-            self.metrics.sink_errors.labels(kind).inc()
-            raise SinkWriteError(kind, f"{exc.strerror or exc} ({exc.filename or ''})") from exc
+            raise self._write_error(exc) from exc
         self._state = new_state
         self._first_values.commit()
+        if self._fsync:
+            self._sync_state_dir()
+        for reason in dead_reasons:
+            self.metrics.dead_letters.labels(reason).inc()
         for asset, (known, fresh, order) in seen.items():
             if not order:
                 continue
@@ -442,14 +551,29 @@ class CsvSink:
             self._after_commit(written)
         return result
 
+    def _write_error(self, exc: OSError) -> SinkWriteError:
+        kind = "disk_full" if exc.errno == errno.ENOSPC else "io_error"
+        self.metrics.sink_errors.labels(kind).inc()
+        return SinkWriteError(kind, f"{exc.strerror or exc} ({exc.filename or ''})")
+
+    def _sync_state_dir(self) -> None:
+        """Make the committed state's rename durable. After the commit point: a failure
+        is reported, never rolled back (the state on disk already counts the rows).
+        The next batch's state write syncs the directory again."""
+        try:
+            fsync_dir((self.data_dir / SINK_STATE_FILE).parent)
+        except OSError as exc:
+            self.metrics.sink_errors.labels("io_error").inc()
+            log.error(
+                "sink_state_dir_fsync_failed",
+                error=exc.strerror or str(exc),
+                note="batch committed; its durability across a power cut is not confirmed",
+            )
+
     def _after_commit(self, written: list[Tick]) -> None:
         """Derived work; failures here never undo or block the committed batch."""
         if self.candles is not None:
-            try:
-                self.candles.add(written)
-            except OSError as exc:
-                self.metrics.sink_errors.labels("candles").inc()
-                log.error("candles_not_written", error=exc.strerror or str(exc))
+            self._candles_do(self.candles.add, written)
         if self._retention_days:
             self._maybe_trim()
         for observer in self._observers:
@@ -458,22 +582,54 @@ class CsvSink:
             except Exception:
                 log.exception("sink_observer_failed")
 
+    def _candles_do(self, step: Callable[..., None], *args: Any) -> None:
+        """Run a step of the derived candles: whatever it raises (a full disk, a value
+        its arithmetic cannot hold) never stops the sink, at start or after a batch;
+        the candles are rebuilt from the daily files later."""
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001 - derived files never stop the sink
+            self.metrics.sink_errors.labels("candles").inc()
+            error = (exc.strerror if isinstance(exc, OSError) else None) or repr(exc)
+            if error != self._candles_error:  # once per kind of failure, not per batch
+                log.error("candles_not_written", error=error)
+            self._candles_error = error
+        else:
+            self._candles_error = None
+
     def _rollback(self, touched: list[str], sizes: dict[str, int]) -> None:
-        """Cut every touched file back to its last committed length (best effort)."""
-        for name in touched:
-            f = self._files.get(name)
-            if f is None:
-                continue
+        """Cut every touched file back to its last committed length.
+
+        A file a many-day batch already closed is opened again. If a cut fails the
+        files no longer match the state in memory, so the sink is marked broken:
+        the next write first recovers from the state on disk, as a restart would,
+        instead of appending the batch again after rows that should be gone.
+        """
+        for name in dict.fromkeys(touched):
             size = sizes.get(name, 0)
             try:
+                f = self._file(name)
                 if f.actual_size() != size:
                     f.truncate(size)
                 f.size = size
             except OSError as exc:
-                # Start-up truncates again from the state, so nothing is lost.
-                log.error("sink_rollback_failed", file=name, error=exc.strerror)
+                self._broken = True
+                log.error("sink_rollback_failed", file=name, error=exc.strerror or str(exc))
 
-    def _dead_letter(self, rec: Record, exc: InvalidTick) -> bytes:
+    def _recover_from_state(self) -> None:
+        """After a failed rollback: close everything and recover as on a restart."""
+        log.warning("sink_recovering_from_state")
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+        self._first_values.forget()
+        try:
+            self._open()
+        except (OSError, SinkError) as exc:
+            self.metrics.sink_errors.labels("io_error").inc()
+            raise SinkWriteError("io_error", f"recovery from the sink state failed: {exc}") from exc
+
+    def _dead_letter(self, rec: Record, reason: str, detail: str) -> bytes:
         value = rec.value or b""
         try:
             text: str = value.decode()
@@ -485,8 +641,8 @@ class CsvSink:
                     "topic": self.topic,
                     "partition": rec.partition,
                     "offset": rec.offset,
-                    "reason": exc.reason,
-                    "detail": exc.detail,
+                    "reason": reason,
+                    "detail": detail,
                     "value": text,
                 }
             )
@@ -563,10 +719,7 @@ class CsvSink:
 
     def close(self) -> None:
         if self.candles is not None:
-            try:
-                self.candles.flush()
-            except OSError as exc:
-                log.error("candles_not_written", error=exc.strerror or str(exc))
+            self._candles_do(self.candles.flush)
         for f in self._files.values():
             f.close()
         self._files.clear()

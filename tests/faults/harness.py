@@ -18,15 +18,17 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.conftest import wait_until
 
@@ -45,6 +47,11 @@ _DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 #: Identity of a tick, as the issue defines a duplicate: asset, event time, price.
 TickKey = tuple[str, str, str]
+#: The data contract's time range (docs/reliability.md): from Bitcoin's genesis block
+#: (2009-01-03 UTC) to an hour past the clock.
+EARLIEST = 1_230_940_800.0
+FUTURE_TOLERANCE = 3600.0
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def key_of(asset: str, timestamp: float | str, price: str) -> TickKey:
@@ -66,11 +73,13 @@ class Figures:
     duplicated: int
     torn: int
     notes: dict[str, object] = field(default_factory=dict)
+    #: Rows whose cells differ from every message of their tick on the topic.
+    wrong: int = 0
 
     def line(self) -> str:
         text = (
             f"{self.case}: produced={self.produced} in_csv={self.in_csv} "
-            f"lost={self.lost} duplicated={self.duplicated} torn={self.torn}"
+            f"lost={self.lost} duplicated={self.duplicated} torn={self.torn} wrong={self.wrong}"
         )
         if self.notes:
             text += " | " + " ".join(f"{k}={v}" for k, v in self.notes.items())
@@ -82,7 +91,7 @@ class Figures:
         print(f"\nFIGURES {line}", flush=True)
 
     def assert_exact(self) -> None:
-        assert (self.lost, self.duplicated, self.torn) == (0, 0, 0), self.line()
+        assert (self.lost, self.duplicated, self.torn, self.wrong) == (0, 0, 0, 0), self.line()
         assert self.in_csv == self.produced, self.line()
 
 
@@ -94,10 +103,19 @@ class TopicContent:
     ticks: list[TickKey]
     #: (partition, offset, value) of every message that is not a tick.
     others: list[tuple[int, int, bytes | None]]
+    #: Every CSV row a tick's messages call for (copies may differ in other columns).
+    rows: dict[TickKey, list[list[str]]] = field(default_factory=dict)
 
     @property
     def distinct(self) -> set[TickKey]:
         return set(self.ticks)
+
+    def __add__(self, other: TopicContent) -> TopicContent:
+        """Two topics (or two lives of one topic) that fed the same files."""
+        rows = {k: list(v) for k, v in self.rows.items()}
+        for key, candidates in other.rows.items():
+            rows.setdefault(key, []).extend(r for r in candidates if r not in rows[key])
+        return TopicContent(self.ticks + other.ticks, self.others + other.others, rows)
 
 
 class _NotATick(Exception):
@@ -120,31 +138,56 @@ def _decimal(value: Any, *, required: bool, negative: bool) -> str | None:
     return text
 
 
-def message_key(value: bytes | None) -> TickKey | None:
-    """The tick identity of a message value, or None when it breaks the data contract."""
+def _text_cell(value: Any, *, required: bool) -> str:
+    """A text field as the CSV shows it: blank is empty, no control characters, and a
+    cell whose first visible character starts a formula is marked as text with '."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise _NotATick
+        return ""
+    if not isinstance(value, str):
+        raise _NotATick
+    value = _CONTROL.sub(" ", value)
+    return "'" + value if value.lstrip()[:1] in ("=", "+", "-", "@") else value
+
+
+def message_row(value: bytes | None) -> list[str] | None:
+    """The CSV row (parsed cells) a message calls for, or None when it breaks the
+    data contract (so the sink must dead-letter it)."""
     try:
         data = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
         return None
     if not isinstance(data, dict):
         return None
-    ts, asset = data.get("timestamp"), data.get("id")
+    ts = data.get("timestamp")
     try:
-        if isinstance(ts, bool) or not isinstance(ts, int | float) or ts != ts or ts < 0:
+        if isinstance(ts, bool) or not isinstance(ts, int | float):
             raise _NotATick
-        if ts == float("inf") or not isinstance(asset, str) or not asset.strip():
+        if not EARLIEST <= ts <= time.time() + FUTURE_TOLERANCE:
             raise _NotATick
-        for text_field in ("symbol", "name"):
-            if not isinstance(data.get(text_field) or "", str):
-                raise _NotATick
-        price = _decimal(data.get("priceUsd"), required=True, negative=False)
-        _decimal(data.get("changePercent24Hr"), required=False, negative=True)
-        _decimal(data.get("vwap24Hr"), required=False, negative=False)
-        _decimal(data.get("firstValue"), required=False, negative=False)
+        row = [
+            repr(float(ts)),
+            _text_cell(data.get("id"), required=True),
+            _text_cell(data.get("symbol"), required=False),
+            _text_cell(data.get("name"), required=False),
+            _decimal(data.get("priceUsd"), required=True, negative=False) or "",
+            _decimal(data.get("changePercent24Hr"), required=False, negative=True) or "",
+            _decimal(data.get("firstValue"), required=False, negative=False) or "",
+            _decimal(data.get("vwap24Hr"), required=False, negative=False) or "",
+        ]
     except _NotATick:
         return None
-    assert price is not None
-    return key_of(asset, ts, price)
+    return row
+
+
+def message_key(value: bytes | None) -> TickKey | None:
+    """The tick identity of a message value, or None when it breaks the data contract.
+
+    The asset is the id as its CSV cell shows it, so both sides of the audit agree.
+    """
+    row = message_row(value)
+    return None if row is None else key_of(row[1], row[0], row[4])
 
 
 async def read_topic(bootstrap: str, topic: str, timeout: float = 120) -> TopicContent:
@@ -177,11 +220,15 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 120) -> TopicC
     content = TopicContent([], [])
     for partition, messages in sorted(by_partition.items()):
         for m in messages:
-            key = message_key(m.value)
-            if key is None:
+            row = message_row(m.value)
+            if row is None:
                 content.others.append((partition, m.offset, m.value))
-            else:
-                content.ticks.append(key)
+                continue
+            key = key_of(row[1], row[0], row[4])
+            content.ticks.append(key)
+            candidates = content.rows.setdefault(key, [])
+            if row not in candidates:
+                candidates.append(row)
     return content
 
 
@@ -212,6 +259,59 @@ async def committed_offsets(bootstrap: str, group: str, timeout: float = 30) -> 
             return {tp.partition: meta.offset for tp, meta in offsets.items()}
         finally:
             await admin.close()
+
+
+async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes | None, Any]]) -> None:
+    """Publish (key, value) pairs in order, as another application would (acks=all)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in messages]
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def create_topic(bootstrap: str, topic: str, timeout: float = 60) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    async with asyncio.timeout(timeout):
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        finally:
+            await admin.close()
+
+
+async def delete_topic(bootstrap: str, topic: str, timeout: float = 60) -> None:
+    """Delete ``topic`` and wait until the cluster no longer lists it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    async with asyncio.timeout(timeout):
+        await admin.start()
+        try:
+            await admin.delete_topics([topic])
+            for _ in range(int(timeout / 0.2)):
+                if topic not in await admin.list_topics():
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+
+
+async def metric(port: int, name: str, labels: str = "") -> float:
+    """One sample of the service's /metrics (``labels`` as rendered, e.g. 'kind="x"');
+    the sum over every label set when ``labels`` is empty."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        text = await response.text()
+    total = 0.0
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == name or (sample.startswith(name + "{") and labels in sample):
+            total += float(value)
+    return total
 
 
 async def partition_leader(bootstrap: str, topic: str, partition: int = 0) -> tuple[int, list[int]]:
@@ -270,7 +370,21 @@ def read_csv(path: Path, *, header: bool = True) -> CsvContent:
     return content
 
 
-def compare(case: str, produced: Iterable[TickKey], csv_keys: list[TickKey], torn: int) -> Figures:
+def _without_first(row: list[str]) -> list[str]:
+    return row[:6] + row[7:]
+
+
+def compare(
+    case: str,
+    produced: Iterable[TickKey],
+    csv_keys: list[TickKey],
+    torn: int,
+    *,
+    csv_rows: list[list[str]] | None = None,
+    expected_rows: Mapping[TickKey, list[list[str]]] | None = None,
+) -> Figures:
+    """Count lost, duplicated and torn rows; with the topic's rows, wrong ones too:
+    every cell of every row against the message of its tick."""
     expected = set(produced)
     counts = collections.Counter(csv_keys)
     figures = Figures(
@@ -284,6 +398,15 @@ def compare(case: str, produced: Iterable[TickKey], csv_keys: list[TickKey], tor
     phantom = len(counts.keys() - expected)
     if phantom:
         figures.notes["not_on_topic"] = phantom
+    if csv_rows is not None and expected_rows is not None:
+        # firstValue (cell 6) is the sink's own, checked by its rule in every file
+        # (first_value_wrong); every other cell must be the message's.
+        figures.wrong = sum(
+            1
+            for key, row in zip(csv_keys, csv_rows, strict=True)
+            if key in expected_rows
+            and not any(_without_first(row) == _without_first(r) for r in expected_rows[key])
+        )
     return figures
 
 
@@ -394,29 +517,40 @@ def audit_candles(data_dir: Path) -> tuple[int, int]:
     return expected, wrong
 
 
-def audit(case: str, data_dir: Path, produced: Iterable[TickKey]) -> Figures:
+def audit(case: str, data_dir: Path, produced: TopicContent | Iterable[TickKey]) -> Figures:
     """Figures of ``crypto_data.csv``; the daily history files and the last-values
     file are checked too (every CSV the sink writes), their counts in the notes, and
-    so are firstValue in every file and the candles against the tick files."""
-    produced = list(produced)
+    so are firstValue in every file and the candles against the tick files.
+
+    Given the topic's content (not only its tick keys), every column of every row
+    is compared with the topic's message too (``wrong``).
+    """
+    rows = produced.rows if isinstance(produced, TopicContent) else None
+    produced = list(produced.ticks if isinstance(produced, TopicContent) else produced)
     main = read_csv(data_dir / "crypto_data.csv")
     assert main.header_ok, "crypto_data.csv does not start with the header"
-    figures = compare(case, produced, main.keys, main.torn)
+    figures = compare(case, produced, main.keys, main.torn, csv_rows=main.rows, expected_rows=rows)
     first_wrong = first_value_wrong(main.rows)
 
     daily_keys: list[TickKey] = []
+    daily_rows: list[list[str]] = []
     daily_torn = 0
     for path in sorted((data_dir / "history" / "ticks").glob("*.csv")):
         day = read_csv(path)
         assert day.header_ok, f"{path.name} does not start with the header"
         daily_keys += day.keys
+        daily_rows += day.rows
         daily_torn += day.torn
         first_wrong += first_value_wrong(day.rows)
     if daily_keys or daily_torn:
-        history = compare(case, produced, daily_keys, daily_torn)
+        history = compare(
+            case, produced, daily_keys, daily_torn, csv_rows=daily_rows, expected_rows=rows
+        )
         figures.notes["history_lost"] = history.lost
         figures.notes["history_duplicated"] = history.duplicated
         figures.notes["history_torn"] = history.torn
+        if rows is not None:
+            figures.notes["history_wrong"] = history.wrong
 
     last = read_csv(data_dir / "crypto_last_values.csv")
     newest: dict[str, list[str]] = {}
@@ -440,7 +574,13 @@ def audit(case: str, data_dir: Path, produced: Iterable[TickKey]) -> Figures:
 
 def assert_all_files_exact(figures: Figures) -> None:
     figures.assert_exact()
-    for name in ("history_lost", "history_duplicated", "history_torn", "not_on_topic"):
+    for name in (
+        "history_lost",
+        "history_duplicated",
+        "history_torn",
+        "history_wrong",
+        "not_on_topic",
+    ):
         assert not figures.notes.get(name), figures.line()
     assert figures.notes.get("last_values_ok") is True, figures.line()
     assert figures.notes.get("first_value_wrong") == 0, figures.line()

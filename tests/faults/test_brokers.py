@@ -69,7 +69,7 @@ async def finish(case: str, running: Any, bootstrap: str, topic: str) -> tuple[A
     service = running.service
     assert not (running.data_dir / ".cryptostream" / "unpublished.jsonl").exists()
     content = await read_topic(bootstrap, topic)
-    figures = audit(case, running.data_dir, content.ticks)
+    figures = audit(case, running.data_dir, content)
     fetched = int(counter(service, "ticks_fetched"))
     figures.notes.update(
         fetched=fetched,

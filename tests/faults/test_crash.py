@@ -122,7 +122,7 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         await svc.ensure_stopped()
 
     content = await read_topic(bootstrap, topic)
-    figures = audit(f"sigkill x{kills}", data_dir, content.ticks)
+    figures = audit(f"sigkill x{kills}", data_dir, content)
     figures.notes.update(
         seed=seed,
         messages_on_topic=len(content.ticks),
@@ -204,7 +204,7 @@ async def test_consumer_idle_and_frozen_past_max_poll_interval_consumes_new_tick
             await svc.ensure_stopped()
 
     content = await read_topic(bootstrap, topic)
-    figures = audit("idle+frozen consumer", data_dir, content.ticks)
+    figures = audit("idle+frozen consumer", data_dir, content)
     figures.notes.update(
         assignments=len(svc.events("partitions_assigned")),
         task_failures=len(svc.events("task_failed")),

@@ -163,7 +163,7 @@ async def test_disk_full_holds_the_commit_reports_and_resumes(fault_kafka, tmp_p
             await svc.ensure_stopped()
 
         content = await read_topic(bootstrap, topic)
-        figures = audit("disk full", data_dir, content.ticks)
+        figures = audit("disk full", data_dir, content)
         figures.notes.update(
             filler_bytes=filled,
             disk_full_errors=int(errors_while_full),

@@ -97,7 +97,7 @@ async def test_frozen_broker_no_hang_no_false_ack_nothing_lost(
         )
         assert await second.stop(timeout=60) == 0
         content = await read_topic(cluster.bootstrap_servers, config.kafka.topic)
-        figures = audit("frozen broker", data_dir, content.ticks)
+        figures = audit("frozen broker", data_dir, content)
         total_fetched = fetched + counter(second, "ticks_fetched")
         figures.notes.update(
             fetched=total_fetched,

@@ -317,7 +317,7 @@ async def test_secrets_never_appear_in_logs_errors_or_tracebacks(
             )
     found = {name: leaks(text) for name, text in outputs.items() if leaks(text)}
     content = await read_topic(cluster.bootstrap_servers, topic)
-    figures = audit("secrets", data_dir, content.ticks)
+    figures = audit("secrets", data_dir, content)
     figures.notes.update(
         runs=len(outputs),
         output_lines=sum(text.count("\n") for text in outputs.values()),
@@ -413,6 +413,6 @@ async def test_tls_to_the_brokers_verified_against_the_configured_ca(
         await refused.ensure_stopped()
 
     content = await read_topic(cluster.bootstrap_servers, topic)
-    figures = audit("tls", data_dir, content.ticks)
+    figures = audit("tls", data_dir, content)
     figures.report()
     assert_all_files_exact(figures)

@@ -97,7 +97,7 @@ async def test_a_resent_batch_after_a_restart_is_written_once(
     assert await second.stop() == 0
 
     content = await read_topic(bootstrap, config.kafka.topic)
-    figures = audit("resent batch", config.storage.data_dir, content.ticks)
+    figures = audit("resent batch", config.storage.data_dir, content)
     copies = len(content.ticks) - figures.produced
     figures.notes.update(copies_on_topic=copies, skipped=int(skipped))
     figures.report()
@@ -196,7 +196,7 @@ async def test_poison_messages_go_to_dead_letters_and_the_sink_goes_on(
         assert letter["value"] == original, what
 
     content = await read_topic(bootstrap, config.kafka.topic)
-    figures = audit("poison", data_dir, content.ticks)
+    figures = audit("poison", data_dir, content)
     figures.notes.update(
         poison_sent=len(poison),
         dead_lettered=len(letters),
@@ -272,7 +272,7 @@ async def test_spreadsheet_safety_every_cell_neutralised_and_8_columns(
     assert nasty_rows[3][3] == 'quote "q", and, commas'
     # Kafka keeps what the API sent: neutralising is the CSV's business only.
     content = await read_topic(fault_kafka.bootstrap_servers, config.kafka.topic)
-    figures = audit("spreadsheet", running.data_dir, content.ticks)
+    figures = audit("spreadsheet", running.data_dir, content)
     figures.notes["nasty_records"] = len(records)
     figures.report()
     assert_all_files_exact(figures)

@@ -17,10 +17,13 @@ from cryptostream.sink.csvsink import CsvSink, Record, SinkError, SinkWriteError
 from cryptostream.tick import Tick
 
 TOPIC = "prices"
+# Small times in these tests are seconds after BASE (a tick's time must be plausible).
+BASE = 1_700_000_000.0
 
 
 def tick(asset: str, ts: float, price: str) -> Tick:
-    return Tick(ts, asset, asset[:3].upper(), asset.title(), price, "-1.5", price, None)
+    when = ts if ts > BASE else BASE + ts
+    return Tick(when, asset, asset[:3].upper(), asset.title(), price, "-1.5", price, None)
 
 
 def rec(partition: int, offset: int, t: Tick | bytes) -> Record:
@@ -90,7 +93,7 @@ def test_poison_messages_go_to_the_dead_letter_file(sink: CsvSink, tmp_path: Pat
         [
             rec(0, 0, b"garbage"),
             rec(0, 1, tick("bitcoin", 1.0, "10")),
-            rec(0, 2, b'{"timestamp": 1, "id": "x", "priceUsd": "NaN"}'),
+            rec(0, 2, b'{"timestamp": 1741305600, "id": "x", "priceUsd": "NaN"}'),
         ]
     )
     assert (result.written, result.dead_letters) == (1, 2)

@@ -16,10 +16,14 @@ from cryptostream.sink.csvsink import CsvSink, Record
 from cryptostream.tick import Tick
 
 TOPIC = "prices"
+BASE = 1_741_305_600.0  # 2025-03-07T00:00:00Z: "ts" below is seconds after it, and the price
 
 
 def message(asset: str, ts: float) -> bytes:
-    return Tick(ts, asset, asset[:3].upper(), asset.title(), f"{ts:g}", None, None, None).to_json()
+    when = BASE + ts
+    return Tick(
+        when, asset, asset[:3].upper(), asset.title(), f"{ts:g}", None, None, None
+    ).to_json()
 
 
 class Feed:

@@ -2,9 +2,17 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 
-from cryptostream.tick import InvalidTick, Tick, tick_from_api, tick_from_json
+from cryptostream.tick import (
+    EARLIEST_TIMESTAMP,
+    InvalidTick,
+    Tick,
+    latest_timestamp,
+    tick_from_api,
+    tick_from_json,
+)
 
 RECORD = {
     "id": "bitcoin",
@@ -14,6 +22,7 @@ RECORD = {
     "changePercent24Hr": "-2.7270275730313168",
     "vwap24Hr": "88312.9332932018497620",
 }
+NOW = 1741381815.467
 
 
 def test_decimals_keep_the_exact_digits_sent() -> None:
@@ -25,7 +34,7 @@ def test_decimals_keep_the_exact_digits_sent() -> None:
 
 
 def test_null_vwap_is_missing_not_zero() -> None:
-    tick = tick_from_api({**RECORD, "vwap24Hr": None}, 1.0)
+    tick = tick_from_api({**RECORD, "vwap24Hr": None}, NOW)
     assert tick.vwap_24h is None
 
 
@@ -47,12 +56,12 @@ def test_null_vwap_is_missing_not_zero() -> None:
 )
 def test_bad_records_have_a_reason(change: dict[str, object], reason: str) -> None:
     with pytest.raises(InvalidTick) as err:
-        tick_from_api({**RECORD, **change}, 1.0)
+        tick_from_api({**RECORD, **change}, NOW)
     assert err.value.reason == reason
 
 
 def test_json_numbers_are_accepted_as_text() -> None:
-    tick = tick_from_api({**RECORD, "priceUsd": 12.5}, 1.0)
+    tick = tick_from_api({**RECORD, "priceUsd": 12.5}, NOW)
     assert tick.price_usd == "12.5"
 
 
@@ -75,8 +84,8 @@ def test_kafka_value_is_self_describing_and_round_trips() -> None:
         (b"[1,2]", "not_an_object"),
         (b'{"id": "bitcoin", "priceUsd": "1"}', "invalid_timestamp"),
         (b'{"timestamp": "x", "id": "bitcoin", "priceUsd": "1"}', "invalid_timestamp"),
-        (b'{"timestamp": 1, "priceUsd": "1"}', "missing_id"),
-        (b'{"timestamp": 1, "id": "b", "priceUsd": "-1"}', "negative_price"),
+        (b'{"timestamp": 1741381815, "priceUsd": "1"}', "missing_id"),
+        (b'{"timestamp": 1741381815, "id": "b", "priceUsd": "-1"}', "negative_price"),
     ],
 )
 def test_poison_messages_are_rejected(value: bytes | None, reason: str) -> None:
@@ -89,3 +98,26 @@ def test_tick_is_immutable() -> None:
     tick = Tick(1.0, "a", "A", "A", "1", None, None, None)
     with pytest.raises(AttributeError):
         tick.price_usd = "2"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [1.7e12, 1.7e15, 1e20, 1e308, -1.0, -0.0, 0.0, 1e9, EARLIEST_TIMESTAMP - 1, NOW + 3601],
+)
+def test_implausible_times_are_refused_at_the_source_and_on_the_topic(ts: float) -> None:
+    with pytest.raises(InvalidTick) as err:
+        tick_from_api(RECORD, ts, latest=latest_timestamp(NOW))
+    assert err.value.reason == "timestamp_out_of_range"
+    message = orjson.dumps({**RECORD, "timestamp": ts})
+    with pytest.raises(InvalidTick) as err:
+        tick_from_json(message, latest_timestamp(NOW))
+    assert err.value.reason == "timestamp_out_of_range"
+
+
+def test_the_time_range_holds_its_bounds_and_huge_integers() -> None:
+    assert tick_from_api(RECORD, EARLIEST_TIMESTAMP).timestamp == EARLIEST_TIMESTAMP
+    assert tick_from_api(RECORD, NOW + 3600, latest=latest_timestamp(NOW)).timestamp == NOW + 3600
+    for ts in (10**30, -(10**30), 1741381815467):
+        message = json.dumps({**RECORD, "timestamp": ts}).encode()
+        with pytest.raises(InvalidTick, match="timestamp_out_of_range"):
+            tick_from_json(message)

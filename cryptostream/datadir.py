@@ -1,0 +1,82 @@
+"""One writer per data directory: an operating-system lock held for the life of the process.
+
+Two processes on one directory (a compose stack and a local run on the same
+``./data``) would cut each other's uncommitted rows on start and overwrite each
+other's state. Every command that writes the directory (``run``, ``replay``,
+``backfill``) takes an exclusive :func:`fcntl.flock` on
+``.cryptostream/lock`` first; the second one is refused. The kernel drops the
+lock when its process ends, however it ends, so a crash never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+LOCK_FILE = ".cryptostream/lock"
+
+
+class DataDirError(Exception):
+    """The data directory cannot be used by this process (a one-line message)."""
+
+
+class DataDirLock:
+    """Held from :meth:`acquire` until :meth:`release` (or the process ends)."""
+
+    def __init__(self, data_dir: Path, fd: int) -> None:
+        self.data_dir = data_dir
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, data_dir: Path) -> DataDirLock:
+        """Raises :class:`DataDirError` when another process holds the directory."""
+        path = data_dir / LOCK_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DataDirError(
+                f"cannot use data directory {data_dir}: {exc.strerror or exc}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise DataDirError(
+                f"data directory {data_dir} is in use by another cryptostream process{who}: "
+                "stop it first, or set storage.data_dir to another directory"
+            ) from None
+        # The holder's pid, for the message above (the lock itself is the flock).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(data_dir, fd)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = -1
+
+    def __enter__(self) -> DataDirLock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
