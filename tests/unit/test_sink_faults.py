@@ -17,17 +17,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cryptostream.sink.csvrow import csv_line
 
+from cryptostream.csvrow import csv_line
+from cryptostream.layout import DATA_FILE, DEAD_LETTER_FILE
+from cryptostream.layout import SINK_STATE_FILE as STATE_FILE
 from cryptostream.metrics import Metrics
-from cryptostream.sink.csvsink import (
-    DATA_FILE,
-    DEAD_LETTER_FILE,
-    STATE_FILE,
-    CsvSink,
-    Record,
-    SinkWriteError,
-)
+from cryptostream.sink.csvsink import CsvSink, Record, SinkWriteError
 from cryptostream.tick import Tick
 from tests.faults.inject import Crash, DiskFaults, ends_with
 
@@ -54,6 +49,16 @@ def data_lines(data_dir: Path, name: str = DATA_FILE) -> list[str]:
     return text.splitlines(keepends=True)[1:]
 
 
+def expected_lines(ticks: list[Tick]) -> list[str]:
+    """The rows the sink writes: firstValue is the price of the day's first row."""
+    first: dict[tuple[str, int], str] = {}
+    lines = []
+    for t in ticks:
+        day_first = first.setdefault((t.id, int(t.timestamp // 86400)), t.price_usd)
+        lines.append(csv_line(t.with_first_value(day_first)))
+    return lines
+
+
 def assert_exact(data_dir: Path, records: list[Record]) -> None:
     """Reopened as after a restart: the state counts every record, and every tick
     (made by :func:`tick`) is in crypto_data.csv and its daily file once, every
@@ -65,7 +70,7 @@ def assert_exact(data_dir: Path, records: list[Record]) -> None:
     finally:
         sink.close()
     good = [r for r in records if r.value != POISON]
-    expected = [csv_line(tick(r.offset)) for r in good]
+    expected = expected_lines([tick(r.offset) for r in good])
     assert data_lines(data_dir) == expected
     daily: list[str] = []
     for path in sorted((data_dir / "history/ticks").glob("*.csv")):
