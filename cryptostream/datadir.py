@@ -2,9 +2,10 @@
 
 Two processes on one directory (a compose stack and a local run on the same
 ``./data``) would cut each other's uncommitted rows on start and overwrite each
-other's state. Every command that writes the directory (``run``, ``replay``,
-``backfill``) takes an exclusive :func:`fcntl.flock` on
-``.cryptostream/lock`` first; the second one is refused. The kernel drops the
+other's state. Every command that writes the sink's files (``run``, ``replay``)
+takes an exclusive :func:`fcntl.flock` on ``.cryptostream/lock`` first; the
+second one is refused. ``backfill`` writes only its own files (and adds to the
+credit ledger under that file's own lock), so it runs beside the service. The kernel drops the
 lock when its process ends, however it ends, so a crash never leaves a stale lock.
 """
 

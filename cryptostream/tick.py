@@ -34,6 +34,10 @@ _PLAIN_DECIMALS = re.compile(
     rf"{_UNSIGNED}\x1f(?:-?{_UNSIGNED})?\x1f(?:{_UNSIGNED})?\x1f(?:{_UNSIGNED})?"
 )
 #: 2009-01-03T00:00:00Z, Unix seconds: the earliest plausible tick time.
+#: An asset id is a key (of the Kafka message, of the CSV rows): no blank or control
+#: character, and not starting with ``'`` (the CSV's formula guard). So two ids never
+#: show as the same CSV cell, and a file's rows of one asset are one id's.
+_ASSET_ID = re.compile(r"[^\s'\x00-\x1f\x7f][^\s\x00-\x1f\x7f]*")
 EARLIEST_TIMESTAMP = 1_230_940_800.0
 #: Seconds a tick's time may be ahead of the checking clock (clocks drift a little).
 FUTURE_TOLERANCE = 3600.0
@@ -159,6 +163,8 @@ def tick_from_api(
         raise InvalidTick("not_an_object", type(record).__name__)
     check_timestamp(timestamp, latest)
     asset_id = _text(record.get("id"), field="id", required=True)
+    if not _ASSET_ID.fullmatch(asset_id):
+        raise InvalidTick("invalid_id", repr(asset_id)[:40])
     price = decimal_text(record.get("priceUsd"), field="price", required=True, allow_negative=False)
     assert price is not None
     return Tick(
@@ -219,9 +225,8 @@ def tick_from_json(value: bytes | None, latest: float | None = None) -> Tick:
             and (change is None or type(change) is str)
             and (first is None or type(first) is str)
             and (vwap is None or type(vwap) is str)
-            and asset
             and source
-            and not asset.isspace()
+            and _ASSET_ID.fullmatch(asset)
             # Blank text is "missing": the checked path turns it into "".
             and symbol
             and not symbol.isspace()

@@ -30,8 +30,6 @@ PBIP = f"{NAME}.pbip"
 REPORT_DIR = f"{NAME}.Report"
 MODEL_DIR = f"{NAME}.SemanticModel"
 _IDS = uuid.UUID("0b6f6f3e-7d8c-4a51-a1f4-2f6a8d9c3e17")
-# Names Power BI accepts for page and visual folders, and that we promise to use.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class ProjectError(Exception):

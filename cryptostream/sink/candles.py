@@ -114,11 +114,21 @@ class Candle:
         return Candle(*(getattr(self, f) for f in self.__slots__))
 
     def row(self, start: int, asset: str) -> str:
-        mean = str((self.vwap_sum / self.vwap_n).quantize(_MEAN)) if self.vwap_n else ""
+        mean = _mean_text(self.vwap_sum, self.vwap_n) if self.vwap_n else ""
         return (
             f"{start},{text_cell(asset)},{text_cell(self.symbol)},{self.open_text},{self.high_text},{self.low_text},"
             f"{self.close_text},{self.first_ts!r},{self.last_ts!r},{self.ticks},{mean}\n"
         )
+
+
+def _mean_text(total: Decimal, count: int) -> str:
+    """The mean to 16 decimals; a value too long for that (some 12+ integer digits
+    against the 28-digit context) is written as computed rather than failing."""
+    mean = total / count
+    try:
+        return str(mean.quantize(_MEAN))
+    except InvalidOperation:
+        return str(mean)
 
 
 # One day's 1-minute candles: (asset, minute start) -> candle.

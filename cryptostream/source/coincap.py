@@ -99,8 +99,6 @@ class CoinCapClient:
     ) -> None:
         self._budget = budget
         self.kind = kind
-        #: Credits of the newest answer (0 when it was not billed).
-        self.last_credits = 0
         self._base = config.base_url.rstrip("/")
         self._http = HttpClient(
             session,
@@ -130,7 +128,7 @@ class CoinCapClient:
                 raise AllowanceSpent(reason)
         answer = await self._http.get(self._base + path, params)
         if budget is not None:
-            self.last_credits = budget.charged(self.kind, answer.status, len(answer.body))
+            budget.charged(self.kind, answer.status, len(answer.body))
         if says_allowance_spent(answer):
             detail = error_text(answer.body, self._http.expected)
             if budget is not None:

@@ -82,9 +82,6 @@ class FailoverSource:
     def active_name(self) -> str:
         return self.names[self.active]
 
-    def running(self) -> list[str]:
-        return [self.names[i] for i, t in sorted(self._tasks.items()) if not t.done()]
-
     # -- run ---------------------------------------------------------------------------
 
     async def run(self, emit: Emit) -> None:

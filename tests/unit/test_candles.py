@@ -194,3 +194,13 @@ def test_a_kill_between_candle_levels_leaves_no_level_stale(tmp_path: Path, leve
     assert expected["1d"][0][3] == "9"  # the tick is in the committed tick file
     for lvl in ("1m", "1h", "1d"):
         assert candle_rows(tmp_path, lvl) == expected[lvl], lvl
+
+
+def test_a_vwap_too_long_for_16_decimals_still_gets_its_candle(tmp_path: Path) -> None:
+    # 24 integer digits: a mean to 16 decimals needs 40, more than decimal's 28.
+    huge = "123456789012345678901234.5"
+    feed(tmp_path, [[tick(DAY1 + 10, "5.0", vwap=huge), tick(DAY1 + 20, "6.0", vwap=huge)]])
+    for rel in ("1m/2025-03-07.csv", "1h/2025-03-07.csv", "1d/2025.csv"):
+        (row,) = candles(tmp_path, rel)
+        assert Decimal(row["vwap24HrMean"]) == Decimal(huge), rel
+        assert row["ticks"] == "2"

@@ -43,6 +43,12 @@ def test_null_vwap_is_missing_not_zero() -> None:
     [
         ({"id": None}, "missing_id"),
         ({"id": ""}, "missing_id"),
+        # Two ids must never show as one CSV cell: no blanks, no formula guard of ours.
+        ({"id": "bit coin"}, "invalid_id"),
+        ({"id": "bitcoin\t"}, "invalid_id"),
+        ({"id": "bit\ncoin"}, "invalid_id"),
+        ({"id": "'=x"}, "invalid_id"),
+        ({"id": "bit\x00coin"}, "invalid_id"),
         ({"priceUsd": None}, "missing_price"),
         ({"priceUsd": "abc"}, "non_numeric_price"),
         ({"priceUsd": "NaN"}, "non_finite_price"),
@@ -121,3 +127,14 @@ def test_the_time_range_holds_its_bounds_and_huge_integers() -> None:
         message = json.dumps({**RECORD, "timestamp": ts}).encode()
         with pytest.raises(InvalidTick, match="timestamp_out_of_range"):
             tick_from_json(message)
+
+
+def test_both_decoders_refuse_an_id_that_would_show_as_another_ids_cell() -> None:
+    for asset in ("0 ", "0\t", "'=x", "a\u2003b"):
+        message = orjson.dumps({**RECORD, "id": asset, "timestamp": NOW, "source": "x"})
+        with pytest.raises(InvalidTick) as err:
+            tick_from_json(message)
+        assert err.value.reason == "invalid_id", asset
+    # A formula-looking id is fine: its cell gets the guard, and no other id has it.
+    ok = orjson.dumps({**RECORD, "id": "=x", "timestamp": NOW, "source": "x"})
+    assert tick_from_json(ok).id == "=x"
