@@ -130,7 +130,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return CsvSink(data, "bench", metrics, clock=lambda: clock_now, **options)
 
     results: list[dict[str, Any]] = []
-    for threaded in (False, True):
+    for threaded in (False, True) if not args.worker_only else (True,):
         mode = "worker thread" if threaded else "on the event loop"
 
         # 1. A restart late in the day: the day's file, candles built, then one batch.
@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, required=True, help="scratch directory")
     parser.add_argument("--day-rows", type=int, default=1_000_000)
     parser.add_argument("--trim-mb", type=int, default=1024)
+    parser.add_argument("--worker-only", action="store_true", help="skip the on-loop runs")
     args = parser.parse_args()
     from cryptostream import logs
 

@@ -102,6 +102,8 @@ class Consumer:
         # Set where raising is impossible (the rebalance listener); raised by run().
         self._fatal: TopicResetError | None = None
         self._skipped_reported = False
+        # Kafka's copy of the offsets, committed in the background (see _commit_soon).
+        self._committing: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -112,6 +114,8 @@ class Consumer:
                 if self._fatal is not None:
                     raise self._fatal
                 if self._closing and await self._caught_up(client):
+                    await self._commit_done()
+                    await self._commit(client)  # Kafka's copy ends where the sink does
                     break
                 generation = self.generation
                 try:
@@ -139,9 +143,13 @@ class Consumer:
                             self._refetch(client, records)
                         else:
                             await self._write(records)
-                            await self._commit(client)
+                            self._commit_soon(client)
                 self._update_lag(client)
         finally:
+            if self._committing is not None:
+                # Stopping (or cancelled): a commit in flight does not hold the client up.
+                self._committing.cancel()
+                self._committing = None
             await self._stop()
         log.info("consumer_stopped", written=self.written)
 
@@ -459,6 +467,31 @@ class Consumer:
             self.sink_failing = kind
             wait = state.next_action.sleep if state.next_action else 0.0
             log.error("sink_write_failed", kind=kind, error=str(exc), retry_in=round(wait, 2))
+
+    def _commit_soon(self, client: AIOKafkaConsumer) -> None:
+        """Copy the sink's offsets to Kafka without waiting for the answer.
+
+        Kafka's committed offsets are for lag monitoring and for a data directory that
+        has no state yet: the state file is the truth, so the next batch need not wait
+        for a round trip to the group coordinator (~8 % of the time catching up). At
+        most one commit is in flight; it commits again until Kafka has the offsets the
+        sink has, so an idle topic's lag still ends at zero.
+        """
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit_until_current(client))
+
+    async def _commit_until_current(self, client: AIOKafkaConsumer) -> None:
+        done: dict[int, int] | None = None
+        while (offsets := self._sink.committed_offsets()) != done:
+            await self._commit(client)
+            done = offsets
+
+    async def _commit_done(self) -> None:
+        """Let the commit in flight finish (stop or drain)."""
+        task, self._committing = self._committing, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
 
     async def _commit(self, client: AIOKafkaConsumer) -> None:
         offsets = self._sink.committed_offsets()

@@ -34,7 +34,7 @@ log = get_logger(__name__)
 _T = TypeVar("_T")
 
 #: Seconds a thread may keep the GIL while another waits for it (Python's default: 5 ms).
-SWITCH_INTERVAL = 0.001
+SWITCH_INTERVAL = 0.0002
 #: Allocations between two collections of the youngest generation (Python's default: 700).
 GC_GEN0 = 50_000
 
@@ -44,9 +44,13 @@ def tune_interpreter() -> None:
     thread; called once the start-up objects exist (the service does, after opening
     the sink). Measured in docs/performance.md.
 
-    * The switch interval: the loop waits for the GIL at each wake-up while the worker
-      runs Python (a candle rebuild, the retention trim); at 5 ms a turn, a handful of
-      wake-ups add up to stalls of 100 ms and more, at 1 ms they stay within ~20 ms.
+    * The switch interval: while the worker runs Python (a day's candles rebuilt after a
+      restart, the retention trim), the loop waits for the GIL after every system call
+      it makes (epoll, each socket read and write), up to the interval each time. With
+      Python's 5 ms, and still at 1 ms and 0.5 ms, that added up to stalls of 100-600 ms
+      during a rebuild of a day of 1,000,000 rows; at 0.2 ms they stay under ~30 ms
+      (measured, ``bench/stalls.py``). The cost of the extra switches is only paid
+      while both threads have work.
     * ``gc.freeze()``: the objects of the start-up (modules, configuration, the
       dashboard's history) are never garbage; a full collection no longer walks them,
       with the GIL held, every few batches.
