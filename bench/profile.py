@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+WAITING = "waiting: for the GIL, or the sink's thread for a call (no CPU)"
 #: (cost centre, substrings of a frame that belong to it), tried in this order per frame.
 CENTRES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # py-spy's idle detection misses epoll here: a sample in epoll_wait is the event
@@ -22,15 +23,20 @@ CENTRES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("idle: event loop waiting (epoll)", ("epoll_wait",)),
     ("fsync", ("fsync (", "fdatasync (")),
     ("garbage collector", ("gc_collect",)),
-    ("JSON decoding of messages (orjson)", ("orjson",)),
+    # Two threads: a sample may be one waiting, not working — for the GIL (the other
+    # thread holds it: take_gil waits on a condition) or, in the sink's thread, for
+    # the next call. py-spy cannot tell them from work by itself.
+    (WAITING, ("take_gil", "pthread_cond_timedwait", "PyThread_acquire_lock_timed")),
+    ("JSON decoding of messages (msgspec; orjson)", ("orjson", "msgspec")),
     ("aiokafka: fetch, decode records, ConsumerRecord", ("aiokafka/",)),
-    ("metrics (latency histogram, per row)", ("prometheus_client/",)),
+    ("metrics (latency histogram)", ("prometheus_client/",)),
     ("candles", ("sink/candles.py",)),
     ("CSV formatting (csv_line)", ("cryptostream/csvrow.py",)),
     ("tick validation + Tick objects", ("cryptostream/tick.py",)),
     ("file writes, renames", ("cryptostream/files.py",)),
     ("sink loop: offsets, dedup, days, last values", ("sink/csvsink.py",)),
-    ("consumer loop: Record copies, commit", ("cryptostream/consumer.py",)),
+    ("consumer loop: batches, commit, latency buckets", ("cryptostream/consumer.py",)),
+    ("the sink's thread: calls handed over", ("sink/worker.py", "concurrent/futures/")),
     ("event loop, sockets", ("asyncio/", "selectors.py")),
 )
 OTHER = "other (start-up, shutdown)"

@@ -62,6 +62,8 @@ class Plan:
     steady_warmup: float = 30
     sample_every: float = 2.0
     repeat: int = 1
+    stall_day_rows: int = 1_000_000
+    stall_trim_mb: int = 1024
 
 
 QUICK = Plan(
@@ -72,8 +74,10 @@ QUICK = Plan(
     latency_warmup=1,
     steady_warmup=2,
     sample_every=0.5,
+    stall_day_rows=20_000,
+    stall_trim_mb=8,
 )
-PHASES = ("sink", "producer", "latency", "steady")
+PHASES = ("sink", "stalls", "producer", "latency", "steady")
 
 
 def _free_port() -> int:
@@ -176,6 +180,8 @@ class Bench:
             phases = self.args.only or PHASES
             if "sink" in phases:
                 self.sink_throughput()
+            if "stalls" in phases:
+                self.stalls()
             if "producer" in phases:
                 self.producer_throughput()
             if "latency" in phases:
@@ -303,7 +309,12 @@ class Bench:
         )
         self.check_csv(data, n)
         shutil.rmtree(data)
-        return self._row("ours", done.result["rows"], done.result["seconds"], done)
+        row = self._row("ours", done.result["rows"], done.result["seconds"], done)
+        # The event loop's stalls and /healthz meanwhile (absent from an old checkout's).
+        for key in ("loop_lag", "healthz"):
+            if key in done.result:
+                row[key] = done.result[key]
+        return row
 
     def check_csv(self, data: Path, expected: int | None) -> int:
         """Every row once: the row count, no repeated row, the daily files agree."""
@@ -338,6 +349,22 @@ class Bench:
             "max_rss_mb": round(done.max_rss_mb, 1),
             "load": machine.load(),
         }
+
+    # -- 1b. the event loop during the sink's longest file jobs ---------------------------
+
+    def stalls(self) -> None:
+        """A restart late in a UTC day and a retention trim, on the loop and on the worker."""
+        scratch = self.out / "stalls"
+        with self.phase("stalls") as record:
+            cmd = [self.python, "-m", "bench.stalls", "--dir", str(scratch)]
+            cmd += ["--day-rows", str(self.plan.stall_day_rows)]
+            cmd += ["--trim-mb", str(self.plan.stall_trim_mb)]
+            done = proc.run("stalls", cmd, log=self.out / "stalls.log", timeout=1800, cwd=REPO)
+            record["day_rows"] = self.plan.stall_day_rows
+            record["trim_mb"] = self.plan.stall_trim_mb
+            record["scenarios"] = done.result["scenarios"]
+            record["load"] = machine.load()
+        shutil.rmtree(scratch, ignore_errors=True)
 
     # -- 2. producer throughput --------------------------------------------------------
 

@@ -11,7 +11,7 @@ A topic can be reset under the stored offsets: ``docker compose down -v`` with
 records then sit at offsets below the stored ones, and a sink that ignores
 records below its offsets would drop every one of them without a word. So on
 every assignment the consumer compares the topic with the identity the sink
-recorded (:class:`~cryptostream.sink.csvsink.TopicIdentity`: cluster id, the
+recorded (:class:`~cryptostream.sinkport.TopicIdentity`: cluster id, the
 log's start and end), and Kafka's "offset out of range" is never answered
 silently (``auto_offset_reset="none"``): it is either records removed by
 retention before they were read (logged, counted) or a reset. A reset is
@@ -19,17 +19,23 @@ logged as an error with the old and the new identity and counted; by default
 (``kafka.on_topic_reset = "follow"``) the sink follows the new topic from its
 beginning (copies of ticks already in the CSV are still dropped by its
 duplicate window); ``"stop"`` ends the consumer with an error naming the topic.
+
+The consumer knows the sink only as a :class:`~cryptostream.sinkport.BatchSink`
+and hands it the Kafka client's records as fetched. Writing a batch is awaited:
+the sink does its file work off the event loop (:mod:`cryptostream.sink.worker`),
+so heartbeats, fetches, the producer and the web server go on meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import tenacity
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
@@ -37,7 +43,7 @@ from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.retry import log_retries
-from cryptostream.sink.csvsink import CsvSink, Record, SinkWriteError, TopicIdentity
+from cryptostream.sinkport import BatchResult, BatchSink, SinkWriteError, TopicIdentity
 from cryptostream.topic import Topic, client_options, stop_client
 
 log = get_logger(__name__)
@@ -75,7 +81,9 @@ class _SeekToSinkState(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Consumer:
-    def __init__(self, config: KafkaConfig, topic: Topic, sink: CsvSink, metrics: Metrics) -> None:
+    def __init__(
+        self, config: KafkaConfig, topic: Topic, sink: BatchSink, metrics: Metrics
+    ) -> None:
         self._config = config
         self._topic = topic
         self._sink = sink
@@ -94,6 +102,8 @@ class Consumer:
         # Set where raising is impossible (the rebalance listener); raised by run().
         self._fatal: TopicResetError | None = None
         self._skipped_reported = False
+        # Kafka's copy of the offsets, committed in the background (see _commit_soon).
+        self._committing: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -104,6 +114,8 @@ class Consumer:
                 if self._fatal is not None:
                     raise self._fatal
                 if self._closing and await self._caught_up(client):
+                    await self._commit_done()
+                    await self._commit(client)  # Kafka's copy ends where the sink does
                     break
                 generation = self.generation
                 try:
@@ -121,10 +133,9 @@ class Consumer:
                 if self._fatal is not None:
                     raise self._fatal
                 self.connected = True
-                records = [
-                    Record(tp.partition, m.offset, m.value)
-                    for tp in sorted(batches, key=lambda t: t.partition)
-                    for m in batches[tp]
+                # The client's own records, in partition order: no copy per message.
+                records: list[ConsumerRecord[Any, Any]] = [
+                    m for tp in sorted(batches, key=lambda t: t.partition) for m in batches[tp]
                 ]
                 if records:
                     async with self.lock:
@@ -132,9 +143,13 @@ class Consumer:
                             self._refetch(client, records)
                         else:
                             await self._write(records)
-                            await self._commit(client)
+                            self._commit_soon(client)
                 self._update_lag(client)
         finally:
+            if self._committing is not None:
+                # Stopping (or cancelled): a commit in flight does not hold the client up.
+                self._committing.cancel()
+                self._committing = None
             await self._stop()
         log.info("consumer_stopped", written=self.written)
 
@@ -229,7 +244,9 @@ class Consumer:
             or None,
         )
 
-    def _refetch(self, client: AIOKafkaConsumer, records: list[Record]) -> None:
+    def _refetch(
+        self, client: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
         """Drop a batch fetched before the partitions were (re)assigned: the listener may
         have moved them (a reset), and written first it would push the sink's offset
         past the new position. Fetch again from where the sink stands."""
@@ -283,7 +300,7 @@ class Consumer:
                 # A log never starts earlier than it once did: this is another log.
                 resets[p] = "log_start_moved_back"
         if resets:
-            self._reset(resets, old, now, offsets)
+            await self._reset(resets, old, now, offsets)
             if self._fatal is None:
                 for tp in tps:
                     if tp.partition in resets:
@@ -291,9 +308,9 @@ class Consumer:
             return
         if old is None:
             log.info("topic_identity_recorded", topic=self._config.topic, **now.to_json())
-        self._sink.set_identity(_merged(old, now))
+        await self._sink.set_identity(_merged(old, now))
 
-    def _reset(
+    async def _reset(
         self,
         resets: dict[int, str],
         old: TopicIdentity | None,
@@ -337,7 +354,7 @@ class Consumer:
         if new_cluster:
             # Offsets of partitions not assigned here mean nothing on the new cluster either.
             reset.update({p: None for p in offsets if p not in now.log_start})
-        self._sink.set_identity(now if new_cluster else _merged(old, now), reset=reset)
+        await self._sink.set_identity(now if new_cluster else _merged(old, now), reset=reset)
         log.warning(
             "topic_reset_followed",
             topic=config.topic,
@@ -397,7 +414,7 @@ class Consumer:
                 client.seek(tp, begin)
         if resets:
             try:
-                self._reset(resets, self._sink.identity, now, offsets)
+                await self._reset(resets, self._sink.identity, now, offsets)
             except SinkWriteError as exc:
                 log.error("topic_identity_not_saved", error=str(exc))
                 await asyncio.sleep(1)
@@ -409,7 +426,7 @@ class Consumer:
 
     # -- writing -------------------------------------------------------------------
 
-    async def _write(self, records: list[Record]) -> None:
+    async def _write(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(SinkWriteError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=15),
@@ -419,7 +436,7 @@ class Consumer:
         )
         async for attempt in retrying:
             with attempt:
-                result = self._sink.write(records)
+                result = await self._sink.write(records)
         if self.sink_failing is not None:
             log.info("sink_recovered", after=self.sink_failing)
             self.sink_failing = None
@@ -441,8 +458,7 @@ class Consumer:
             log.info("duplicates_skipped", count=result.duplicates)
         if result.dead_letters:
             log.warning("poison_messages_dead_lettered", count=result.dead_letters)
-        for latency in result.latencies:
-            m.latency.observe(latency)
+        _observe_latencies(m, result)
 
     def _sink_retry(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -451,6 +467,31 @@ class Consumer:
             self.sink_failing = kind
             wait = state.next_action.sleep if state.next_action else 0.0
             log.error("sink_write_failed", kind=kind, error=str(exc), retry_in=round(wait, 2))
+
+    def _commit_soon(self, client: AIOKafkaConsumer) -> None:
+        """Copy the sink's offsets to Kafka without waiting for the answer.
+
+        Kafka's committed offsets are for lag monitoring and for a data directory that
+        has no state yet: the state file is the truth, so the next batch need not wait
+        for a round trip to the group coordinator (~8 % of the time catching up). At
+        most one commit is in flight; it commits again until Kafka has the offsets the
+        sink has, so an idle topic's lag still ends at zero.
+        """
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit_until_current(client))
+
+    async def _commit_until_current(self, client: AIOKafkaConsumer) -> None:
+        done: dict[int, int] | None = None
+        while (offsets := self._sink.committed_offsets()) != done:
+            await self._commit(client)
+            done = offsets
+
+    async def _commit_done(self) -> None:
+        """Let the commit in flight finish (stop or drain)."""
+        task, self._committing = self._committing, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
 
     async def _commit(self, client: AIOKafkaConsumer) -> None:
         offsets = self._sink.committed_offsets()
@@ -502,6 +543,37 @@ class Consumer:
                     pass  # not known yet: not caught up (the shutdown budget bounds this)
             return False
         return True
+
+
+def _observe_latencies(metrics: Metrics, result: BatchResult) -> None:
+    """Every row's end-to-end latency into the histogram, counted per batch.
+
+    ``Histogram.observe`` takes a lock and walks the buckets in Python once per
+    value (~1.5 µs a row); here each value is placed with one C bisect and every
+    bucket is incremented once per batch. The result is the same exposition as
+    one ``observe`` per row (``tests/unit/test_consumer_latency.py``). It reads
+    the histogram's internals; should they change, it falls back to ``observe``.
+    """
+    done = result.committed_at
+    hist = metrics.latency
+    bounds: list[float] | None = getattr(hist, "_upper_bounds", None)
+    buckets = getattr(hist, "_buckets", None)
+    total = getattr(hist, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(buckets) != len(bounds):
+        for tick in result.ticks:
+            hist.observe(done - tick.timestamp)
+        return
+    counts = [0] * len(bounds)
+    latency_sum = 0.0
+    for tick in result.ticks:
+        latency = done - tick.timestamp
+        latency_sum += latency
+        # observe() counts a value in the first bucket whose bound is >= it (+Inf last).
+        counts[bisect_left(bounds, latency)] += 1
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    total.inc(latency_sum)
 
 
 def _merged(old: TopicIdentity | None, now: TopicIdentity) -> TopicIdentity:

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from cryptostream.config import Config, KafkaConfig
@@ -23,7 +24,7 @@ from cryptostream.layout import DATA_FILE, SINK_STATE_FILE
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.progress import Progress
-from cryptostream.sink.csvsink import CsvSink, Record
+from cryptostream.sink.csvsink import CsvSink
 from cryptostream.topic import client_options
 
 log = get_logger(__name__)
@@ -120,11 +121,11 @@ async def _copy(
     with bar:
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
-            records: list[Record] = []
+            # The client's records as fetched (the sink reads partition, offset, value).
+            records: list[ConsumerRecord[Any, Any]] = []
             for tp, messages in sorted(batches.items(), key=lambda kv: kv[0].partition):
-                records.extend(
-                    Record(tp.partition, m.offset, m.value) for m in messages if m.offset < ends[tp]
-                )
+                end = ends[tp]
+                records.extend(m for m in messages if m.offset < end)
             # Done with a partition when its position reached the end, not when a record
             # at end - 1 came: that offset may hold no data record (a transaction marker,
             # a record compacted away), and then no record ever says so.

@@ -39,6 +39,7 @@ from cryptostream.metrics import Metrics
 from cryptostream.producer import Producer
 from cryptostream.queue import TickQueue
 from cryptostream.sink.csvsink import CsvSink, SinkError
+from cryptostream.sink.worker import SinkWorker, tune_interpreter
 from cryptostream.source import make_source
 from cryptostream.topic import Topic
 from cryptostream.web import WebServer
@@ -57,13 +58,16 @@ class Service:
         self._signals = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
         data_dir = config.storage.data_dir
-        self.sink = CsvSink(
-            data_dir,
-            config.kafka.topic,
-            self.metrics,
-            fsync=config.storage.fsync,
-            retention_days=config.storage.retention_days,
-            candles=config.storage.candles,
+        # The sink's file work runs on a thread of its own, off the event loop.
+        self.sink = SinkWorker(
+            CsvSink(
+                data_dir,
+                config.kafka.topic,
+                self.metrics,
+                fsync=config.storage.fsync,
+                retention_days=config.storage.retention_days,
+                candles=config.storage.candles,
+            )
         )
         self.queue = TickQueue(config.source.queue_size, self.metrics)
         topic = Topic(config.kafka)
@@ -148,10 +152,11 @@ class Service:
             data_dir=str(cfg.storage.data_dir),
         )
         try:
-            self.sink.open()
+            await self.sink.open()
         except SinkError as exc:
             log.error("sink_unavailable", error=str(exc))
             return 1
+        tune_interpreter()
         # Room for a failover chain running at once: a price stream holds one
         # connection for good, its REST refresh and each probing source need one more.
         connector = aiohttp.TCPConnector(limit=8, ttl_dns_cache=300)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter
 from pathlib import Path
 
 import orjson
@@ -167,10 +168,24 @@ class CandleBook:
     # -- feeding -------------------------------------------------------------------
 
     def add(self, ticks: Iterable[Tick]) -> None:
-        """Account for durable ticks; rewrites changed days at most every FLUSH_EVERY s."""
-        loaded: set[str] = set()
+        """Account for durable ticks; rewrites changed days at most every FLUSH_EVERY s.
+
+        The ticks are grouped per (asset, minute) first, in arrival order, and each
+        group is folded into its candle at once (:func:`_fold`): the same candle as
+        one :meth:`Candle.add` per tick, for a fraction of the Python work.
+        """
+        groups: dict[tuple[str, int], list[Tick]] = {}
         for tick in ticks:
-            day = self._day_of(tick.timestamp)
+            key = (tick.id, int(tick.timestamp // 60) * 60)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [tick]
+            else:
+                group.append(tick)
+        loaded: set[str] = set()
+        for key, group in groups.items():
+            # A UTC day is whole minutes: the minute's day is each of its ticks' day.
+            day = self._day_of(key[1])
             if day in loaded:
                 continue
             candles = self._days.get(day)
@@ -179,9 +194,7 @@ class CandleBook:
                 self._days[day] = self._load_day(self._data_dir / daily_file(day))
                 loaded.add(day)
             else:
-                _account(
-                    candles, tick.id, tick.timestamp, tick.symbol, tick.price_usd, tick.vwap_24h
-                )
+                _fold(candles, key, group)
             self._dirty.add(day)
         now = time.monotonic()
         if now - self._last_flush >= FLUSH_EVERY:
@@ -299,6 +312,64 @@ def _account(
         candles[key] = Candle.of(ts, symbol, price, vwap)
     else:
         candle.add(ts, price, vwap)
+
+
+_PRICE = attrgetter("price_usd")
+_TIMESTAMP = attrgetter("timestamp")
+_VWAP = attrgetter("vwap_24h")
+
+
+def _fold(candles: _Day, key: tuple[str, int], group: list[Tick]) -> None:
+    """Fold ticks of one asset and minute, in arrival order, into their candle: exactly
+    what :func:`_account` per tick gives (ties, texts and the VWAP sum's order of
+    additions included), with the per-tick work done by C loops."""
+    prices = list(map(Decimal, map(_PRICE, group)))
+    stamps = list(map(_TIMESTAMP, group))
+    indices = range(len(group))
+    # max()/min() return the first of equal values, like the strict > and < of add().
+    high = max(indices, key=prices.__getitem__)
+    low = min(indices, key=prices.__getitem__)
+    # The first tick of the smallest time opens; the last of the largest time closes.
+    first = min(indices, key=stamps.__getitem__)
+    last = max(reversed(indices), key=stamps.__getitem__)
+    vwaps: list[str] = list(filter(None, map(_VWAP, group)))
+    candle = candles.get(key)
+    if candle is None:
+        head = group[0]
+        # Candle.of starts the sum with the first tick's VWAP (or 0), then adds the rest.
+        if head.vwap_24h:
+            vwap_sum = sum(map(Decimal, vwaps[1:]), Decimal(head.vwap_24h))
+        else:
+            vwap_sum = sum(map(Decimal, vwaps), Decimal(0))
+        candles[key] = Candle(
+            head.symbol,
+            group[first].timestamp,
+            prices[first],
+            group[first].price_usd,
+            prices[high],
+            group[high].price_usd,
+            prices[low],
+            group[low].price_usd,
+            group[last].timestamp,
+            group[last].price_usd,
+            len(group),
+            vwap_sum,
+            len(vwaps),
+        )
+        return
+    if group[first].timestamp < candle.first_ts:
+        candle.first_ts = group[first].timestamp
+        candle.open, candle.open_text = prices[first], group[first].price_usd
+    if group[last].timestamp >= candle.last_ts:
+        candle.last_ts, candle.close_text = group[last].timestamp, group[last].price_usd
+    if prices[high] > candle.high:
+        candle.high, candle.high_text = prices[high], group[high].price_usd
+    if prices[low] < candle.low:
+        candle.low, candle.low_text = prices[low], group[low].price_usd
+    candle.ticks += len(group)
+    # sum() adds left to right from its start: the same additions as add() one by one.
+    candle.vwap_sum = sum(map(Decimal, vwaps), candle.vwap_sum)
+    candle.vwap_n += len(vwaps)
 
 
 def _read_ticks(path: Path) -> Iterator[tuple[float, str, str, str, str | None]]:

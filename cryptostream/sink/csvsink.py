@@ -45,7 +45,7 @@ import io
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.candles import CandleBook
 from cryptostream.sink.firstvalues import FirstValueBook
+from cryptostream.sinkport import BatchResult, KafkaRecord, SinkWriteError, TopicIdentity
 from cryptostream.tick import InvalidTick, Tick, latest_timestamp, tick_from_json
 
 log = get_logger(__name__)
@@ -93,63 +94,14 @@ class SinkError(Exception):
     """The sink cannot start (e.g. a CSV with other columns is in the way)."""
 
 
-class SinkWriteError(Exception):
-    """A batch could not be made durable; nothing of it counts as written."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 @dataclass(slots=True)
 class Record:
-    """The part of a Kafka record the sink needs."""
+    """A Kafka record as the sink reads it (tests and tools; the consumer passes the
+    Kafka client's own records, see :class:`~cryptostream.sinkport.KafkaRecord`)."""
 
     partition: int
     offset: int
     value: bytes | None
-
-
-@dataclass(slots=True)
-class BatchResult:
-    written: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    skipped_below_offset: int = 0
-    latencies: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class TopicIdentity:
-    """What tells the topic the offsets were read from apart from another of its name.
-
-    ``cluster_id`` is the Kafka cluster's (None when the broker did not say);
-    ``log_start``/``log_end`` are each partition's first and next offset when the
-    consumer last looked. A log never starts earlier than it once did, and a
-    stored offset is never beyond the log's end: a topic that breaks either, or
-    that lives in another cluster, is not the one the offsets came from.
-    (Topic ids would say it directly, but the Kafka client does not expose them.)
-    """
-
-    cluster_id: str | None
-    log_start: dict[int, int] = field(default_factory=dict)
-    log_end: dict[int, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "cluster_id": self.cluster_id,
-            "log_start": {str(p): o for p, o in sorted(self.log_start.items())},
-            "log_end": {str(p): o for p, o in sorted(self.log_end.items())},
-        }
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> TopicIdentity:
-        cluster = raw.get("cluster_id")
-        return cls(
-            cluster_id=None if cluster is None else str(cluster),
-            log_start={int(p): int(o) for p, o in raw.get("log_start", {}).items()},
-            log_end={int(p): int(o) for p, o in raw.get("log_end", {}).items()},
-        )
 
 
 @dataclass(slots=True)
@@ -407,7 +359,7 @@ class CsvSink:
             raise self._write_error(exc) from exc
         self._state = new_state
 
-    def write(self, records: Iterable[Record]) -> BatchResult:
+    def write(self, records: Iterable[KafkaRecord]) -> BatchResult:
         """Make one batch durable. Raises :class:`SinkWriteError`; then nothing counts."""
         if self._broken:
             self._recover_from_state()
@@ -545,8 +497,8 @@ class CsvSink:
             if evicted > 0:
                 known.difference_update(islice(chain(window, order), evicted))
             window.extend(order)
-        self.last_write = done = time.time()
-        result.latencies = [done - t.timestamp for t in written]
+        self.last_write = result.committed_at = time.time()
+        result.ticks = written
         if written:
             self._after_commit(written)
         return result
@@ -629,7 +581,7 @@ class CsvSink:
             self.metrics.sink_errors.labels("io_error").inc()
             raise SinkWriteError("io_error", f"recovery from the sink state failed: {exc}") from exc
 
-    def _dead_letter(self, rec: Record, reason: str, detail: str) -> bytes:
+    def _dead_letter(self, rec: KafkaRecord, reason: str, detail: str) -> bytes:
         value = rec.value or b""
         try:
             text: str = value.decode()

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import csv
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from cryptostream.csvrow import text_cell
 from cryptostream.tick import Tick
 
+#: Bytes of a daily file read and split at a time (see _lines).
+_BLOCK = 1 << 20
 #: Days whose first prices stay in memory (a late tick for an older one reads its file).
 KEEP_DAYS = 8
 
@@ -80,34 +83,51 @@ class FirstValueBook:
         return firsts
 
 
+def _lines(path: Path, size: int) -> Iterator[bytes]:
+    """The complete lines (without ``\\n``) of the first ``size`` bytes of ``path``.
+
+    Read and split a block at a time: a day's file is ~100 MB late in the day, and one
+    ``split`` of all of it would hold the GIL for ~150 ms (the event loop waits on it
+    while the sink's thread reads)."""
+    with path.open("rb") as fh:
+        rest = b""
+        left = size
+        while left > 0:
+            block = fh.read(min(_BLOCK, left))
+            if not block:
+                break
+            left -= len(block)
+            lines = (rest + block).split(b"\n")
+            # After the last newline: the start of the next block's first line, or at
+            # the end a torn line that does not count.
+            rest = lines.pop()
+            yield from lines
+
+
 def _first_prices(path: Path, size: int) -> dict[str, str]:
     """Id cell -> priceUsd of its first row, in the first ``size`` bytes of a daily file."""
     firsts: dict[str, str] = {}
     if size <= 0:
         return firsts
     try:
-        with path.open("rb") as fh:
-            data = fh.read(size)
+        for raw in islice(_lines(path, size), 1, None):  # after the header
+            if b'"' in raw:
+                # A quoted text cell (a comma or quote in it): the slow, exact path.
+                row = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
+                if len(row) < 5:
+                    continue
+                cell = _requote(row[1])
+                price = row[4]
+            else:
+                parts = raw.split(b",", 5)
+                if len(parts) < 6:
+                    continue
+                cell = parts[1].decode("utf-8", errors="replace")
+                price = parts[4].decode()
+            if cell not in firsts:
+                firsts[cell] = price
     except FileNotFoundError:
-        return firsts
-    lines = data.split(b"\n")
-    lines.pop()  # after the last newline: nothing, or a torn line that does not count
-    for raw in lines[1:]:  # the header
-        if b'"' in raw:
-            # A quoted text cell (a comma or quote in it): the slow, exact path.
-            row = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
-            if len(row) < 5:
-                continue
-            cell = _requote(row[1])
-            price = row[4]
-        else:
-            parts = raw.split(b",", 5)
-            if len(parts) < 6:
-                continue
-            cell = parts[1].decode("utf-8", errors="replace")
-            price = parts[4].decode()
-        if cell not in firsts:
-            firsts[cell] = price
+        pass
     return firsts
 
 

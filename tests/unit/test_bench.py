@@ -70,7 +70,7 @@ def test_profile_samples_go_to_the_innermost_cost_centre(tmp_path: Path) -> None
     path.write_text("\n".join(lines) + "\n")
     shares = {centre: n for centre, n, _ in summarize(path)}
     assert shares == {
-        "JSON decoding of messages (orjson)": 6,
+        "JSON decoding of messages (msgspec; orjson)": 6,
         "aiokafka: fetch, decode records, ConsumerRecord": 4,
         "tick validation + Tick objects": 3,
         "fsync": 2,

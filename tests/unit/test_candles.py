@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import random
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cryptostream.metrics import Metrics
-from cryptostream.sink.candles import COLUMNS
+from cryptostream.sink.candles import COLUMNS, Candle, _account, _fold
 from cryptostream.sink.csvsink import CsvSink, Record
 from cryptostream.tick import Tick
 
@@ -204,3 +205,41 @@ def test_a_vwap_too_long_for_16_decimals_still_gets_its_candle(tmp_path: Path) -
         (row,) = candles(tmp_path, rel)
         assert Decimal(row["vwap24HrMean"]) == Decimal(huge), rel
         assert row["ticks"] == "2"
+
+
+def test_a_batch_folded_per_minute_equals_one_tick_at_a_time(tmp_path: Path) -> None:
+    """CandleBook.add groups a batch per (asset, minute): the candles must be exactly
+    those of Candle.add per tick — ties of price and time, texts of equal values,
+    missing VWAPs, the order of the VWAP sum's additions."""
+    rng = random.Random(7)
+    base = 1_741_305_600.0
+    prices = ["1", "1.0", "1.00", "2", "0.5", "2.000", "3e0", "0.50"]
+    vwaps = [None, "", "1.1", "2.2", "86466.9872578656434844", "0.333333333333333333333"]
+    for _ in range(200):
+        per_tick: dict[tuple[str, int], Candle] = {}
+        folded: dict[tuple[str, int], Candle] = {}
+        for _batch in range(3):
+            batch = [
+                Tick(
+                    base + rng.choice([0, 1, 1, 2, 59, 60, 61]),
+                    rng.choice(["a", "b"]),
+                    "S",
+                    "N",
+                    rng.choice(prices),
+                    None,
+                    None,
+                    rng.choice(vwaps) or None,
+                )
+                for _ in range(rng.randint(1, 12))
+            ]
+            for t in batch:
+                _account(per_tick, t.id, t.timestamp, t.symbol, t.price_usd, t.vwap_24h)
+            groups: dict[tuple[str, int], list[Tick]] = {}
+            for t in batch:
+                groups.setdefault((t.id, int(t.timestamp // 60) * 60), []).append(t)
+            for key, group in groups.items():
+                _fold(folded, key, group)
+        assert folded.keys() == per_tick.keys()
+        for key, candle in per_tick.items():
+            assert folded[key] == candle
+            assert folded[key].row(key[1], key[0]) == candle.row(key[1], key[0])
