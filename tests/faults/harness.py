@@ -45,7 +45,7 @@ COLUMNS = [
 HEADER = (",".join(COLUMNS) + "\n").encode()
 _DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
-#: Identity of a tick, as the issue defines a duplicate: asset, event time, price.
+#: Identity of a tick, as the product defines a duplicate: asset, event time, price.
 TickKey = tuple[str, str, str]
 #: The data contract's time range (docs/reliability.md): from Bitcoin's genesis block
 #: (2009-01-03 UTC) to an hour past the clock.
