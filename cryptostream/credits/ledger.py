@@ -251,14 +251,21 @@ class Ledger:
         """CoinCap answers again (a bigger plan, a reset on its side): forget the mark."""
         self.sync()
         key = self.key()
-        with self._locked():
-            data = self._read()
-            rec = data.get(key)
-            if rec is not None and rec.spent_at is not None:
-                rec.spent_at = None
-                rec.probed_at = None
-                self._write(data)
-            self._disk = data
+        try:
+            with self._locked():
+                data = self._read()
+                rec = data.get(key)
+                if rec is not None and rec.spent_at is not None:
+                    rec.spent_at = None
+                    rec.probed_at = None
+                    self._write(data)
+                self._disk = data
+        except OSError as exc:
+            # A full or read-only disk must not throw away the answer that cleared it.
+            log.error("credit_ledger_unwritable", path=str(self.path), error=str(exc))
+            rec = self._disk.get(key)
+            if rec is not None:
+                rec.spent_at = rec.probed_at = None
         pending = self._pending.get(key)
         if pending is not None:
             pending.spent_at = pending.probed_at = None

@@ -6,9 +6,10 @@ beside the CSV files, not only in Kafka. Each batch is one transaction:
 1. append the rows to ``crypto_data.csv`` and to the UTC day's
    ``history/ticks/YYYY-MM-DD.csv`` (and records it cannot write to the
    dead-letter file), fsync each;
-2. atomically replace ``crypto_last_values.csv``;
-3. atomically replace the state: next offset per partition, the durable length
-   of every append-only file, and the last row per asset.
+2. atomically replace the state: next offset per partition, the durable length
+   of every append-only file, and the last row per asset;
+3. after that commit point, atomically replace ``crypto_last_values.csv`` from
+   the committed state (derived: a failure is logged, the batch still counts).
 
 **The rename of the state file is the commit point.** A failure before it rolls
 the batch back (every file cut to its committed length) and the batch is
@@ -384,55 +385,61 @@ class CsvSink:
         day_begin = day_end = 0.0
         stamp = self._first_values.stamp
         # The loop below runs once per message: locals, no per-row calls it can avoid.
-        for rec in records:
-            partition = rec.partition
-            offset = rec.offset
-            if offset < offsets.get(partition, 0):
-                result.skipped_below_offset += 1
-                continue
-            offsets[partition] = offset + 1
-            try:
-                tick = tick_from_json(rec.value, latest)
-            except InvalidTick as exc:
-                dead.append(self._dead_letter(rec, exc.reason, exc.detail))
-                dead_reasons.append(exc.reason)
-                continue
-            asset = tick.id
-            ts = tick.timestamp
-            key = (ts, tick.price_usd)
-            keys = seen.get(asset)
-            if keys is None:
-                keys = seen[asset] = (self._known.setdefault(asset, set()), set(), [])
-            if key in keys[0] or key in keys[1]:
-                result.duplicates += 1
-                continue
-            if not day_begin <= ts < day_end:
-                try:
-                    day = self._days.name(ts)
-                except (ValueError, OverflowError, OSError) as exc:
-                    # The checks let through a time the calendar cannot place: one
-                    # record never stops the sink (it would be read again, and again).
-                    dead.append(self._dead_letter(rec, "unwritable", str(exc)[:80]))
-                    dead_reasons.append("unwritable")
+        try:
+            for rec in records:
+                partition = rec.partition
+                offset = rec.offset
+                if offset < offsets.get(partition, 0):
+                    result.skipped_below_offset += 1
                     continue
-                day_rows = by_day.setdefault(day, [])
-                day_begin = day_start(day)
-                day_end = day_begin + 86400
-            keys[1].add(key)
-            keys[2].append(key)
-            tick = stamp(tick, day)
-            line = csv_line(tick)
-            rows.append(line)
-            day_rows.append(line)
-            written.append(tick)
-            newest = newest_ts.get(asset)
-            if newest is None:
-                prev = last.get(asset)
-                newest = -_INF if prev is None else _line_ts(prev)
-            if newest <= ts:
-                last_updates[asset] = line
-                newest = ts
-            newest_ts[asset] = newest
+                offsets[partition] = offset + 1
+                try:
+                    tick = tick_from_json(rec.value, latest)
+                except InvalidTick as exc:
+                    dead.append(self._dead_letter(rec, exc.reason, exc.detail))
+                    dead_reasons.append(exc.reason)
+                    continue
+                asset = tick.id
+                ts = tick.timestamp
+                key = (ts, tick.price_usd)
+                keys = seen.get(asset)
+                if keys is None:
+                    keys = seen[asset] = (self._known.setdefault(asset, set()), set(), [])
+                if key in keys[0] or key in keys[1]:
+                    result.duplicates += 1
+                    continue
+                if not day_begin <= ts < day_end:
+                    try:
+                        day = self._days.name(ts)
+                    except (ValueError, OverflowError, OSError) as exc:
+                        # The checks let through a time the calendar cannot place: one
+                        # record never stops the sink (it would be read again, and again).
+                        dead.append(self._dead_letter(rec, "unwritable", str(exc)[:80]))
+                        dead_reasons.append("unwritable")
+                        continue
+                    day_rows = by_day.setdefault(day, [])
+                    day_begin = day_start(day)
+                    day_end = day_begin + 86400
+                keys[1].add(key)
+                keys[2].append(key)
+                tick = stamp(tick, day)
+                line = csv_line(tick)
+                rows.append(line)
+                day_rows.append(line)
+                written.append(tick)
+                newest = newest_ts.get(asset)
+                if newest is None:
+                    prev = last.get(asset)
+                    newest = -_INF if prev is None else _line_ts(prev)
+                if newest <= ts:
+                    last_updates[asset] = line
+                    newest = ts
+                newest_ts[asset] = newest
+        except OSError as exc:
+            # Reading a day's first prices back failed: nothing is written yet; the
+            # batch fails whole and is retried like any disk error.
+            self._first_values.discard()
+            raise self._write_error(exc) from exc
         result.written = len(rows)
         result.dead_letters = len(dead)
         if offsets == state.offsets:
@@ -464,10 +471,7 @@ class CsvSink:
                 f = self._file(DEAD_LETTER_FILE)
                 f.append(b"".join(dead))
                 sizes[DEAD_LETTER_FILE] = f.size
-            last = state.last
-            if last_updates:
-                last = {**state.last, **last_updates}
-                self._write_last_values(last)
+            last = {**state.last, **last_updates} if last_updates else state.last
             new_state = _State(state.topic, offsets, sizes, last, state.identity)
             # The commit point: once this rename is done, the batch counts.
             atomic_write(
@@ -484,6 +488,15 @@ class CsvSink:
         self._first_values.commit()
         if self._fsync:
             self._sync_state_dir()
+        if last_updates:
+            # After the commit point, from the committed state: a reader never sees a row
+            # that did not commit. It is derived: on failure open() or the next batch
+            # writes it again from the state, so the batch still counts.
+            try:
+                self._write_last_values(last)
+            except OSError as exc:
+                self.metrics.sink_errors.labels("last_values").inc()
+                log.error("last_values_not_written", error=exc.strerror or str(exc))
         for reason in dead_reasons:
             self.metrics.dead_letters.labels(reason).inc()
         for asset, (known, fresh, order) in seen.items():

@@ -40,6 +40,8 @@ class FirstValueBook:
         self._firsts: OrderedDict[str, dict[str, str]] = OrderedDict()
         # The same for rows of the batch being written, until it commits.
         self._pending: dict[str, dict[str, str]] = {}
+        # The day last moved to the end of _firsts (most rows are of one day: no move).
+        self._newest = ""
         # Asset id -> its CSV cell: the file knows an asset by the cell it holds.
         self._cells: dict[str, str] = {}
 
@@ -48,6 +50,9 @@ class FirstValueBook:
         firsts = self._firsts.get(day)
         if firsts is None:
             firsts = self._load(day)
+        elif day != self._newest:
+            self._firsts.move_to_end(day)  # least recently used goes first
+            self._newest = day
         cell = self._cells.get(tick.id)
         if cell is None:
             if len(self._cells) >= 4096:  # odd input must not grow it without bound
@@ -74,10 +79,12 @@ class FirstValueBook:
         """Drop everything in memory (the files may have changed under us)."""
         self._firsts.clear()
         self._pending.clear()
+        self._newest = ""
 
     def _load(self, day: str) -> dict[str, str]:
         firsts = _first_prices(self._ticks_dir / f"{day}.csv", self._committed_size(day) or 0)
         self._firsts[day] = firsts
+        self._newest = day
         while len(self._firsts) > KEEP_DAYS:
             self._firsts.popitem(last=False)
         return firsts

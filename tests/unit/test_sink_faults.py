@@ -19,9 +19,10 @@ import orjson
 import pytest
 
 from cryptostream.csvrow import csv_line
-from cryptostream.layout import DATA_FILE, DEAD_LETTER_FILE
+from cryptostream.layout import DATA_FILE, DEAD_LETTER_FILE, LAST_VALUES_FILE
 from cryptostream.layout import SINK_STATE_FILE as STATE_FILE
 from cryptostream.metrics import Metrics
+from cryptostream.sink import firstvalues
 from cryptostream.sink.csvsink import CsvSink, Record, SinkWriteError
 from cryptostream.tick import Tick
 from tests.faults.inject import Crash, DiskFaults, ends_with
@@ -251,3 +252,51 @@ def test_implausible_timestamps_are_dead_lettered_never_raised(tmp_path: Path) -
     rows = list(csv.reader(io.StringIO((tmp_path / DATA_FILE).read_text())))[1:]
     assert [r[4] for r in rows] == [t.price_usd for t in good[:-1]]
     sink.close()
+
+
+def test_a_batch_that_does_not_commit_leaves_the_last_values_file_as_committed(
+    tmp_path: Path, faults: DiskFaults
+) -> None:
+    """crypto_last_values.csv is written after the commit point: a batch whose state
+    rename fails never shows its rows there, not even until the retry."""
+    sink = CsvSink(tmp_path, TOPIC, Metrics())
+    sink.open()
+    sink.write(batch(0, 1))
+    committed = (tmp_path / LAST_VALUES_FILE).read_text()
+    faults.add("replace", ends_with("/" + STATE_FILE), errno.EIO, times=1)
+    with pytest.raises(SinkWriteError):
+        sink.write(batch(1, 1))
+    assert (tmp_path / LAST_VALUES_FILE).read_text() == committed
+    sink.write(batch(1, 1))  # the retry commits, and only then shows the new row
+    assert (tmp_path / LAST_VALUES_FILE).read_text() != committed
+    sink.close()
+    assert_exact(tmp_path, batch(0, 2))
+
+
+def test_a_daily_file_that_cannot_be_read_back_fails_the_batch_not_the_sink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """firstValue reads the day's committed rows back; a read error is a disk error
+    like any other: SinkWriteError (retried), nothing written, nothing remembered."""
+    sink = CsvSink(tmp_path, TOPIC, Metrics())
+    sink.open()
+    sink.write(batch(0, 3))
+    sink.close()
+    sink = CsvSink(tmp_path, TOPIC, Metrics())  # a fresh book: the day is read back
+    sink.open()
+    real = firstvalues._first_prices
+    calls = {"n": 0}
+
+    def failing(path: Path, size: int) -> dict[str, str]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real(path, size)
+
+    monkeypatch.setattr(firstvalues, "_first_prices", failing)
+    with pytest.raises(SinkWriteError):
+        sink.write(batch(3, 3))
+    sink.write(batch(3, 3))
+    sink.close()
+    assert calls["n"] >= 2
+    assert_exact(tmp_path, batch(0, 6))
