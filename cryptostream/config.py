@@ -14,6 +14,7 @@ the CLI turns it into one line on stderr and exit code 2 before anything starts.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import ssl
@@ -34,18 +35,9 @@ DEFAULT_CONFIG_FILE = "config.toml"
 # A shorter access token is guessable; a long random one costs nothing.
 MIN_TOKEN_LENGTH = 16
 
-#: A free CoinCap key's monthly allowance was a few thousand credits, and reportedly
-#: cut since: this default keeps a free key within it. Paid plans set their own.
-DEFAULT_MONTHLY_CREDITS = 2500
-
 DEFAULT_ASSETS = ("bitcoin", "ethereum", "tether", "xrp", "binance-coin", "solana")
 #: A CoinCap asset id: lower-case, and nothing that would break a URL or a list.
 ASSET_ID_PATTERN = r"^[^A-Z ,/?&#]+$"
-
-#: The price sources ``source.name`` may name.
-SourceName = Literal["coincap", "coincap-ws", "binance", "kraken", "demo", "auto"]
-#: Sources that can stand in for one another in a failover chain (real prices only).
-ChainSource = Literal["coincap", "coincap-ws", "binance", "kraken"]
 
 # CoinCap id -> exchange market. Binance quotes in USDT (taken as USD); it has no
 # tether/USD market, so tether is not priced by Binance. Kraken quotes in real USD
@@ -148,8 +140,9 @@ class CoinCapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     #: How often ``coincap-ws`` refreshes symbol, name, change and VWAP over REST, seconds.
     ws_refresh_interval: Positive = 60.0
     #: Credits this service may spend per billing period (0 = no limit: counted only).
-    #: The default fits a free key's allowance; set your plan's (see README "Costs").
-    monthly_credits: NonNegativeInt = DEFAULT_MONTHLY_CREDITS
+    #: A free key's monthly allowance was a few thousand credits, and reportedly cut
+    #: since: the default keeps a free key within it. Set your plan's (see README "Costs").
+    monthly_credits: NonNegativeInt = 2500
     #: Day of the month (UTC) the billing period starts; 29-31 mean the last day in
     #: shorter months.
     billing_day: DayOfMonth = 1
@@ -164,9 +157,10 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     #: ``coincap``/``coincap-ws`` (need COINCAP_API_KEY), ``binance``, ``kraken`` (keyless),
     #: ``demo`` (synthetic prices, offline) or ``auto`` (see ``source.chain.source_chain``):
     #: the default, so a first run without a key starts on the keyless sources.
-    name: SourceName = "auto"
-    #: Sources to fail over to, in order, when the one in use keeps failing.
-    fallbacks: tuple[ChainSource, ...] = ()
+    name: Literal["coincap", "coincap-ws", "binance", "kraken", "demo", "auto"] = "auto"
+    #: Sources to fail over to, in order, when the one in use keeps failing (real prices
+    #: only: the demo source cannot stand in for another).
+    fallbacks: tuple[Literal["coincap", "coincap-ws", "binance", "kraken"], ...] = ()
     #: Seconds the active source may fail before the next one takes over.
     failover_after: Positive = 60.0
     assets: Assets = DEFAULT_ASSETS
@@ -276,28 +270,21 @@ class ShutdownConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    coincap: CoinCapConfig = msgspec.field(default_factory=CoinCapConfig)
-    source: SourceConfig = msgspec.field(default_factory=SourceConfig)
-    demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
-    binance: BinanceConfig = msgspec.field(default_factory=BinanceConfig)
-    kraken: KrakenConfig = msgspec.field(default_factory=KrakenConfig)
-    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
-    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
-    web: WebConfig = msgspec.field(default_factory=WebConfig)
-    log: LogConfig = msgspec.field(default_factory=LogConfig)
-    shutdown: ShutdownConfig = msgspec.field(default_factory=ShutdownConfig)
+    coincap: CoinCapConfig = CoinCapConfig()
+    source: SourceConfig = SourceConfig()
+    demo: DemoConfig = DemoConfig()
+    binance: BinanceConfig = BinanceConfig()
+    kraken: KrakenConfig = KrakenConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    storage: StorageConfig = StorageConfig()
+    web: WebConfig = WebConfig()
+    log: LogConfig = LogConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for log redaction."""
-        return [
-            s
-            for s in (
-                self.coincap.api_key.get(),
-                self.web.token.get(),
-                self.kafka.sasl_password.get(),
-            )
-            if s
-        ]
+        secrets = (self.coincap.api_key, self.web.token, self.kafka.sasl_password)
+        return [secret.get() for secret in secrets if secret]
 
 
 #: section -> key -> declared type (with its constraints), read off the schema.
@@ -306,7 +293,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     for section in msgspec.structs.fields(Config)
 }
 # Keys that are not read from the file or CRYPTOSTREAM_* variables.
-_EXTERNAL_KEYS = {("coincap", "api_key"), ("kafka", "sasl_password")}
+del _SCHEMA["coincap"]["api_key"], _SCHEMA["kafka"]["sasl_password"]
 _EXTERNAL_HINTS = {
     "api_key": f" (set it with the {API_KEY_ENV} environment variable)",
     "sasl_password": (
@@ -338,10 +325,10 @@ def load_config(
         for section, key, value in _read_toml(file_path):
             put(section, key, value, f"{file_path}: [{section}] {key}")
     for name, value in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
+        section, sep, key = name.removeprefix(ENV_PREFIX).lower().partition("__")
+        if not name.startswith(ENV_PREFIX) or not sep:
             continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        if key not in _SCHEMA.get(section, {}) or (section, key) in _EXTERNAL_KEYS:
+        if key not in _SCHEMA.get(section, {}):
             raise ConfigError(f"unknown configuration variable {name}")
         origin = f"environment {name}"
         put(section, key, _from_env(value, _SCHEMA[section][key], origin), origin)
@@ -360,17 +347,15 @@ def load_config(
 
 def _resolve_path(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        return p
-    if env.get(CONFIG_PATH_ENV):
-        p = Path(env[CONFIG_PATH_ENV])
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p} (from {CONFIG_PATH_ENV})")
-        return p
-    p = Path(DEFAULT_CONFIG_FILE)
-    return p if p.is_file() else None
+        p, whence = Path(path), ""
+    elif env.get(CONFIG_PATH_ENV):
+        p, whence = Path(env[CONFIG_PATH_ENV]), f" (from {CONFIG_PATH_ENV})"
+    else:
+        p = Path(DEFAULT_CONFIG_FILE)
+        return p if p.is_file() else None
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}{whence}")
+    return p
 
 
 def _read_toml(path: Path) -> list[tuple[str, str, Any]]:
@@ -388,7 +373,7 @@ def _read_toml(path: Path) -> list[tuple[str, str, Any]]:
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section} must be a table [{section}]")
         for key, value in table.items():
-            if key not in _SCHEMA[section] or (section, key) in _EXTERNAL_KEYS:
+            if key not in _SCHEMA[section]:
                 hint = _EXTERNAL_HINTS.get(key, "")
                 raise ConfigError(f"{path}: unknown key [{section}] {key}{hint}")
             out.append((section, key, value))
@@ -399,9 +384,8 @@ def _unwrap(hint: Any) -> tuple[Any, str | None]:
     """The bare type of a field and its error text, if it carries a constraint."""
     if typing.get_origin(hint) is not Annotated:
         return hint, None
-    base, *metadata = typing.get_args(hint)
-    errors = [m.extra["error"] for m in metadata if isinstance(m, msgspec.Meta) and m.extra]
-    return base, errors[0] if errors else None
+    base, rule = typing.get_args(hint)  # every constraint is one _rule
+    return base, rule.extra["error"]
 
 
 def _from_env(text: str, hint: Any, origin: str) -> Any:
@@ -418,30 +402,27 @@ def _from_env(text: str, hint: Any, origin: str) -> Any:
                 return msgspec.json.decode(text)
             except msgspec.DecodeError:
                 raise ConfigError(f"{origin}: invalid JSON list: {text!r}") from None
-        return [part for part in (p.strip() for p in text.split(",")) if part]
+        return [part for part in text.split(",") if part.strip()]
     if base is bool:
         return _BOOL_WORDS.get(text.strip().lower(), text)
     if base in (int, float):
-        try:
-            return base(text.strip())
-        except ValueError:
-            return text
+        with contextlib.suppress(ValueError):
+            return base(text)
     return text
 
 
-def _tidy(value: Any, hint: Any, origin: str, *, item: bool = False) -> Any:
+def _tidy(value: Any, hint: Any, origin: str) -> Any:
     """Forgive what people type: the case of a choice, blanks around list items."""
     base, _ = _unwrap(hint)
     if base is float and isinstance(value, float) and not math.isfinite(value):
         # msgspec's range checks would let infinity through; no setting wants it.
         raise ConfigError(f"{origin}: expected a number, got {value!r}")
     if typing.get_origin(base) is tuple and isinstance(value, list):
-        return [_tidy(v, typing.get_args(base)[0], origin, item=True) for v in value]
-    if not isinstance(value, str):
-        return value
-    if typing.get_origin(base) is Literal:
+        item = typing.get_args(base)[0]
+        return [_tidy(v.strip() if isinstance(v, str) else v, item, origin) for v in value]
+    if isinstance(value, str) and typing.get_origin(base) is Literal:
         return value.strip().lower()
-    return value.strip() if item else value
+    return value
 
 
 def _decode_custom(kind: type, value: Any) -> Any:
@@ -460,33 +441,20 @@ def _explain(
     where: Callable[[str, str], str],
 ) -> ConfigError:
     """msgspec's ``... - at `$.source.assets[2]``` as our one line naming key and origin."""
-    path = str(exc).rpartition(" - at `$.")[2].rstrip("`")
-    section, _, rest = path.partition(".")
+    problem, _, path = str(exc).rpartition(" - at `$.")
+    section, _, rest = path.rstrip("`").partition(".")
     key, _, index = rest.partition("[")
-    if key not in raw.get(section, {}):  # pragma: no cover - unknown keys are refused earlier
-        return ConfigError(str(exc))
     hint, value = _SCHEMA[section][key], raw[section][key]
     item = value[int(index.rstrip("]"))] if index else None
     if isinstance(item, str):
         # A list item of the right type broke its own rule: name the item.
         hint, value = typing.get_args(_unwrap(hint)[0])[0], item
     base, error = _unwrap(hint)
-    if error is not None and _is_a(value, base):
+    # msgspec tells what it got only when the type is wrong, not when a constraint fails.
+    if error is not None and ", got `" not in problem:
         return ConfigError(f"{where(section, key)}: {error.format(value=value)}")
-    if base is Secret:  # never echo the value: it is meant to be secret
-        return ConfigError(f"{where(section, key)}: expected a string")
-    return ConfigError(f"{where(section, key)}: expected {_describe(base)}, got {value!r}")
-
-
-def _is_a(value: Any, base: Any) -> bool:
-    """Whether ``value`` has the declared type (so a failure is a broken constraint)."""
-    if isinstance(value, bool):
-        return base is bool
-    if base is float:
-        return isinstance(value, int | float)
-    if typing.get_origin(base) is tuple:
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return isinstance(base, type) and isinstance(value, base)
+    got = "" if base is Secret else f", got {value!r}"  # a secret value is never echoed
+    return ConfigError(f"{where(section, key)}: expected {_describe(base)}{got}")
 
 
 def _describe(base: Any) -> str:
@@ -569,12 +537,9 @@ def _check_sources(config: Config, where: Callable[[str, str], str]) -> None:
             "(get one at https://pro.coincap.io/dashboard, or use source.name = auto, "
             "binance or kraken without one)"
         )
+    keyless_fallback = any(s not in KEYED_SOURCES for s in chain[1:])
     cc = config.coincap
-    if (
-        cc.budget_mode == "failover"
-        and cc.monthly_credits
-        and not any(s not in KEYED_SOURCES for s in chain[1:])
-    ):
+    if cc.budget_mode == "failover" and cc.monthly_credits and not keyless_fallback:
         raise ConfigError(
             f"{where('coincap', 'budget_mode')}: failover needs a keyless source to hand "
             "over to: add source.fallbacks (e.g. binance, kraken) or use pace"
@@ -591,26 +556,24 @@ def _check_kafka_security(k: KafkaConfig, where: Callable[[str, str], str]) -> N
                 f"{SASL_PASSWORD_ENV} is not set (nor kafka.sasl_password_file): "
                 f"security_protocol {protocol} needs the SASL password"
             )
-    else:
-        for key in ("sasl_username", "sasl_password_file"):
-            if getattr(k, key):
+    ssl_keys = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    for keys, protocols in (
+        (("sasl_username", "sasl_password_file"), ("sasl_plaintext", "sasl_ssl")),
+        (ssl_keys, ("ssl", "sasl_ssl")),
+    ):
+        for key in keys:
+            if getattr(k, key) and protocol not in protocols:
                 raise ConfigError(
                     f"{where('kafka', key)}: only used with security_protocol "
-                    f"sasl_plaintext or sasl_ssl (it is {protocol})"
+                    f"{' or '.join(protocols)} (it is {protocol})"
                 )
-    tls = protocol in ("ssl", "sasl_ssl")
-    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        value = getattr(k, key)
-        if value and not tls:
-            raise ConfigError(
-                f"{where('kafka', key)}: only used with security_protocol ssl or sasl_ssl "
-                f"(it is {protocol})"
-            )
-        if value and not Path(value).is_file():
-            raise ConfigError(f"{where('kafka', key)}: no such file {value}")
+    for key in ssl_keys:
+        path = getattr(k, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{where('kafka', key)}: no such file {path}")
     if k.ssl_keyfile and not k.ssl_certfile:
         raise ConfigError(f"{where('kafka', 'ssl_keyfile')}: needs kafka.ssl_certfile too")
-    if tls:
+    if protocol in ("ssl", "sasl_ssl"):
         # Load the files once now: a bad PEM is a configuration error, not a retry loop.
         try:
             context = ssl.create_default_context(cafile=k.ssl_cafile or None)

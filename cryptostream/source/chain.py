@@ -9,8 +9,6 @@ from cryptostream.config import ASSET_ID_PATTERN, Config
 #: Sources that need COINCAP_API_KEY.
 KEYED_SOURCES = ("coincap", "coincap-ws")
 
-_ASSET_ID = re.compile(ASSET_ID_PATTERN)
-
 
 def source_chain(config: Config) -> tuple[str, ...]:
     """The sources to use, most preferred first: ``source.name`` then ``source.fallbacks``.
@@ -33,7 +31,7 @@ def asset_mapping(entries: tuple[str, ...]) -> dict[str, str]:
         asset, sep, market = (part.strip() for part in entry.partition("="))
         if not sep or not asset or not market:
             raise ValueError(f"expected coincap-id=MARKET, got {entry!r}")
-        if not _ASSET_ID.match(asset):
+        if not re.match(ASSET_ID_PATTERN, asset):
             raise ValueError(f"invalid asset id {asset!r} in {entry!r}")
         if not all(c.isalnum() or c in "-_." for c in market):
             raise ValueError(f"invalid market name {market!r} in {entry!r}")
