@@ -468,18 +468,17 @@ def _describe(base: Any) -> str:
 
 def _sasl_password(path: str, env: Mapping[str, str], where: Callable[[str, str], str]) -> Secret:
     """The SASL password, from $KAFKA_SASL_PASSWORD or the file; never echoed in errors."""
-    from_env = env.get(SASL_PASSWORD_ENV, "")
-    if not path:
-        return Secret(from_env.rstrip("\r\n"))
-    origin = where("kafka", "sasl_password_file")
-    if from_env:
-        raise ConfigError(f"{origin} and {SASL_PASSWORD_ENV} are both set: use one of them")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{origin}: cannot read {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{origin}: {path} is not UTF-8 text") from None
+    text = env.get(SASL_PASSWORD_ENV, "")
+    if path:
+        origin = where("kafka", "sasl_password_file")
+        if text:
+            raise ConfigError(f"{origin} and {SASL_PASSWORD_ENV} are both set: use one of them")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{origin}: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{origin}: {path} is not UTF-8 text") from None
     # `echo secret > file` adds a line end that is not part of the password.
     return Secret(text.rstrip("\r\n"))
 
