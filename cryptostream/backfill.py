@@ -11,7 +11,7 @@ sink writes, under its exactly-once state); Power BI's folder connector on
 ``history/`` combines both.
 
 * Windows: the range is cut at UTC midnights into windows the API accepts
-  (:data:`WINDOW_DAYS`), one request per asset and window.
+  (:data:`INTERVALS`), one request per asset and window.
 * Idempotent: rows are keyed by (asset, timestamp); each day file is rewritten
   atomically as the sorted union of what it had and what came, so running the
   same range twice changes nothing.
@@ -56,28 +56,18 @@ from cryptostream.tick import InvalidTick, Tick, decimal_text
 
 log = get_logger(__name__)
 
+#: Interval -> (seconds per step, days per request). The days keep a request at
+#: most ~2,000 points, within the API's limits.
 INTERVALS = {
-    "m1": 60,
-    "m5": 300,
-    "m15": 900,
-    "m30": 1800,
-    "h1": 3600,
-    "h2": 7200,
-    "h6": 21600,
-    "h12": 43200,
-    "d1": 86400,
-}
-#: Days per request, per interval: at most ~2,000 points, within the API's limits.
-WINDOW_DAYS = {
-    "m1": 1,
-    "m5": 5,
-    "m15": 7,
-    "m30": 14,
-    "h1": 30,
-    "h2": 60,
-    "h6": 180,
-    "h12": 360,
-    "d1": 3650,
+    "m1": (60, 1),
+    "m5": (300, 5),
+    "m15": (900, 7),
+    "m30": (1800, 14),
+    "h1": (3600, 30),
+    "h2": (7200, 60),
+    "h6": (21600, 180),
+    "h12": (43200, 360),
+    "d1": (86400, 3650),
 }
 
 
@@ -92,7 +82,6 @@ class CostEstimate:
     windows: int
     requests: int
     credits: int
-    used: int
     #: ``coincap.monthly_credits`` (0 = no limit).
     budget: int
     #: None without a limit.
@@ -153,7 +142,7 @@ def plan(
         raise BackfillError(f"unknown interval {interval!r}: one of {', '.join(INTERVALS)}")
     if end <= start:
         raise BackfillError("--end must be after --start")
-    step = dt.timedelta(days=WINDOW_DAYS[interval])
+    step = dt.timedelta(days=INTERVALS[interval][1])
     windows = []
     for asset in assets:
         cursor = start
@@ -170,7 +159,7 @@ def _ms(when: dt.datetime) -> int:
 
 
 def _rows(window: Window, interval: str) -> int:
-    step = INTERVALS[interval] * 1000
+    step = INTERVALS[interval][0] * 1000
     return max(1, math.ceil((window.end_ms - window.start_ms) / step))
 
 
@@ -204,7 +193,6 @@ class Backfill:
             windows=len(todo),
             requests=len(todo) + len(assets),
             credits=credits,
-            used=plan.used,
             budget=plan.budget,
             left=plan.left,
             period_end=plan.period_end,
@@ -220,10 +208,6 @@ class Backfill:
             log.warning("backfill_progress_unreadable", error=str(exc))
             return set()
 
-    def _save_done(self, done: set[str]) -> None:
-        self._progress_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._progress_file, orjson.dumps({"done": sorted(done)}))
-
     async def run(self, windows: list[Window], *, progress: bool | None = None) -> BackfillResult:
         result = BackfillResult(windows=len(windows))
         done = self._load_done()
@@ -236,7 +220,6 @@ class Backfill:
             already_done=result.skipped_done,
             requests_needed=len(todo) + len({w.asset for w in todo}),
         )
-        metrics = Metrics()
         bar = Progress(
             len(todo),
             desc="backfill",
@@ -249,7 +232,7 @@ class Backfill:
         try:
             async with aiohttp.ClientSession() as session:
                 client = CoinCapClient(
-                    self._config.coincap, session, metrics, budget=self.budget, kind="backfill"
+                    self._config.coincap, session, Metrics(), budget=self.budget, kind="backfill"
                 )
                 # Every asset first: an unknown one is said before any history is fetched.
                 await self._names_of(client, sorted({w.asset for w in todo}), result)
@@ -276,21 +259,24 @@ class Backfill:
         unknown = []
         for asset in assets:
             try:
-                body = await client.retrying(functools.partial(client.get_asset, asset))
+                await self._fetch_name(client, asset)
             except UnknownAsset:
                 unknown.append(asset)
                 continue
             except ApiError:
                 continue  # said by the window that needs it (and retried there)
             result.requests += 1
-            data = orjson.loads(body).get("data") or {}
-            self._names[asset] = (str(data.get("symbol") or ""), str(data.get("name") or ""))
         if unknown:
             names = ", ".join(repr(a) for a in unknown)
             raise BackfillError(
                 f"unknown asset {names}: CoinCap does not know "
                 f"{'it' if len(unknown) == 1 else 'them'} (ids look like bitcoin, binance-coin)"
             )
+
+    async def _fetch_name(self, client: CoinCapClient, asset: str) -> None:
+        body = await client.retrying(functools.partial(client.get_asset, asset))
+        data = orjson.loads(body).get("data") or {}
+        self._names[asset] = (str(data.get("symbol") or ""), str(data.get("name") or ""))
 
     async def _windows(
         self,
@@ -323,16 +309,15 @@ class Backfill:
             result.rows_added += added
             result.rows_invalid += invalid
             done.add(window.key)
-            self._save_done(done)
+            self._progress_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._progress_file, orjson.dumps({"done": sorted(done)}))
             bar.update()
 
     async def _window(self, client: CoinCapClient, window: Window) -> tuple[int, int, int]:
         calls = 0
         if window.asset not in self._names:
-            body = await client.retrying(lambda: client.get_asset(window.asset))
+            await self._fetch_name(client, window.asset)
             calls += 1
-            data = orjson.loads(body).get("data") or {}
-            self._names[window.asset] = (str(data.get("symbol") or ""), str(data.get("name") or ""))
         symbol, name = self._names[window.asset]
         response = await client.retrying(
             lambda: client.get_history(window.asset, self._interval, window.start_ms, window.end_ms)

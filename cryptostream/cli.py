@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptostream import __version__, logs
 from cryptostream.config import (
@@ -93,28 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
     long_job.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="progress bar (default: on a terminal; periodic log lines otherwise)",
     )
     sub = parser.add_subparsers(metavar="COMMAND")
-    sub.add_parser(
-        "run",
-        parents=[config_option],
+
+    def command(
+        func: Command, *parents: argparse.ArgumentParser, **text: Any
+    ) -> argparse.ArgumentParser:
+        """The sub-parser named like ``func`` and bound to it (``text``: help, description...)."""
+        cmd = sub.add_parser(func.__name__, parents=[config_option, *parents], **text)
+        cmd.set_defaults(func=func)
+        return cmd
+
+    command(
+        run,
         help="run the pipeline until SIGINT/SIGTERM, then drain and exit",
         description="Fetch prices, publish them to Kafka, consume them into the CSV files. "
         "Stops cleanly on SIGINT/SIGTERM (a second signal forces the exit).",
-    ).set_defaults(func=run)
-    check_cmd = sub.add_parser(
-        "check",
-        parents=[config_option],
+    )
+    check_cmd = command(
+        check,
         help="exit 0 if the running service is ready, 1 if not (for health checks)",
         description="Ask the running service's /readyz endpoint (at web.host:web.port).",
     )
     check_cmd.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
-    check_cmd.set_defaults(func=check)
-    replay_cmd = sub.add_parser(
-        "replay",
-        parents=[config_option, long_job],
+    replay_cmd = command(
+        replay,
+        long_job,
         help="rebuild every CSV file from the Kafka topic's earliest offset",
         description="Read the topic from its earliest offset to its current end through the "
         "same sink the service uses, into an empty data directory. With one partition the "
@@ -124,13 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--to",
         metavar="DIR",
         type=Path,
-        default=None,
         help="target directory (default: storage.data_dir, which must not hold files yet)",
     )
-    replay_cmd.set_defaults(func=replay)
-    bf = sub.add_parser(
-        "backfill",
-        parents=[config_option, long_job],
+    bf = command(
+        backfill,
+        long_job,
         help="fetch CoinCap price history into history/backfill/<interval>/ CSV files",
         description="Fetch /assets/{id}/history in windows the API accepts and write "
         "history/backfill/<interval>/YYYY-MM-DD.csv (same columns as crypto_data.csv). "
@@ -139,13 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: cryptostream backfill --assets bitcoin,ethereum "
         "--start 2025-03-01 --end 2025-04-01 --interval h1",
     )
-    bf.add_argument(
-        "--assets",
-        default=None,
-        help="comma-separated CoinCap ids (default: source.assets)",
-    )
+    bf.add_argument("--assets", help="comma-separated CoinCap ids (default: source.assets)")
     bf.add_argument("--start", required=True, help="UTC date or date-time, e.g. 2025-03-01")
-    bf.add_argument("--end", default=None, help="UTC date or date-time, exclusive (default: now)")
+    bf.add_argument("--end", help="UTC date or date-time, exclusive (default: now)")
     bf.add_argument(
         "--interval",
         default="h1",
@@ -155,7 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument(
         "--max-requests",
         type=int,
-        default=None,
         metavar="N",
         help="make at most N API requests in this run; re-run to continue",
     )
@@ -165,20 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="start even when the range needs more CoinCap credits than are left this "
         "billing period (coincap.monthly_credits)",
     )
-    bf.set_defaults(func=backfill)
-    cr = sub.add_parser(
-        "credits",
-        parents=[config_option],
+    cr = command(
+        credits,
         help="the CoinCap credit ledger and the plan for the current configuration",
         description="What this data directory spent on CoinCap in the current billing period, "
         "the budget (coincap.monthly_credits), and what the configured poll rate needs until "
         "the reset. Reads the ledger only; safe while the service runs.",
     )
     cr.add_argument("--json", action="store_true", help="one JSON object, for scripts")
-    cr.set_defaults(func=credits)
-    pbi = sub.add_parser(
-        "powerbi",
-        parents=[config_option],
+    pbi = command(
+        powerbi,
         help="write a Power BI Project (PBIP) for the data directory",
         description="Write a Power BI Project: open its .pbip in Power BI Desktop and click "
         "Refresh once. The data directory's path is baked into the DataFolder parameter "
@@ -190,13 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         metavar="DIR",
         type=Path,
-        default=None,
         help="where to write the project (default: <storage.data_dir>/powerbi)",
     )
     pbi.add_argument(
         "--data-folder",
         metavar="PATH",
-        default=None,
         help="the data folder as Power BI will see it, e.g. C:\\Users\\me\\cryptostream\\data "
         "(default: the absolute storage.data_dir)",
     )
@@ -207,7 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the ticks from the daily files history/ticks/ (default) or crypto_data.csv",
     )
     pbi.add_argument("--force", action="store_true", help="replace a project already in --out")
-    pbi.set_defaults(func=powerbi)
     return parser
 
 
@@ -236,18 +229,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(message: str, code: int) -> int:
     print(f"cryptostream: {message}", file=sys.stderr)  # noqa: T201
     return code
-
-
-def _locked(data_dir: Path, command: Callable[[], int]) -> int:
-    """Run a command that writes ``data_dir`` holding its lock (one writer at a time)."""
-    from cryptostream.datadir import DataDirError, DataDirLock
-
-    try:
-        lock = DataDirLock.acquire(data_dir)
-    except DataDirError as exc:
-        return _fail(str(exc), 2)
-    with lock:
-        return command()
 
 
 def run(config: Config, _args: argparse.Namespace) -> int:
@@ -279,21 +260,23 @@ def _stop_before_start(_signum: int, _frame: object) -> None:
 
 
 def replay(config: Config, args: argparse.Namespace) -> int:
-    target: Path = args.to or config.storage.data_dir
-    return _locked(target, lambda: _replay(config, target, args.progress))
-
-
-def _replay(config: Config, target: Path, progress: bool | None) -> int:
+    from cryptostream.datadir import DataDirError, DataDirLock
     from cryptostream.replay import ReplayError
     from cryptostream.replay import replay as do_replay
 
+    target: Path = args.to or config.storage.data_dir
     try:
-        count = asyncio.run(do_replay(config, target, progress=progress))
-    except ReplayError as exc:
-        return _fail(str(exc), 1)
-    except KeyboardInterrupt:
-        return 130
-    print(f"replayed {count} messages into {target}")  # noqa: T201
+        lock = DataDirLock.acquire(target)  # one writer of the directory at a time
+    except DataDirError as exc:
+        return _fail(str(exc), 2)
+    with lock:
+        try:
+            count = asyncio.run(do_replay(config, target, progress=args.progress))
+        except ReplayError as exc:
+            return _fail(str(exc), 1)
+        except KeyboardInterrupt:
+            return 130
+        print(f"replayed {count} messages into {target}")  # noqa: T201
     return 0
 
 
@@ -352,17 +335,44 @@ def credits(config: Config, args: argparse.Namespace) -> int:
     from cryptostream.credits.report import report_json, report_text
 
     budget = CreditBudget(config)
-    if args.json:
-        print(json.dumps(report_json(budget), indent=2))  # noqa: T201
-    else:
-        print(report_text(budget))  # noqa: T201
+    print(json.dumps(report_json(budget), indent=2) if args.json else report_text(budget))  # noqa: T201
     return 0
 
 
 def powerbi(config: Config, args: argparse.Namespace) -> int:
-    from cryptostream.powerbi.command import run as run_powerbi
+    from cryptostream.powerbi.project import (
+        Options,
+        ProjectError,
+        default_backfill_interval,
+        host_path,
+        write_project,
+    )
 
-    return run_powerbi(config, args.out, args.data_folder, args.ticks, force=args.force)
+    data_dir = config.storage.data_dir.resolve()
+    options = Options(
+        out=args.out or data_dir / "powerbi",
+        data_folder=args.data_folder or str(data_dir),
+        ticks_from=args.ticks,
+        backfill_interval=default_backfill_interval(data_dir),
+        force=args.force,
+    )
+    try:
+        pbip = write_project(options)
+    except ProjectError as exc:  # a bad --out
+        return _fail(str(exc), 2)
+    print(f"Power BI Project written to {pbip.parent}; DataFolder = {options.data_folder}")  # noqa: T201
+    # A drive letter (C:\ or C:/) or a UNC share (\\server\share, \\wsl$\...).
+    if not re.match(r"^([A-Za-z]:[\\/]|\\\\)", options.data_folder):
+        print(  # noqa: T201
+            "note: that is not a Windows path and Power BI Desktop runs on Windows: pass "
+            "--data-folder with the folder as Windows sees it, or change DataFolder later "
+            "(Transform data > Edit parameters)"
+        )
+    print(  # noqa: T201
+        f"Open {host_path(pbip, data_dir, args.data_folder)} in Power BI Desktop, "
+        "then click Refresh once."
+    )
+    return 0
 
 
 def check(config: Config, args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-from types import TracebackType
 
 from tqdm import tqdm
 
@@ -61,16 +60,8 @@ class Progress:
             self._last_log = now
             log.info(self._event, **{self._count_key: self.done, "of": self.total})
 
-    def close(self) -> None:
-        self._bar.close()
-
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(
-        self,
-        _exc_type: type[BaseException] | None,
-        _exc: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def __exit__(self, *_exc_info: object) -> None:
+        self._bar.close()

@@ -107,7 +107,9 @@ async def _copy(
     total: int,
     progress: bool | None,
 ) -> int:
-    bar = Progress(
+    start = time.monotonic()
+    written = 0
+    with Progress(
         total,
         desc="replay",
         unit="msg",
@@ -115,17 +117,13 @@ async def _copy(
         event="replay_progress",
         count_key="messages",
         show=progress,
-    )
-    start = time.monotonic()
-    written = 0
-    with bar:
+    ) as bar:
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
             # The client's records as fetched (the sink reads partition, offset, value).
             records: list[ConsumerRecord[Any, Any]] = []
             for tp, messages in sorted(batches.items(), key=lambda kv: kv[0].partition):
-                end = ends[tp]
-                records.extend(m for m in messages if m.offset < end)
+                records.extend(m for m in messages if m.offset < ends[tp])
             # Done with a partition when its position reached the end, not when a record
             # at end - 1 came: that offset may hold no data record (a transaction marker,
             # a record compacted away), and then no record ever says so.

@@ -78,9 +78,9 @@ def tick_columns() -> tuple[Column, ...]:
     )
 
 
-def measures(table: str = TICKS) -> tuple[Measure, ...]:
+def measures() -> tuple[Measure, ...]:
     """The report's measures (the kit's measures.dax is written from these)."""
-    t = table
+    t = TICKS
     return (
         Measure("Records", f"COUNTROWS ( {t} )", "#,0", "Ticks in the current filter."),
         Measure("Assets", f"DISTINCTCOUNT ( {t}[id] )", "0", "Assets tracked."),
@@ -111,29 +111,14 @@ def measures(table: str = TICKS) -> tuple[Measure, ...]:
 
 
 def tables(queries: tuple[Query, ...]) -> tuple[Table, ...]:
-    by_name = {q.name: q for q in queries if q.kind == "table"}
+    """One table per table query, all with the tick columns; the ticks hold the measures."""
     columns = tick_columns()
-    return (
-        Table(
-            TICKS,
-            columns,
-            measures(),
-            ((HIERARCHY, ("Year", "Month", "Day")),),
-            by_name[TICKS].doc,
-            by_name[TICKS].m,
-        ),
-        Table(
-            "crypto_last_values",
-            columns,
-            doc=by_name["crypto_last_values"].doc,
-            query=by_name["crypto_last_values"].m,
-        ),
-        Table(
-            "crypto_backfill",
-            columns,
-            doc=by_name["crypto_backfill"].doc,
-            query=by_name["crypto_backfill"].m,
-        ),
+    return tuple(
+        Table(q.name, columns, measures(), ((HIERARCHY, ("Year", "Month", "Day")),), q.doc, q.m)
+        if q.name == TICKS
+        else Table(q.name, columns, doc=q.doc, query=q.m)
+        for q in queries
+        if q.kind == "table"
     )
 
 
@@ -272,11 +257,9 @@ DATABASE_TMDL = "database\n\tcompatibilityLevel: 1600\n"
 def tmdl_files(queries: tuple[Query, ...]) -> dict[str, str]:
     """Paths under ``definition/`` -> TMDL text."""
     model_tables = tables(queries)
-    files = {
+    return {
         "database.tmdl": DATABASE_TMDL,
         "model.tmdl": model_tmdl(queries, model_tables),
         "expressions.tmdl": expressions_tmdl(queries),
+        **{f"tables/{t.name}.tmdl": table_tmdl(t) for t in model_tables},
     }
-    for t in model_tables:
-        files[f"tables/{t.name}.tmdl"] = table_tmdl(t)
-    return files

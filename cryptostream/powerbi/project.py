@@ -81,7 +81,7 @@ def project_files(options: Options) -> dict[str, str]:
         raise ProjectError(f"backfill interval must be one of {', '.join(BACKFILL_INTERVALS)}")
     folder = clean_folder(options.data_folder)
     qs = queries(folder, options.ticks_from, options.backfill_interval)
-    files = {
+    return {
         PBIP: _json(
             {
                 "$schema": report.schema("pbip"),
@@ -102,25 +102,18 @@ def project_files(options: Options) -> dict[str, str]:
                 "datasetReference": {"byPath": {"path": f"../{MODEL_DIR}"}},
             }
         ),
+        **{f"{MODEL_DIR}/definition/{path}": text for path, text in model.tmdl_files(qs).items()},
+        **{f"{REPORT_DIR}/{path}": _json(doc) for path, doc in report.report_files().items()},
     }
-    for path, text in model.tmdl_files(qs).items():
-        files[f"{MODEL_DIR}/definition/{path}"] = text
-    for path, doc in report.report_files().items():
-        files[f"{REPORT_DIR}/{path}"] = _json(doc)
-    return files
-
-
-def _check_target(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ProjectError(f"--out {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ProjectError(f"--out {out} exists and is not empty (add --force to replace it)")
 
 
 def write_project(options: Options) -> Path:
     """Write the project into ``options.out``; returns the path of the ``.pbip`` file."""
     out = options.out.resolve()
-    _check_target(out, options.force)
+    if out.exists() and not out.is_dir():
+        raise ProjectError(f"--out {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not options.force:
+        raise ProjectError(f"--out {out} exists and is not empty (add --force to replace it)")
     files = project_files(options)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -85,10 +85,6 @@ class Field:
         }
 
 
-def column(table: str, prop: str) -> Field:
-    return Field(table, prop)
-
-
 def measure(prop: str) -> Field:
     return Field(TICKS, prop, "Measure")
 
@@ -102,10 +98,8 @@ class Visual:
     name: str
     visual_type: str
     title: str
-    x: int
-    y: int
-    width: int
-    height: int
+    #: x, y, width, height on the page.
+    box: tuple[int, int, int, int]
     roles: dict[str, tuple[Field, ...]]
     objects: Json | None = None
     sort: Field | None = None
@@ -129,10 +123,7 @@ def visuals() -> tuple[Visual, ...]:
             vname,
             "card",
             title,
-            margin + i * (card_w + gap),
-            margin,
-            card_w,
-            card_h,
+            (margin + i * (card_w + gap), margin, card_w, card_h),
             {"Values": (measure(prop),)},
         )
         for i, (vname, title, prop) in enumerate(cards)
@@ -146,10 +137,7 @@ def visuals() -> tuple[Visual, ...]:
             "slicer_date",
             "slicer",
             "Date (UTC)",
-            margin,
-            top,
-            slicer_w,
-            height,
+            (margin, top, slicer_w, height),
             {"Values": (level("Year"), level("Month"), level("Day"))},
             objects={"data": [{"properties": {"mode": text("Basic")}}]},
         ),
@@ -157,31 +145,25 @@ def visuals() -> tuple[Visual, ...]:
             "chart_variation",
             "lineChart",
             "Price variation since 00:00 UTC",
-            margin + slicer_w + gap,
-            top,
-            chart_w,
-            height,
+            (margin + slicer_w + gap, top, chart_w, height),
             {
-                "Category": (column(TICKS, "TimeUTC"),),
+                "Category": (Field(TICKS, "TimeUTC"),),
                 "Y": (measure("Price Variation %"),),
-                "Series": (column(TICKS, "symbol"),),
+                "Series": (Field(TICKS, "symbol"),),
             },
         ),
         Visual(
             "table_last_values",
             "tableEx",
             "Last price per asset",
-            PAGE_WIDTH - margin - table_w,
-            top,
-            table_w,
-            height,
+            (PAGE_WIDTH - margin - table_w, top, table_w, height),
             {
                 "Values": tuple(
-                    column("crypto_last_values", c)
+                    Field("crypto_last_values", c)
                     for c in ("symbol", "name", "priceUsd", "changePercent24Hr", "TimeUTC")
                 )
             },
-            sort=column("crypto_last_values", "symbol"),
+            sort=Field("crypto_last_values", "symbol"),
         ),
     ]
     return tuple(out)
@@ -206,15 +188,16 @@ def visual_json(v: Visual, z: int) -> Json:
         "title": [{"properties": {"show": literal("true"), "text": text(v.title)}}]
     }
     body["drillFilterOtherVisuals"] = True
+    x, y, width, height = v.box
     return {
         "$schema": schema("visual"),
         "name": v.name,
         "position": {
-            "x": v.x,
-            "y": v.y,
+            "x": x,
+            "y": y,
             "z": z * 1000,
-            "width": v.width,
-            "height": v.height,
+            "width": width,
+            "height": height,
             "tabOrder": z * 1000,
         },
         "visual": body,
@@ -234,6 +217,19 @@ def theme(name: str) -> Json:
     }
 
 
+def _theme_ref(name: str, package: str) -> Json:
+    return {"name": name, "reportVersionAtImport": THEME_REPORT_VERSION, "type": package}
+
+
+def _package(package: str, name: str, path: str, item_type: str) -> Json:
+    """A resource package of one item (a theme file under ``StaticResources/<package>/``)."""
+    return {
+        "name": package,
+        "type": package,
+        "items": [{"name": name, "path": path, "type": item_type}],
+    }
+
+
 def report_files() -> dict[str, Json]:
     """Paths under the ``.Report`` folder -> JSON documents (``definition.pbir`` aside)."""
     files: dict[str, Json] = {
@@ -241,35 +237,15 @@ def report_files() -> dict[str, Json]:
         "definition/report.json": {
             "$schema": schema("report"),
             "themeCollection": {
-                "baseTheme": {
-                    "name": BASE_THEME,
-                    "reportVersionAtImport": THEME_REPORT_VERSION,
-                    "type": "SharedResources",
-                },
-                "customTheme": {
-                    "name": CUSTOM_THEME,
-                    "reportVersionAtImport": THEME_REPORT_VERSION,
-                    "type": "RegisteredResources",
-                },
+                "baseTheme": _theme_ref(BASE_THEME, "SharedResources"),
+                "customTheme": _theme_ref(CUSTOM_THEME, "RegisteredResources"),
             },
             "layoutOptimization": "None",
             "resourcePackages": [
-                {
-                    "name": "SharedResources",
-                    "type": "SharedResources",
-                    "items": [
-                        {
-                            "name": BASE_THEME,
-                            "path": f"BaseThemes/{BASE_THEME}.json",
-                            "type": "BaseTheme",
-                        }
-                    ],
-                },
-                {
-                    "name": "RegisteredResources",
-                    "type": "RegisteredResources",
-                    "items": [{"name": CUSTOM_THEME, "path": CUSTOM_THEME, "type": "CustomTheme"}],
-                },
+                _package(
+                    "SharedResources", BASE_THEME, f"BaseThemes/{BASE_THEME}.json", "BaseTheme"
+                ),
+                _package("RegisteredResources", CUSTOM_THEME, CUSTOM_THEME, "CustomTheme"),
             ],
             "settings": {
                 "useStylableVisualContainerHeader": True,
