@@ -121,7 +121,7 @@ def _mean_text(total: Decimal, count: int) -> str:
         return str(mean)
 
 
-# One day's 1-minute candles: (asset, minute start) -> candle.
+# One day's candles of one level (1-minute ones, unless said): (asset, start) -> candle.
 _Day = dict[tuple[str, int], Candle]
 
 

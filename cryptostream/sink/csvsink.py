@@ -194,13 +194,12 @@ class CsvSink:
             self._state = self._load_state(state_path)
         names = {DATA_FILE, DEAD_LETTER_FILE, *self._state.sizes}
         daily_on_disk = {f"{TICKS_DIR}/{p.name}" for p in (self.data_dir / TICKS_DIR).glob("*.csv")}
+        if not have_state:
+            names |= daily_on_disk
         for name in sorted(daily_on_disk - names):
-            if have_state:
-                # Created by a batch whose transaction never completed.
-                log.warning("sink_uncommitted_file_removed", file=name)
-                (self.data_dir / name).unlink()
-            else:
-                names.add(name)
+            # Created by a batch whose transaction never completed.
+            log.warning("sink_uncommitted_file_removed", file=name)
+            (self.data_dir / name).unlink()
         for name in sorted(names):
             self._recover(name, have_state)
         self._check_header(self._file(DATA_FILE))
