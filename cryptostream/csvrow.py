@@ -16,17 +16,8 @@ from pathlib import Path
 
 from cryptostream.tick import Tick
 
-COLUMNS = (
-    "timestamp",
-    "id",
-    "symbol",
-    "name",
-    "priceUsd",
-    "changePercent24Hr",
-    "firstValue",
-    "vwap24Hr",
-)
-HEADER = ",".join(COLUMNS) + "\n"
+HEADER = "timestamp,id,symbol,name,priceUsd,changePercent24Hr,firstValue,vwap24Hr\n"
+COLUMNS = tuple(HEADER.rstrip().split(","))
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A leading character that makes Excel/Power BI/LibreOffice treat a cell as a formula.
@@ -50,6 +41,11 @@ def text_cell(value: str) -> str:
     # Leading blanks (a tab or CR turned into a space) do not disarm a formula.
     if value.lstrip().startswith(_FORMULA_START):
         value = "'" + value
+    return quoted(value)
+
+
+def quoted(value: str) -> str:
+    """``value`` as a CSV cell: quoted, its quotes doubled, when it holds a quote or comma."""
     if _NEEDS_QUOTES.search(value):
         return '"' + value.replace('"', '""') + '"'
     return value

@@ -25,10 +25,9 @@ class DataDirError(Exception):
 
 
 class DataDirLock:
-    """Held from :meth:`acquire` until :meth:`release` (or the process ends)."""
+    """Held from :meth:`acquire` to the end of its ``with`` block (or the process)."""
 
-    def __init__(self, data_dir: Path, fd: int) -> None:
-        self.data_dir = data_dir
+    def __init__(self, fd: int) -> None:
         self._fd = fd
 
     @classmethod
@@ -56,12 +55,7 @@ class DataDirLock:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return cls(data_dir, fd)
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing the only descriptor drops the flock
-            self._fd = -1
+        return cls(fd)
 
     def __enter__(self) -> DataDirLock:
         return self
@@ -72,7 +66,9 @@ class DataDirLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = -1
 
 
 def _read_pid(fd: int) -> int | None:

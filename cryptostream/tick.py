@@ -34,11 +34,11 @@ _DECIMAL = re.compile(rf"-?{_UNSIGNED}")
 _PLAIN_DECIMALS = re.compile(
     rf"{_UNSIGNED}\x1f(?:-?{_UNSIGNED})?\x1f(?:{_UNSIGNED})?\x1f(?:{_UNSIGNED})?"
 )
-#: 2009-01-03T00:00:00Z, Unix seconds: the earliest plausible tick time.
 #: An asset id is a key (of the Kafka message, of the CSV rows): no blank or control
 #: character, and not starting with ``'`` (the CSV's formula guard). So two ids never
 #: show as the same CSV cell, and a file's rows of one asset are one id's.
 _ASSET_ID = re.compile(r"[^\s'\x00-\x1f\x7f][^\s\x00-\x1f\x7f]*")
+#: 2009-01-03T00:00:00Z, Unix seconds: the earliest plausible tick time.
 EARLIEST_TIMESTAMP = 1_230_940_800.0
 #: Seconds a tick's time may be ahead of the checking clock (clocks drift a little).
 FUTURE_TOLERANCE = 3600.0
@@ -69,17 +69,7 @@ class Tick(NamedTuple):
     source: str = "coincap"
 
     def with_first_value(self, first_value: str) -> Tick:
-        return Tick(
-            self.timestamp,
-            self.id,
-            self.symbol,
-            self.name,
-            self.price_usd,
-            self.change_percent_24h,
-            first_value,
-            self.vwap_24h,
-            self.source,
-        )
+        return self._replace(first_value=first_value)
 
     def key(self) -> bytes:
         return self.id.encode()
@@ -120,8 +110,7 @@ def decimal_text(value: Any, *, field: str, required: bool, allow_negative: bool
     else:
         raise InvalidTick(f"non_numeric_{field}", type(value).__name__)
     if not _DECIMAL.fullmatch(text):
-        low = text.lower().lstrip("+-")
-        if low in ("nan", "inf", "infinity"):
+        if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
             raise InvalidTick(f"non_finite_{field}", text[:40])
         raise InvalidTick(f"non_numeric_{field}", text[:40])
     if not allow_negative and text.startswith("-") and text.strip("-0.eE") != "":
@@ -144,8 +133,8 @@ def latest_timestamp(now: float | None = None) -> float:
     return (time.time() if now is None else now) + FUTURE_TOLERANCE
 
 
-def check_timestamp(ts: float, latest: float | None = None) -> float:
-    """Return ``ts`` if it is a plausible tick time; raises :class:`InvalidTick`.
+def check_timestamp(ts: float, latest: float | None = None) -> None:
+    """Raise :class:`InvalidTick` unless ``ts`` is a plausible tick time.
 
     ``latest`` is the upper bound (:func:`latest_timestamp`); callers checking many
     ticks at once compute it once.
@@ -153,7 +142,6 @@ def check_timestamp(ts: float, latest: float | None = None) -> float:
     bound = latest_timestamp() if latest is None else latest
     if not EARLIEST_TIMESTAMP <= ts <= bound:
         raise InvalidTick("timestamp_out_of_range", repr(ts)[:40])
-    return ts
 
 
 def tick_from_api(

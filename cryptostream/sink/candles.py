@@ -24,6 +24,7 @@ replacements, or before the watermark, costs a rebuild, never a stale level.
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -41,20 +42,8 @@ from cryptostream.tick import Tick
 
 log = get_logger(__name__)
 
-COLUMNS = (
-    "start",
-    "id",
-    "symbol",
-    "open",
-    "high",
-    "low",
-    "close",
-    "firstTimestamp",
-    "lastTimestamp",
-    "ticks",
-    "vwap24HrMean",
-)
-HEADER = ",".join(COLUMNS) + "\n"
+HEADER = "start,id,symbol,open,high,low,close,firstTimestamp,lastTimestamp,ticks,vwap24HrMean\n"
+COLUMNS = tuple(HEADER.rstrip().split(","))
 #: Seconds between rewrites of the candle files of the days that changed.
 FLUSH_EVERY = 5.0
 _MEAN = Decimal("1e-16")
@@ -132,7 +121,7 @@ def _mean_text(total: Decimal, count: int) -> str:
         return str(mean)
 
 
-# One day's 1-minute candles: (asset, minute start) -> candle.
+# One day's candles of one level (1-minute ones, unless said): (asset, start) -> candle.
 _Day = dict[tuple[str, int], Candle]
 
 
@@ -174,14 +163,9 @@ class CandleBook:
         group is folded into its candle at once (:func:`_fold`): the same candle as
         one :meth:`Candle.add` per tick, for a fraction of the Python work.
         """
-        groups: dict[tuple[str, int], list[Tick]] = {}
+        groups: defaultdict[tuple[str, int], list[Tick]] = defaultdict(list)
         for tick in ticks:
-            key = (tick.id, int(tick.timestamp // 60) * 60)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [tick]
-            else:
-                group.append(tick)
+            groups[(tick.id, int(tick.timestamp // 60) * 60)].append(tick)
         loaded: set[str] = set()
         for key, group in groups.items():
             # A UTC day is whole minutes: the minute's day is each of its ticks' day.
@@ -268,23 +252,8 @@ class CandleBook:
             del self._days[day]
 
     def _write_day(self, day: str, minutes: _Day) -> None:
-        hours: dict[tuple[str, int], Candle] = {}
-        daily: dict[str, Candle] = {}
-        lines_1m = []
-        for (asset, start), candle in sorted(minutes.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            lines_1m.append(candle.row(start, asset))
-            hour_key = (asset, start - start % 3600)
-            if hour_key in hours:
-                hours[hour_key].merge(candle)
-            else:
-                hours[hour_key] = candle.copy()
-        lines_1h = []
-        for (asset, start), candle in sorted(hours.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            lines_1h.append(candle.row(start, asset))
-            if asset in daily:
-                daily[asset].merge(candle)
-            else:
-                daily[asset] = candle.copy()
+        lines_1m, hours = _roll_up(minutes, 3600)
+        lines_1h, daily = _roll_up(hours, 86400)
         self._replace(self._data_dir / candle_file("1m", day), lines_1m)
         self._replace(self._data_dir / candle_file("1h", day), lines_1h)
         start_of_day = int(day_start(day))
@@ -294,13 +263,28 @@ class CandleBook:
             for line in _read_lines(year_file)
             if int(line.split(",", 1)[0]) != start_of_day
         }
-        for asset, candle in daily.items():
-            rows[(start_of_day, asset)] = candle.row(start_of_day, asset)
+        for (asset, start), candle in daily.items():
+            rows[(start, asset)] = candle.row(start, asset)
         self._replace(year_file, [rows[k] for k in sorted(rows)])
 
     def _replace(self, path: Path, lines: list[str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, (HEADER + "".join(lines)).encode(), fsync=self._fsync)
+
+
+def _roll_up(candles: _Day, period: int) -> tuple[list[str], _Day]:
+    """The rows of ``candles`` in time order, and the candles of the next level up
+    (``period`` seconds long, a UTC hour or day), folded from them in that order."""
+    lines = []
+    wider: _Day = {}
+    for (asset, start), candle in sorted(candles.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        lines.append(candle.row(start, asset))
+        key = (asset, start - start % period)
+        if key in wider:
+            wider[key].merge(candle)
+        else:
+            wider[key] = candle.copy()
+    return lines, wider
 
 
 def _account(
@@ -323,6 +307,16 @@ def _fold(candles: _Day, key: tuple[str, int], group: list[Tick]) -> None:
     """Fold ticks of one asset and minute, in arrival order, into their candle: exactly
     what :func:`_account` per tick gives (ties, texts and the VWAP sum's order of
     additions included), with the per-tick work done by C loops."""
+    candle = candles.get(key)
+    if candle is None:
+        # A new candle opens with the first tick, as in _account(); the others fold in.
+        head = group[0]
+        candle = candles[key] = Candle.of(
+            head.timestamp, head.symbol, head.price_usd, head.vwap_24h
+        )
+        group = group[1:]
+        if not group:
+            return
     prices = list(map(Decimal, map(_PRICE, group)))
     stamps = list(map(_TIMESTAMP, group))
     indices = range(len(group))
@@ -333,30 +327,6 @@ def _fold(candles: _Day, key: tuple[str, int], group: list[Tick]) -> None:
     first = min(indices, key=stamps.__getitem__)
     last = max(reversed(indices), key=stamps.__getitem__)
     vwaps: list[str] = list(filter(None, map(_VWAP, group)))
-    candle = candles.get(key)
-    if candle is None:
-        head = group[0]
-        # Candle.of starts the sum with the first tick's VWAP (or 0), then adds the rest.
-        if head.vwap_24h:
-            vwap_sum = sum(map(Decimal, vwaps[1:]), Decimal(head.vwap_24h))
-        else:
-            vwap_sum = sum(map(Decimal, vwaps), Decimal(0))
-        candles[key] = Candle(
-            head.symbol,
-            group[first].timestamp,
-            prices[first],
-            group[first].price_usd,
-            prices[high],
-            group[high].price_usd,
-            prices[low],
-            group[low].price_usd,
-            group[last].timestamp,
-            group[last].price_usd,
-            len(group),
-            vwap_sum,
-            len(vwaps),
-        )
-        return
     if group[first].timestamp < candle.first_ts:
         candle.first_ts = group[first].timestamp
         candle.open, candle.open_text = prices[first], group[first].price_usd

@@ -194,13 +194,12 @@ class CsvSink:
             self._state = self._load_state(state_path)
         names = {DATA_FILE, DEAD_LETTER_FILE, *self._state.sizes}
         daily_on_disk = {f"{TICKS_DIR}/{p.name}" for p in (self.data_dir / TICKS_DIR).glob("*.csv")}
+        if not have_state:
+            names |= daily_on_disk
         for name in sorted(daily_on_disk - names):
-            if have_state:
-                # Created by a batch whose transaction never completed.
-                log.warning("sink_uncommitted_file_removed", file=name)
-                (self.data_dir / name).unlink()
-            else:
-                names.add(name)
+            # Created by a batch whose transaction never completed.
+            log.warning("sink_uncommitted_file_removed", file=name)
+            (self.data_dir / name).unlink()
         for name in sorted(names):
             self._recover(name, have_state)
         self._check_header(self._file(DATA_FILE))
@@ -233,7 +232,7 @@ class CsvSink:
             return
         f = self._file(name)
         if recorded is None:
-            recorded = self._complete_lines_length(f) if f.size else 0
+            recorded = self._complete_lines_length(f)
         if f.size > recorded:
             log.warning(
                 "sink_uncommitted_tail_removed",
@@ -288,10 +287,7 @@ class CsvSink:
                 key = (float(row[0]), row[4])
             except ValueError:
                 continue
-            keys = window.get(row[1])
-            if keys is None:
-                keys = window[row[1]] = deque(maxlen=RECENT_KEYS)
-            keys.append(key)
+            window.setdefault(row[1], deque(maxlen=RECENT_KEYS)).append(key)
         self._window = window
         self._known = {asset: set(keys) for asset, keys in window.items()}
 
@@ -299,10 +295,8 @@ class CsvSink:
     def _complete_lines_length(f: AppendFile) -> int:
         """Length up to the last newline: without a state, a partial last line is torn."""
         tail = f.read_tail(1 << 16)
-        cut = tail.rfind(b"\n")
-        if cut < 0:
-            return f.size - len(tail) if len(tail) < f.size else 0
-        return f.size - len(tail) + cut + 1
+        # Without a newline in the tail, rfind() gives -1: the whole tail is torn.
+        return f.size - len(tail) + tail.rfind(b"\n") + 1
 
     def _check_header(self, f: AppendFile) -> None:
         if f.size == 0:
@@ -446,7 +440,6 @@ class CsvSink:
             self._first_values.discard()
             return result
 
-        old_sizes = dict(state.sizes)
         sizes = dict(state.sizes)
         touched: list[str] = []
         try:
@@ -482,7 +475,7 @@ class CsvSink:
             )
         except OSError as exc:
             self._first_values.discard()
-            self._rollback(touched, old_sizes)
+            self._rollback(touched, state.sizes)
             raise self._write_error(exc) from exc
         self._state = new_state
         self._first_values.commit()
@@ -493,7 +486,7 @@ class CsvSink:
             # that did not commit. It is derived: on failure open() or the next batch
             # writes it again from the state, so the batch still counts.
             try:
-                self._write_last_values(last)
+                self._write_last_values()
             except OSError as exc:
                 self.metrics.sink_errors.labels("last_values").inc()
                 log.error("last_values_not_written", error=exc.strerror or str(exc))
@@ -600,22 +593,20 @@ class CsvSink:
             text: str = value.decode()
         except UnicodeDecodeError:
             text = value.decode("latin-1")
-        return (
-            orjson.dumps(
-                {
-                    "topic": self.topic,
-                    "partition": rec.partition,
-                    "offset": rec.offset,
-                    "reason": reason,
-                    "detail": detail,
-                    "value": text,
-                }
-            )
-            + b"\n"
+        return orjson.dumps(
+            {
+                "topic": self.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "reason": reason,
+                "detail": detail,
+                "value": text,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
         )
 
-    def _write_last_values(self, last: dict[str, str] | None = None) -> None:
-        rows = last if last is not None else self._state.last
+    def _write_last_values(self) -> None:
+        rows = self._state.last
         data = HEADER + "".join(rows[k] for k in sorted(rows))
         # No directory fsync: a lost rename leaves the previous file (whole), and open()
         # writes this file again from the state, which is what makes a batch durable.
@@ -665,16 +656,11 @@ class CsvSink:
             removed = 0
             with replacing(path, fsync=self._fsync) as dst:
                 dst.write(_HEADER)
-                kept: list[bytes] = []
                 for line in src:
                     if _line_ts(line.decode()) < cutoff:
                         removed += 1
-                        continue
-                    kept.append(line)
-                    if len(kept) >= 8192:
-                        dst.writelines(kept)
-                        kept.clear()
-                dst.writelines(kept)
+                    else:
+                        dst.write(line)
                 self._files.pop(DATA_FILE).close()
         # A crash before the next line leaves a file shorter than the state records:
         # start-up accepts that (nothing uncommitted can be in it at this point).

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from cryptostream.csvrow import text_cell
+from cryptostream.csvrow import quoted, text_cell
 from cryptostream.tick import Tick
 
 #: Bytes of a daily file read and split at a time (see _lines).
@@ -123,7 +123,8 @@ def _first_prices(path: Path, size: int) -> dict[str, str]:
                 row = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
                 if len(row) < 5:
                     continue
-                cell = _requote(row[1])
+                # The cell as the sink wrote it, from its parsed text.
+                cell = quoted(row[1])
                 price = row[4]
             else:
                 parts = raw.split(b",", 5)
@@ -136,10 +137,3 @@ def _first_prices(path: Path, size: int) -> dict[str, str]:
     except FileNotFoundError:
         pass
     return firsts
-
-
-def _requote(value: str) -> str:
-    """The cell as the sink wrote it, from its parsed text (quoted again when needed)."""
-    if '"' in value or "," in value:
-        return '"' + value.replace('"', '""') + '"'
-    return value
