@@ -509,15 +509,14 @@ class Consumer:
         for tp, end in self._targets.items():
             if offsets.get(tp.partition, 0) >= end:
                 continue
-            # A partition the sink never wrote starts at Kafka's committed offset.
+            # A partition the sink never wrote starts at Kafka's committed offset; while
+            # that is not known, it is not caught up (the shutdown budget bounds this).
             if tp in self.assigned:
-                try:
+                with contextlib.suppress(KafkaError, TimeoutError):
                     # position() waits for a valid position without a deadline of its own.
                     async with asyncio.timeout(self._config.request_timeout):
                         if await client.position(tp) >= end:
                             continue
-                except (KafkaError, TimeoutError):
-                    pass  # not known yet: not caught up (the shutdown budget bounds this)
             return False
         return True
 
@@ -528,7 +527,7 @@ def _observe_latencies(metrics: Metrics, result: BatchResult) -> None:
     ``Histogram.observe`` takes a lock and walks the buckets in Python once per
     value (~1.5 µs a row); here each value is placed with one C bisect and every
     bucket is incremented once per batch. The result is the same exposition as
-    one ``observe`` per row (``tests/unit/test_consumer_latency.py``). It reads
+    one ``observe`` per row (``tests/unit/test_sink_worker.py``). It reads
     the histogram's internals; should they change, it falls back to ``observe``.
     """
     done = result.committed_at
