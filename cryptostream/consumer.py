@@ -44,7 +44,7 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.retry import log_retries
 from cryptostream.sinkport import BatchResult, BatchSink, SinkWriteError, TopicIdentity
-from cryptostream.topic import Topic, client_options, stop_client
+from cryptostream.topic import Topic, client_options, close_admin, stop_client
 
 log = get_logger(__name__)
 
@@ -158,14 +158,13 @@ class Consumer:
         self._closing = True
 
     async def _start(self) -> AIOKafkaConsumer:
-        retrying = tenacity.AsyncRetrying(
+        async for attempt in tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type((KafkaError, OSError, TimeoutError)),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             stop=tenacity.stop_never,  # Kafka may arrive later; shutdown cancels us
             before_sleep=log_retries("kafka_consumer_start_failed"),
             reraise=True,
-        )
-        async for attempt in retrying:
+        ):
             with attempt:
                 await self._topic.ensure()
                 client = AIOKafkaConsumer(
@@ -195,9 +194,7 @@ class Consumer:
                         await admin.start()
                         await client.start()
                 except BaseException:
-                    self._client = self._admin = None
-                    await stop_client(client, "consumer")
-                    await _close_admin(admin)
+                    await self._stop()
                     raise
         log.info("kafka_consumer_started", group_id=self._config.group_id)
         return client
@@ -208,7 +205,7 @@ class Consumer:
             await stop_client(client, "consumer")
         admin, self._admin = self._admin, None
         if admin is not None:
-            await _close_admin(admin)
+            await close_admin(admin)
 
     # -- assignment ----------------------------------------------------------------
 
@@ -235,13 +232,11 @@ class Consumer:
             finally:
                 client.resume(*assigned)
             offsets = self._sink.committed_offsets()
+        partitions = sorted(tp.partition for tp in assigned)
         log.info(
             "partitions_assigned",
-            partitions=sorted(tp.partition for tp in assigned),
-            from_sink_state={
-                p: o for p, o in offsets.items() if p in {t.partition for t in assigned}
-            }
-            or None,
+            partitions=partitions,
+            from_sink_state={p: o for p, o in offsets.items() if p in partitions} or None,
         )
 
     def _refetch(
@@ -251,9 +246,8 @@ class Consumer:
         have moved them (a reset), and written first it would push the sink's offset
         past the new position. Fetch again from where the sink stands."""
         offsets = self._sink.committed_offsets()
-        first: dict[int, int] = {}
-        for rec in records:
-            first.setdefault(rec.partition, rec.offset)
+        # Each partition's first offset in the batch (read backwards: the first one wins).
+        first = {rec.partition: rec.offset for rec in reversed(records)}
         for tp in self.assigned:
             if tp.partition in first:
                 client.seek(tp, offsets.get(tp.partition, first[tp.partition]))
@@ -264,21 +258,15 @@ class Consumer:
     async def _observe(self, client: AIOKafkaConsumer, tps: list[TopicPartition]) -> TopicIdentity:
         """The cluster id and the log's start and end of each partition, now."""
         async with asyncio.timeout(self._config.request_timeout):
-            cluster_id = await self._cluster_id()
+            described: dict[str, Any] = await self._admin.describe_cluster() if self._admin else {}
             begins = await client.beginning_offsets(tps)
             ends = await client.end_offsets(tps)
+        cluster_id = described.get("cluster_id")
         return TopicIdentity(
-            cluster_id,
+            str(cluster_id) if cluster_id else None,
             {tp.partition: begins[tp] for tp in tps},
             {tp.partition: ends[tp] for tp in tps},
         )
-
-    async def _cluster_id(self) -> str | None:
-        if self._admin is None:
-            return None
-        described: dict[str, Any] = await self._admin.describe_cluster()
-        cluster_id = described.get("cluster_id")
-        return str(cluster_id) if cluster_id else None
 
     async def _check_topic(self, client: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         """Compare the topic with the identity the offsets were recorded with."""
@@ -300,25 +288,18 @@ class Consumer:
                 # A log never starts earlier than it once did: this is another log.
                 resets[p] = "log_start_moved_back"
         if resets:
-            await self._reset(resets, old, now, offsets)
-            if self._fatal is None:
-                for tp in tps:
-                    if tp.partition in resets:
-                        client.seek(tp, now.log_start[tp.partition])
+            await self._reset(client, resets, now)
             return
         if old is None:
             log.info("topic_identity_recorded", topic=self._config.topic, **now.to_json())
         await self._sink.set_identity(_merged(old, now))
 
     async def _reset(
-        self,
-        resets: dict[int, str],
-        old: TopicIdentity | None,
-        now: TopicIdentity,
-        offsets: dict[int, int],
+        self, client: AIOKafkaConsumer, resets: dict[int, str], now: TopicIdentity
     ) -> None:
         """Say so, count it, and follow the new topic from its beginning (or stop)."""
         config = self._config
+        old, offsets = self._sink.identity, self._sink.committed_offsets()
         policy = config.on_topic_reset
         for p, reason in sorted(resets.items()):
             self._metrics.topic_resets.labels(reason).inc()
@@ -355,6 +336,8 @@ class Consumer:
             # Offsets of partitions not assigned here mean nothing on the new cluster either.
             reset.update({p: None for p in offsets if p not in now.log_start})
         await self._sink.set_identity(now if new_cluster else _merged(old, now), reset=reset)
+        for p in resets:
+            client.seek(TopicPartition(config.topic, p), now.log_start[p])
         log.warning(
             "topic_reset_followed",
             topic=config.topic,
@@ -364,9 +347,9 @@ class Consumer:
     async def _no_position(self, client: AIOKafkaConsumer, tp: TopicPartition) -> None:
         """Kafka has no committed offset for the group. Raised by a fetch that may have
         started before the assignment listener sought to the sink's offset: that one wins."""
-        offsets = self._sink.committed_offsets()
         if tp not in self.assigned:
             return
+        offsets = self._sink.committed_offsets()
         if tp.partition in offsets:
             client.seek(tp, offsets[tp.partition])
         else:
@@ -414,27 +397,21 @@ class Consumer:
                 client.seek(tp, begin)
         if resets:
             try:
-                await self._reset(resets, self._sink.identity, now, offsets)
+                await self._reset(client, resets, now)
             except SinkWriteError as exc:
                 log.error("topic_identity_not_saved", error=str(exc))
                 await asyncio.sleep(1)
-                return
-            if self._fatal is None:
-                for tp in tps:
-                    if tp.partition in resets:
-                        client.seek(tp, now.log_start[tp.partition])
 
     # -- writing -------------------------------------------------------------------
 
     async def _write(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        retrying = tenacity.AsyncRetrying(
+        async for attempt in tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(SinkWriteError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=15),
             stop=tenacity.stop_never,  # the batch is kept until the disk takes it
             before_sleep=self._sink_retry,
             reraise=True,
-        )
-        async for attempt in retrying:
+        ):
             with attempt:
                 result = await self._sink.write(records)
         if self.sink_failing is not None:
@@ -507,11 +484,11 @@ class Consumer:
 
     def _update_lag(self, client: AIOKafkaConsumer) -> None:
         offsets = self._sink.committed_offsets()
-        lag = 0
-        for tp in self.assigned:
-            high = client.highwater(tp)
-            if high is not None:
-                lag += partition_lag(high, offsets.get(tp.partition, 0))
+        lag = sum(
+            partition_lag(high, offsets.get(tp.partition, 0))
+            for tp in self.assigned
+            if (high := client.highwater(tp)) is not None
+        )
         self._metrics.consumer_lag.set(lag)
 
     async def _caught_up(self, client: AIOKafkaConsumer) -> bool:
@@ -532,15 +509,14 @@ class Consumer:
         for tp, end in self._targets.items():
             if offsets.get(tp.partition, 0) >= end:
                 continue
-            # A partition the sink never wrote starts at Kafka's committed offset.
+            # A partition the sink never wrote starts at Kafka's committed offset; while
+            # that is not known, it is not caught up (the shutdown budget bounds this).
             if tp in self.assigned:
-                try:
+                with contextlib.suppress(KafkaError, TimeoutError):
                     # position() waits for a valid position without a deadline of its own.
                     async with asyncio.timeout(self._config.request_timeout):
                         if await client.position(tp) >= end:
                             continue
-                except (KafkaError, TimeoutError):
-                    pass  # not known yet: not caught up (the shutdown budget bounds this)
             return False
         return True
 
@@ -551,7 +527,7 @@ def _observe_latencies(metrics: Metrics, result: BatchResult) -> None:
     ``Histogram.observe`` takes a lock and walks the buckets in Python once per
     value (~1.5 µs a row); here each value is placed with one C bisect and every
     bucket is incremented once per batch. The result is the same exposition as
-    one ``observe`` per row (``tests/unit/test_consumer_latency.py``). It reads
+    one ``observe`` per row (``tests/unit/test_sink_worker.py``). It reads
     the histogram's internals; should they change, it falls back to ``observe``.
     """
     done = result.committed_at
@@ -585,10 +561,3 @@ def _merged(old: TopicIdentity | None, now: TopicIdentity) -> TopicIdentity:
         {**old.log_start, **now.log_start},
         {**old.log_end, **now.log_end},
     )
-
-
-async def _close_admin(admin: AIOKafkaAdminClient) -> None:
-    """Close within a deadline (with brokers gone it can hang); its errors do not matter."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(5):
-            await admin.close()

@@ -53,20 +53,20 @@ class SecretMasker:
         return text if self._pattern is None else self._pattern.sub(MASK, text)
 
     def __call__(self, _logger: Any, _method: str, rendered: str | bytes) -> str:
-        text = rendered.decode() if isinstance(rendered, bytes) else rendered
-        return self.mask(text)
+        return self.mask(rendered.decode() if isinstance(rendered, bytes) else rendered)
 
 
 def _escaped(secret: str) -> set[str]:
     """How a renderer can escape a secret: as Python's repr() shows it, and as JSON
     escapes it or its repr (quotes, backslashes, non-ASCII as \\u00e4)."""
     plain = {secret, repr(secret)[1:-1]}
-    forms = set(plain)
-    for form in plain:
-        forms.add(json.dumps(form)[1:-1])
-        forms.add(json.dumps(form, ensure_ascii=False)[1:-1])
-    forms.discard(secret)  # the raw spelling is covered by the URL pattern
-    return {form for form in forms if form}
+    forms = plain | {
+        json.dumps(form, ensure_ascii=as_ascii)[1:-1]
+        for form in plain
+        for as_ascii in (True, False)
+    }
+    # The raw spelling is covered by the URL pattern.
+    return forms - {secret, ""}
 
 
 def _url_pattern(secret: str) -> str:
@@ -111,27 +111,24 @@ def configure(
     """Configure structlog (and the stdlib root logger, for library warnings)."""
     out = stream or sys.stdout
     masker.add(secrets)
-    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    renderer: Any
-    if use_json:
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_none,
     ]
-    if use_json:
+    if fmt == "json" or (fmt == "auto" and not out.isatty()):
         # No local variables in tracebacks: a secret in a local, cut short by the
         # renderer's length limit, would no longer match the masker.
-        processors.append(
+        processors += [
             structlog.processors.ExceptionRenderer(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            )
-        )
-    processors += [renderer, masker]
+            ),
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    processors.append(masker)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -1,4 +1,7 @@
-"""Prometheus metrics of one service instance (its own registry, so tests can run several)."""
+"""Prometheus metrics of one service instance (its own registry, so tests can run several).
+
+Every metric name gets the ``cryptostream_`` prefix (and a counter the ``_total`` suffix).
+"""
 
 from __future__ import annotations
 
@@ -10,203 +13,149 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        counter, gauge = self._counter, self._gauge
         # fetcher
-        self.api_requests = Counter(
-            "cryptostream_api_requests", "Price API requests by outcome", ["outcome"], registry=r
+        self.api_requests = counter("api_requests", "Price API requests by outcome", "outcome")
+        self.ticks_fetched = counter("ticks_fetched", "Valid ticks received from the price API")
+        self.ticks_invalid = counter(
+            "ticks_invalid", "API records skipped as invalid, by reason", "reason"
         )
-        self.ticks_fetched = Counter(
-            "cryptostream_ticks_fetched", "Valid ticks received from the price API", registry=r
-        )
-        self.ticks_invalid = Counter(
-            "cryptostream_ticks_invalid",
-            "API records skipped as invalid, by reason",
-            ["reason"],
-            registry=r,
-        )
-        self.polls_missed = Counter(
-            "cryptostream_polls_missed",
-            "Poll slots skipped because an earlier poll ran past them",
-            registry=r,
+        self.polls_missed = counter(
+            "polls_missed", "Poll slots skipped because an earlier poll ran past them"
         )
         # price sources and failover (source/)
-        self.source_requests = Counter(
-            "cryptostream_source_requests",
+        self.source_requests = counter(
+            "source_requests",
             "Requests to each price source, by outcome (HTTP status or error kind)",
-            ["source", "outcome"],
-            registry=r,
+            "source",
+            "outcome",
         )
-        self.source_switches = Counter(
-            "cryptostream_source_switches",
-            "Failover switches from one price source to another",
-            ["from", "to"],
-            registry=r,
+        self.source_switches = counter(
+            "source_switches", "Failover switches from one price source to another", "from", "to"
         )
-        self.source_active = Gauge(
-            "cryptostream_source_active",
+        self.source_active = gauge(
+            "source_active",
             "1 for the price source whose ticks are used now, 0 for the others",
-            ["source"],
-            registry=r,
+            "source",
         )
-        self.source_healthy = Gauge(
-            "cryptostream_source_healthy",
+        self.source_healthy = gauge(
+            "source_healthy",
             "1 when the source's last request or frame succeeded, 0 while it fails",
-            ["source"],
-            registry=r,
+            "source",
         )
-        self.ticks_repeated = Counter(
-            "cryptostream_ticks_repeated",
+        self.ticks_repeated = counter(
+            "ticks_repeated",
             "Ticks not emitted because the source repeated an observation it had already given",
-            ["source"],
-            registry=r,
+            "source",
         )
-        self.ws_reconnects = Counter(
-            "cryptostream_ws_reconnects",
+        self.ws_reconnects = counter(
+            "ws_reconnects",
             "Price-stream reconnects, by reason (closed, error, silent, handshake)",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.ws_malformed_frames = Counter(
-            "cryptostream_ws_malformed_frames",
-            "Price-stream frames skipped as malformed, by reason",
-            ["reason"],
-            registry=r,
+        self.ws_malformed_frames = counter(
+            "ws_malformed_frames", "Price-stream frames skipped as malformed, by reason", "reason"
         )
-        self.assets_unknown = Gauge(
-            "cryptostream_assets_unknown",
+        self.assets_unknown = gauge(
+            "assets_unknown",
             "1 for a configured asset the source's answers lack (for CoinCap: an id it "
             "does not know), 0 once it is priced",
-            ["source", "asset"],
-            registry=r,
+            "source",
+            "asset",
         )
         # CoinCap credits (credits/)
-        self.coincap_credits = Counter(
-            "cryptostream_coincap_credits",
+        self.coincap_credits = counter(
+            "coincap_credits",
             "CoinCap credits this process spent, by kind (poll, refresh, backfill, stream)",
-            ["kind"],
-            registry=r,
+            "kind",
         )
-        self.coincap_credits_used = Gauge(
-            "cryptostream_coincap_credits_used",
+        self.coincap_credits_used = gauge(
+            "coincap_credits_used",
             "CoinCap credits used in the current billing period (every process of this "
             "data directory)",
-            registry=r,
         )
-        self.coincap_credits_budget = Gauge(
-            "cryptostream_coincap_credits_budget",
+        self.coincap_credits_budget = gauge(
+            "coincap_credits_budget",
             "coincap.monthly_credits: the budget per billing period (0 = no limit)",
-            registry=r,
         )
-        self.coincap_credits_projected = Gauge(
-            "cryptostream_coincap_credits_projected",
+        self.coincap_credits_projected = gauge(
+            "coincap_credits_projected",
             "CoinCap credits the billing period will have used at its end, at the current rate",
-            registry=r,
         )
-        self.coincap_exhausted = Gauge(
-            "cryptostream_coincap_exhausted",
+        self.coincap_exhausted = gauge(
+            "coincap_exhausted",
             "1 while CoinCap is not asked because the budget or CoinCap's allowance is spent",
-            registry=r,
         )
         # queue between fetcher and producer
-        self.queue_depth = Gauge(
-            "cryptostream_queue_depth", "Ticks waiting to be published", registry=r
-        )
-        self.queue_dropped = Counter(
-            "cryptostream_queue_dropped",
-            "Ticks dropped because the queue was full (oldest first)",
-            registry=r,
+        self.queue_depth = gauge("queue_depth", "Ticks waiting to be published")
+        self.queue_dropped = counter(
+            "queue_dropped", "Ticks dropped because the queue was full (oldest first)"
         )
         # producer
-        self.ticks_published = Counter(
-            "cryptostream_ticks_published", "Ticks acknowledged by Kafka", registry=r
-        )
-        self.publish_errors = Counter(
-            "cryptostream_publish_errors", "Failed publish attempts, by kind", ["kind"], registry=r
-        )
-        self.spool_dropped = Counter(
-            "cryptostream_spool_dropped",
-            "Unpublished ticks dropped because the spool was full (oldest first)",
-            registry=r,
+        self.ticks_published = counter("ticks_published", "Ticks acknowledged by Kafka")
+        self.publish_errors = counter("publish_errors", "Failed publish attempts, by kind", "kind")
+        self.spool_dropped = counter(
+            "spool_dropped", "Unpublished ticks dropped because the spool was full (oldest first)"
         )
         # consumer / sink
-        self.ticks_written = Counter(
-            "cryptostream_ticks_written", "Rows made durable in crypto_data.csv", registry=r
+        self.ticks_written = counter("ticks_written", "Rows made durable in crypto_data.csv")
+        self.duplicates_skipped = counter(
+            "duplicates_skipped", "Ticks seen twice on the topic and written once"
         )
-        self.duplicates_skipped = Counter(
-            "cryptostream_duplicates_skipped",
-            "Ticks seen twice on the topic and written once",
-            registry=r,
+        self.dead_letters = counter(
+            "dead_letters", "Poison messages moved to the dead-letter file, by reason", "reason"
         )
-        self.dead_letters = Counter(
-            "cryptostream_dead_letters",
-            "Poison messages moved to the dead-letter file, by reason",
-            ["reason"],
-            registry=r,
-        )
-        self.sink_errors = Counter(
-            "cryptostream_sink_errors", "Failed sink writes, by kind", ["kind"], registry=r
-        )
-        self.topic_resets = Counter(
-            "cryptostream_topic_resets",
+        self.sink_errors = counter("sink_errors", "Failed sink writes, by kind", "kind")
+        self.topic_resets = counter(
+            "topic_resets",
             "Partitions found reset under the stored offsets (new cluster, log end below "
             "the stored offset, log start moved back), by reason",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.records_skipped_below_offset = Counter(
-            "cryptostream_records_skipped_below_offset",
+        self.records_skipped_below_offset = counter(
+            "records_skipped_below_offset",
             "Records delivered below the sink's stored offset and ignored (already written)",
-            registry=r,
         )
-        self.records_expired = Counter(
-            "cryptostream_records_expired",
-            "Records Kafka's retention removed before the sink read them",
-            registry=r,
+        self.records_expired = counter(
+            "records_expired", "Records Kafka's retention removed before the sink read them"
         )
-        self.consumer_lag = Gauge(
-            "cryptostream_consumer_lag", "Messages on the topic not yet in the CSV", registry=r
-        )
+        self.consumer_lag = gauge("consumer_lag", "Messages on the topic not yet in the CSV")
         self.latency = Histogram(
             "cryptostream_end_to_end_latency_seconds",
             "From the tick's observation time to its row being durable",
             buckets=_LATENCY_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
         # web / dashboard
-        self.web_rejected = Counter(
-            "cryptostream_web_rejected",
+        self.web_rejected = counter(
+            "web_rejected",
             "Web requests refused, by reason (unauthorized, bad_request, not_found)",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.dashboard_rows_skipped = Counter(
-            "cryptostream_dashboard_rows_skipped",
+        self.dashboard_rows_skipped = counter(
+            "dashboard_rows_skipped",
             "CSV rows the dashboard could not read at start, by reason",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.dashboard_points = Gauge(
-            "cryptostream_dashboard_points",
-            "Price points held in memory by the dashboard",
-            registry=r,
+        self.dashboard_points = gauge(
+            "dashboard_points", "Price points held in memory by the dashboard"
         )
-        self.dashboard_load_seconds = Gauge(
-            "cryptostream_dashboard_load_seconds",
-            "Time the dashboard took to load the CSV history at start",
-            registry=r,
+        self.dashboard_load_seconds = gauge(
+            "dashboard_load_seconds", "Time the dashboard took to load the CSV history at start"
         )
-        self.dashboard_clients = Gauge(
-            "cryptostream_dashboard_clients", "Live dashboard connections (SSE)", registry=r
-        )
-        self.dashboard_clients_refused = Counter(
-            "cryptostream_dashboard_clients_refused",
+        self.dashboard_clients = gauge("dashboard_clients", "Live dashboard connections (SSE)")
+        self.dashboard_clients_refused = counter(
+            "dashboard_clients_refused",
             "Live dashboard connections refused with 503: the cap on open ones was reached",
-            registry=r,
         )
         # supervisor
-        self.task_failures = Counter(
-            "cryptostream_task_failures", "Tasks that ended with an error", ["task"], registry=r
-        )
+        self.task_failures = counter("task_failures", "Tasks that ended with an error", "task")
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(f"cryptostream_{name}", documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(f"cryptostream_{name}", documentation, labels, registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

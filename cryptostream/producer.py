@@ -25,7 +25,6 @@ The CSV files carry the sink's own, decided from what the files hold.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +95,9 @@ class Producer:
     async def run(self) -> None:
         try:
             await self._publish_spool()
-            while not (self._closing and not len(self._queue)):
-                batch = await self._next_batch()
-                if not batch:
-                    continue
-                await self._deliver(batch)
+            while not self._closing or len(self._queue):
+                if batch := await self._next_batch():
+                    await self._deliver(batch)
         finally:
             try:
                 # First close (flush) the client: what it delivers now is published,
@@ -149,22 +146,19 @@ class Producer:
     async def _deliver(self, batch: list[Tick]) -> None:
         """Publish ``batch`` until every tick is acknowledged; retries send only the rest."""
         self._hand(batch)
-        retrying = tenacity.AsyncRetrying(
+        async for attempt in tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(PublishError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             stop=tenacity.stop_never,  # ticks wait in the queue; shutdown spools them
             before_sleep=log_retries("kafka_publish_failed", lambda: {"queued": len(self._queue)}),
             reraise=True,
-        )
-        attempts = 0
-        async for attempt in retrying:
+        ):
             with attempt:
-                attempts += 1
                 await self._send(self._in_hand)
         self._hand([])
         # Acknowledged: the day's first values they carry are facts on the topic now.
         self._first_values.save()
-        if attempts > 1:
+        if (attempts := attempt.retry_state.attempt_number) > 1:
             log.info("kafka_publish_recovered", attempts=attempts, batch=len(batch))
 
     async def _send(self, ticks: list[Tick]) -> None:
@@ -193,7 +187,13 @@ class Producer:
             raise
         error = self._settle(ticks, futures)
         if self._in_hand:
-            await self._fail(*(failure or error or ("unacknowledged", "no acknowledgement")))
+            kind, message = failure or error or ("unacknowledged", "no acknowledgement")
+            self.connected = False
+            self._metrics.publish_errors.labels(kind).inc()
+            # A fresh client per attempt: the old one may hold a dead connection or
+            # a producer-id sequence that no longer matches what the broker saw.
+            await self._close_client()
+            raise PublishError(kind, message)
         self.connected = True
 
     async def _send_batches(
@@ -214,57 +214,37 @@ class Producer:
         when this fails midway.
         """
         topic = self._config.topic
-        partition_of = await self._partitions(client, topic)
+        all_partitions = sorted(await client.partitions_for(topic))
+        partition_of: dict[bytes, int] = {}
         # partition -> (open batch, indexes of its ticks)
         open_batches: dict[int, tuple[Any, list[int]]] = {}
+
+        async def submit(partition: int, batch: Any, members: list[int]) -> None:
+            batch.close()  # complete: the client sends it without lingering
+            future = await client.send_batch(batch, topic, partition=partition)
+            for i in members:
+                futures[i] = future
+
         for i, tick in enumerate(ticks):
             key = tick.key()
             value = tick.to_json()
-            partition = partition_of(key)
+            if (partition := partition_of.get(key)) is None:
+                # Keyed: the partitioner ignores availability, so the choice is stable.
+                partition = partition_of[key] = _PARTITIONER(key, all_partitions, all_partitions)
             batch, members = open_batches.get(partition) or (None, [])
             if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
                 if batch is not None:  # full: it goes while the next one fills
-                    await self._submit(client, batch, topic, partition, members, futures)
+                    await submit(partition, batch, members)
                 # An empty batch takes any record (a larger one alone, as send() would).
                 batch, members = client.create_batch(), []
                 batch.append(key=key, value=value, timestamp=None)
                 open_batches[partition] = (batch, members)
             members.append(i)
         for partition, (batch, members) in open_batches.items():
-            await self._submit(client, batch, topic, partition, members, futures)
-
-    @staticmethod
-    async def _submit(
-        client: AIOKafkaProducer,
-        batch: Any,
-        topic: str,
-        partition: int,
-        members: list[int],
-        futures: list[asyncio.Future[Any] | None],
-    ) -> None:
-        batch.close()  # complete: the client sends it without lingering
-        future = await client.send_batch(batch, topic, partition=partition)
-        for i in members:
-            futures[i] = future
-
-    async def _partitions(self, client: AIOKafkaProducer, topic: str) -> Callable[[bytes], int]:
-        """key -> partition, as ``client.send()`` picks it (memoised per key)."""
-        all_partitions = sorted(await client.partitions_for(topic))
-        chosen: dict[bytes, int] = {}
-
-        def partition_of(key: bytes) -> int:
-            partition = chosen.get(key)
-            if partition is None:
-                # Keyed: the partitioner ignores availability, so the choice is stable.
-                partition = chosen[key] = _PARTITIONER(key, all_partitions, all_partitions)
-            return partition
-
-        return partition_of
+            await submit(partition, batch, members)
 
     def _settle(
-        self,
-        ticks: list[Tick],
-        futures: list[asyncio.Future[Any]] | list[asyncio.Future[Any] | None],
+        self, ticks: list[Tick], futures: list[asyncio.Future[Any] | None]
     ) -> tuple[str, str] | None:
         """Count the acknowledged ticks; keep the others in ``_in_hand`` (with their
         futures still pending in ``_in_flight``). Returns the first error Kafka
@@ -281,9 +261,8 @@ class Producer:
                 pending.append(None)
                 error = error or (type(exc).__name__, str(exc) or type(exc).__name__)
         acked = len(ticks) - len(unacked)
-        if acked:
-            self.published += acked
-            self._metrics.ticks_published.inc(acked)
+        self.published += acked
+        self._metrics.ticks_published.inc(acked)
         self._in_hand = unacked
         self._in_flight = pending
         if unacked:
@@ -292,14 +271,6 @@ class Producer:
                 # "exception was never retrieved" noise when it is closed.
                 future.add_done_callback(_ignore_outcome)
         return error
-
-    async def _fail(self, kind: str, message: str) -> None:
-        self.connected = False
-        self._metrics.publish_errors.labels(kind).inc()
-        # A fresh client per attempt: the old one may hold a dead connection or
-        # a producer-id sequence that no longer matches what the broker saw.
-        await self._close_client()
-        raise PublishError(kind, message)
 
     async def _ensure_client(self) -> AIOKafkaProducer:
         if self._client is not None:
@@ -345,7 +316,7 @@ class Producer:
     def _write_spool(self, ticks: list[Tick]) -> None:
         """Replace the spool with everything still unpublished (``ticks`` last)."""
         # Spooled ticks not read back yet (the run ended before) stay first.
-        previous = self._read_spool() if self._spool_rest is None else []
+        previous = self._load_spool()[0] if self._spool_rest is None else []
         all_ticks = previous + ticks
         dropped = len(all_ticks) - self.spool_limit
         if dropped > 0:
@@ -380,10 +351,6 @@ class Producer:
         # A rewritten spool is a new file (atomic replace): another inode and mtime.
         st = self._spool.stat()
         return [st.st_ino, st.st_size, st.st_mtime_ns]
-
-    def _read_spool(self) -> list[Tick]:
-        """The spooled ticks not yet acknowledged (as far as the progress file says)."""
-        return self._load_spool()[0]
 
     def _load_spool(self) -> tuple[list[Tick], int]:
         """(ticks still to publish, how many before them were acknowledged already)."""

@@ -52,8 +52,7 @@ class TickQueue:
         if not self._items:
             self._not_empty.clear()
             await self._not_empty.wait()
-        n = min(max_items, len(self._items))
-        batch = [self._items.popleft() for _ in range(n)]
+        batch = [self._items.popleft() for _ in range(min(max_items, len(self._items)))]
         self._metrics.queue_depth.set(len(self._items))
         return batch
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -75,18 +75,16 @@ class Service:
             config.kafka, topic, self.queue, self.metrics, data_dir, fsync=config.storage.fsync
         )
         self.consumer = Consumer(config.kafka, topic, self.sink, self.metrics)
-        # The dashboard sees each batch once it is durable, never re-reading the CSV.
         self.dashboard = (
             Dashboard(config, self.metrics) if config.web.enabled and config.web.dashboard else None
         )
-        if self.dashboard is not None:
-            self.sink.subscribe(self.dashboard.on_batch)
         # CoinCap's credits: the ledger in the data directory, the plan, the pacing.
         self.credits = CreditBudget(config, self.metrics)
         if self.dashboard is not None:
+            # The dashboard sees each batch once it is durable, never re-reading the CSV.
+            self.sink.subscribe(self.dashboard.on_batch)
             self.dashboard.credits = self.credits.status
         self.web = WebServer(config.web, self.metrics, self.readiness, self.dashboard)
-        self.fetcher: Fetcher | None = None
 
     # -- control -------------------------------------------------------------------
 
@@ -130,15 +128,14 @@ class Service:
         # Held for the whole run, released by the kernel however the process ends.
         with DataDirLock.acquire(self.config.storage.data_dir):
             loop = asyncio.get_running_loop()
-            if install_signal_handlers:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, self.handle_signal, sig)
+            signals = (signal.SIGINT, signal.SIGTERM) if install_signal_handlers else ()
+            for sig in signals:
+                loop.add_signal_handler(sig, self.handle_signal, sig)
             try:
                 return await self._run()
             finally:
-                if install_signal_handlers:
-                    for sig in (signal.SIGINT, signal.SIGTERM):
-                        loop.remove_signal_handler(sig)
+                for sig in signals:
+                    loop.remove_signal_handler(sig)
 
     async def _run(self) -> int:
         cfg = self.config
@@ -162,12 +159,12 @@ class Service:
         connector = aiohttp.TCPConnector(limit=8, ttl_dns_cache=300)
         async with aiohttp.ClientSession(connector=connector) as session:
             source = make_source(cfg, session, self.metrics, self.credits)
-            self.fetcher = Fetcher(source, self.queue, self.metrics)
+            fetcher = Fetcher(source, self.queue, self.metrics)
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._spawn(tg, "consumer", self.consumer.run())
                     self._spawn(tg, "producer", self.producer.run())
-                    self._spawn(tg, "fetcher", self.fetcher.run())
+                    self._spawn(tg, "fetcher", fetcher.run())
                     if cfg.web.enabled:
                         self._spawn(tg, "web", self.web.run())
                     self.started.set()
@@ -188,8 +185,6 @@ class Service:
         """Run one stage; a failure is logged once with its cause and stops the service."""
         try:
             await coro
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             self.metrics.task_failures.labels(name).inc()
             self.failed = self.failed or name
@@ -220,7 +215,7 @@ class Service:
             await self.web.stop()
             await self._finish("web", None, remaining(1.0))
 
-    async def _finish(self, name: str, close: Any, budget: float) -> None:
+    async def _finish(self, name: str, close: Callable[[], None] | None, budget: float) -> None:
         task = self._tasks.get(name)
         if task is None or task.done():
             return

@@ -59,14 +59,12 @@ class Topic:
         try:
             async with asyncio.timeout(config.request_timeout * 2):
                 await admin.start()
-                topic_configs = {}
-                if config.min_insync_replicas:
-                    topic_configs["min.insync.replicas"] = str(config.min_insync_replicas)
+                min_isr = config.min_insync_replicas
                 new = NewTopic(
                     config.topic,
                     num_partitions=config.partitions,
                     replication_factor=config.replication_factor,
-                    topic_configs=topic_configs,
+                    topic_configs={"min.insync.replicas": str(min_isr)} if min_isr else {},
                 )
                 try:
                     await admin.create_topics([new])
@@ -83,12 +81,10 @@ class Topic:
                         topic=config.topic,
                         partitions=config.partitions,
                         replication_factor=config.replication_factor,
-                        min_insync_replicas=config.min_insync_replicas or None,
+                        min_insync_replicas=min_isr or None,
                     )
         finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await admin.close()
+            await close_admin(admin)
 
 
 async def stop_client(client: Any, what: str) -> None:
@@ -99,3 +95,10 @@ async def stop_client(client: Any, what: str) -> None:
     except (TimeoutError, KafkaError, OSError, RuntimeError, AttributeError) as exc:
         # A half-started client can fail odd ways on stop; the caller's error matters more.
         log.warning("kafka_client_stop_failed", client=what, error=str(exc) or type(exc).__name__)
+
+
+async def close_admin(admin: AIOKafkaAdminClient) -> None:
+    """Close within a deadline (with brokers gone it can hang); its errors do not matter."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await admin.close()
