@@ -253,9 +253,9 @@ def downsample(
     if hi - lo <= points:
         picked: Iterable[int] = range(lo, hi)
     else:
-        t0, t1 = ts[lo], ts[hi - 1]
+        t0 = ts[lo]
         buckets = max(1, points // 2)
-        width = (t1 - t0) / buckets or 1.0
+        width = (ts[hi - 1] - t0) / buckets or 1.0
         chosen = [lo]
         start = lo
         for b in range(1, buckets + 1):
@@ -323,8 +323,7 @@ class PriceStore:
             else:
                 for t, p, b in zip(theirs.ts, theirs.price, theirs.base, strict=True):
                     mine.place(t, p, b)
-            for day, base in theirs.first.items():
-                mine.first.setdefault(day, base)
+            mine.first = theirs.first | mine.first  # a day's first base: the older one
             if theirs.last is not None and (
                 mine.last is None or theirs.last.timestamp >= mine.last.timestamp
             ):
