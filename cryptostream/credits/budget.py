@@ -195,7 +195,7 @@ class CreditBudget:
             log.info("coincap_allowance_probe", kind=kind)
             self.ledger.mark_spent(probe=True)
             return None
-        cost = self.cost_estimate(kind)
+        cost = self.poll_credits() if kind in ("poll", "refresh") else 1
         if self.enforce and self.monthly and self.monthly - rec.credits < cost:
             self._set_exhausted("budget", used=rec.credits, reset=iso(end))
             return (
@@ -238,7 +238,7 @@ class CreditBudget:
 
     def charge_stream(self, seconds: float) -> None:
         """Time connected to the price stream: whole minutes are charged as they pass;
-        ``flush_minute`` at the end of a connection charges a started one."""
+        :meth:`end_stream` at the end of a connection charges a started one."""
         self._stream_carry += seconds
         minutes = int(self._stream_carry // 60)
         if minutes:
@@ -253,11 +253,6 @@ class CreditBudget:
             seconds, self._stream_carry = self._stream_carry, 0.0
             self.ledger.charge_stream(seconds, STREAM_CREDITS_PER_MINUTE)
             self._count("stream", STREAM_CREDITS_PER_MINUTE)
-
-    def cost_estimate(self, kind: str) -> int:
-        if kind in ("poll", "refresh"):
-            return self.poll_credits()
-        return 1
 
     def poll_credits(self) -> int:
         """Credits of one poll: the newest one's, else an estimate from the asset count."""
@@ -328,9 +323,7 @@ class CreditBudget:
         needed = math.ceil(rate * rest) if self.source else 0
         lasts = left is None or needed <= left
         runs_out = None if lasts or left is None else _utc(now + left / rate)
-        paced = None
-        if self.mode == "pace" and not lasts and not ws:
-            paced = self._interval_for(now)
+        paced = self._interval_for(now) if self.mode == "pace" and not lasts and not ws else None
         exhausted: Exhausted | None = None
         if rec.spent_at is not None:
             exhausted = "coincap"
@@ -349,7 +342,7 @@ class CreditBudget:
             poll_interval=interval,
             polls_per_period=int((end - start).total_seconds() // interval),
             needed=needed,
-            projected=used + needed if lasts or not self.monthly else self.monthly,
+            projected=used + needed if lasts else self.monthly,
             lasts=lasts,
             runs_out=runs_out,
             paced_interval=paced,

@@ -23,8 +23,9 @@ import fcntl
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ from cryptostream.logs import get_logger
 log = get_logger(__name__)
 
 LEDGER_FILE = CREDITS_FILE
-LOCK_FILE = CREDITS_LOCK_FILE
 #: Seconds between flushes of the in-memory delta while credits are spent (and between
 #: re-reads that pick up another process's spend).
 FLUSH_EVERY = 60.0
@@ -61,20 +61,20 @@ def billed(status: int) -> bool:
     return status < 500 and status not in (401, 402, 403, 429)
 
 
-def _period_start_in(year: int, month: int, day: int) -> dt.datetime:
-    last = calendar.monthrange(year, month)[1]
-    return dt.datetime(year, month, min(day, last), tzinfo=dt.UTC)
+def _period_start(month: int, day: int) -> dt.datetime:
+    """The period start in ``month``, counted as ``year * 12 + month - 1``."""
+    year, month = divmod(month, 12)
+    last = calendar.monthrange(year, month + 1)[1]
+    return dt.datetime(year, month + 1, min(day, last), tzinfo=dt.UTC)
 
 
 def period_bounds(now: float, billing_day: int) -> tuple[dt.datetime, dt.datetime]:
     """The billing period holding ``now`` (Unix seconds): [start, end), both UTC."""
     when = dt.datetime.fromtimestamp(now, tz=dt.UTC)
-    start = _period_start_in(when.year, when.month, billing_day)
-    if when < start:
-        year, month = (when.year, when.month - 1) if when.month > 1 else (when.year - 1, 12)
-        start = _period_start_in(year, month, billing_day)
-    year, month = (start.year, start.month + 1) if start.month < 12 else (start.year + 1, 1)
-    return start, _period_start_in(year, month, billing_day)
+    month = when.year * 12 + when.month - 1
+    if when < _period_start(month, billing_day):
+        month -= 1
+    return _period_start(month, billing_day), _period_start(month + 1, billing_day)
 
 
 def iso(when: dt.datetime) -> str:
@@ -89,7 +89,7 @@ class PeriodRecord:
     calls: int = 0
     bytes: int = 0
     stream_seconds: float = 0.0
-    by_kind: dict[str, int] = field(default_factory=dict)
+    by_kind: Counter[str] = field(default_factory=Counter)
     #: When CoinCap last said the allowance is spent (Unix seconds), and when it was
     #: last asked again since: both survive restarts so that no restart hammers it.
     spent_at: float | None = None
@@ -102,8 +102,7 @@ class PeriodRecord:
         self.calls += other.calls
         self.bytes += other.bytes
         self.stream_seconds += other.stream_seconds
-        for kind, n in other.by_kind.items():
-            self.by_kind[kind] = self.by_kind.get(kind, 0) + n
+        self.by_kind.update(other.by_kind)
         self.spent_at = _newest(self.spent_at, other.spent_at)
         self.probed_at = _newest(self.probed_at, other.probed_at)
         if other.poll_credits is not None:
@@ -113,16 +112,10 @@ class PeriodRecord:
         return self == PeriodRecord()
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "credits": self.credits,
-            "calls": self.calls,
-            "bytes": self.bytes,
-            "stream_seconds": round(self.stream_seconds, 3),
-            "by_kind": dict(sorted(self.by_kind.items())),
-            "spent_at": self.spent_at,
-            "probed_at": self.probed_at,
-            "poll_credits": self.poll_credits,
-        }
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["stream_seconds"] = round(self.stream_seconds, 3)
+        out["by_kind"] = dict(sorted(self.by_kind.items()))
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> PeriodRecord:
@@ -134,7 +127,7 @@ class PeriodRecord:
             calls=int(data.get("calls", 0)),
             bytes=int(data.get("bytes", 0)),
             stream_seconds=float(data.get("stream_seconds", 0.0)),
-            by_kind={str(k): int(v) for k, v in by_kind.items()},
+            by_kind=Counter({str(k): int(v) for k, v in by_kind.items()}),
             spent_at=_opt_float(data.get("spent_at")),
             probed_at=_opt_float(data.get("probed_at")),
             poll_credits=_opt_int(data.get("poll_credits")),
@@ -171,7 +164,7 @@ class Ledger:
         fsync: bool = True,
     ) -> None:
         self.path = data_dir / LEDGER_FILE
-        self._lock_path = data_dir / LOCK_FILE
+        self._lock_path = data_dir / CREDITS_LOCK_FILE
         self.billing_day = billing_day
         self.clock = clock
         self._fsync = fsync
@@ -196,10 +189,9 @@ class Ledger:
         self.maybe_sync()
         key = self.key()
         total = PeriodRecord()
-        if key in self._disk:
-            total.add(self._disk[key])
-        if key in self._pending:
-            total.add(self._pending[key])
+        for source in (self._disk, self._pending):
+            if key in source:
+                total.add(source[key])
         return total
 
     def used(self) -> int:
@@ -219,13 +211,13 @@ class Ledger:
     def _delta(self) -> PeriodRecord:
         return self._pending.setdefault(self.key(), PeriodRecord())
 
-    def charge(self, kind: str, credits: int, *, nbytes: int = 0, calls: int = 1) -> None:
+    def charge(self, kind: str, credits: int, *, nbytes: int = 0) -> None:
         delta = self._delta()
         delta.credits += credits
-        delta.calls += calls
+        delta.calls += 1
         delta.bytes += nbytes
-        delta.by_kind[kind] = delta.by_kind.get(kind, 0) + credits
-        if kind == "poll" and calls:
+        delta.by_kind[kind] += credits
+        if kind == "poll":
             delta.poll_credits = credits
         self.maybe_sync()
 
@@ -233,7 +225,7 @@ class Ledger:
         delta = self._delta()
         delta.stream_seconds += seconds
         delta.credits += credits
-        delta.by_kind["stream"] = delta.by_kind.get("stream", 0) + credits
+        delta.by_kind["stream"] += credits
         self.maybe_sync()
 
     def mark_spent(self, *, probe: bool = False) -> None:
@@ -256,8 +248,7 @@ class Ledger:
                 data = self._read()
                 rec = data.get(key)
                 if rec is not None and rec.spent_at is not None:
-                    rec.spent_at = None
-                    rec.probed_at = None
+                    rec.spent_at = rec.probed_at = None
                     self._write(data)
                 self._disk = data
         except OSError as exc:
@@ -289,10 +280,9 @@ class Ledger:
         try:
             with self._locked():
                 data = self._read()
-                if pending:
-                    for key, delta in pending.items():
-                        data.setdefault(key, PeriodRecord()).add(delta)
-                    self._write(data)
+                for key, delta in pending.items():
+                    data.setdefault(key, PeriodRecord()).add(delta)
+                self._write(data)
                 self._disk = data
         except OSError as exc:
             # The delta stays in memory and goes with the next flush.

@@ -38,6 +38,7 @@ _TYPES = {
     ".png": "image/png",
     ".ico": "image/x-icon",
     ".txt": "text/plain",
+    "": "text/plain",
 }
 #: Points per series when the page does not say (about a chart's width in pixels).
 DEFAULT_POINTS = 1000
@@ -60,7 +61,7 @@ def load_static(folder: Path = STATIC_DIR) -> dict[str, StaticFile]:
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.name.startswith("."):
             continue
-        ctype = _TYPES.get(path.suffix) or ("text/plain" if path.suffix == "" else None)
+        ctype = _TYPES.get(path.suffix)
         if ctype is None:
             continue  # only known kinds of file are served
         body = path.read_bytes()
@@ -161,7 +162,7 @@ class DashboardApi:
                     if message is None:
                         break
                     await response.write(message)
-            except (ConnectionResetError, ConnectionError):
+            except ConnectionError:
                 pass  # the page went away
         return response
 

@@ -107,8 +107,7 @@ class Dashboard:
             store.compact(time.time() - FULL_DETAIL_DAYS * DAY)
         self._metrics.dashboard_points.set(store.points)
         if pending and self._flush_handle is None:
-            loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(FLUSH_INTERVAL, self._flush)
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -116,8 +115,7 @@ class Dashboard:
         ticks: dict[str, list[list[float | None]]] = {}
         assets = []
         for asset, points in pending.items():
-            ts = [p[0] for p in points]
-            prices = [p[1] for p in points]
+            ts, prices, _ = zip(*points, strict=True)
             kept = downsample(ts, prices, 0, len(points), LIVE_POINTS)
             ticks[asset] = [list(points[i]) for i in kept]
             assets.append(self._asset_json(self.store.series[asset]))
@@ -140,9 +138,7 @@ class Dashboard:
         except LoadCancelled:
             return
         except OSError as exc:
-            self.load_error = f"cannot read {DATA_FILE}: {exc.strerror or exc}"
-            self._metrics.dashboard_rows_skipped.labels("unreadable_file").inc()
-            log.error("dashboard_history_unreadable", file=DATA_FILE, error=exc.strerror)
+            self._unreadable(exc)
             store = PriceStore()
         finally:
             if snapshot.data is not None:
@@ -156,7 +152,6 @@ class Dashboard:
         self._add(buffered)
         self.load_seconds = time.perf_counter() - started
         self._metrics.dashboard_load_seconds.set(self.load_seconds)
-        self._metrics.dashboard_points.set(store.points)
         log.info(
             "dashboard_loaded",
             records=store.records,
@@ -169,21 +164,23 @@ class Dashboard:
 
     def _snapshot(self) -> HistorySnapshot:
         """The files as they are now; sets the state to loading (no await in here)."""
-        data_path = self._data_dir / DATA_FILE
         data = None
         size = 0
         try:
-            data = data_path.open("rb")
+            data = (self._data_dir / DATA_FILE).open("rb")
             size = os.fstat(data.fileno()).st_size
         except FileNotFoundError:
             pass
         except OSError as exc:
-            self.load_error = f"cannot read {DATA_FILE}: {exc.strerror}"
-            self._metrics.dashboard_rows_skipped.labels("unreadable_file").inc()
-            log.error("dashboard_history_unreadable", file=DATA_FILE, error=exc.strerror)
+            self._unreadable(exc)
         daily = tuple(_daily_files(self._data_dir / TICKS_DIR))
         self.state = "loading"
         return HistorySnapshot(data, size, daily, day_of(time.time()))
+
+    def _unreadable(self, exc: OSError) -> None:
+        self.load_error = f"cannot read {DATA_FILE}: {exc.strerror or exc}"
+        self._metrics.dashboard_rows_skipped.labels("unreadable_file").inc()
+        log.error("dashboard_history_unreadable", file=DATA_FILE, error=exc.strerror)
 
     def close(self) -> None:
         """Stop a load in progress and end the live streams."""

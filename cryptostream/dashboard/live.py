@@ -29,19 +29,14 @@ QUEUE_SIZE = 64
 MAX_CLIENTS = 100
 
 
-def sse_message(event: str, data: bytes) -> bytes:
-    """One Server-Sent Event (``data`` is JSON, so it holds no newline)."""
-    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
-
-
 class Broadcaster:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._clients: set[asyncio.Queue[bytes | None]] = set()
         self._closed = False
         self._slow_logged = False
-        self.max_clients = MAX_CLIENTS
         self._full_logged = False
+        self.max_clients = MAX_CLIENTS
 
     @property
     def clients(self) -> int:
@@ -67,7 +62,8 @@ class Broadcaster:
 
     def send(self, event: str, data: bytes) -> None:
         """Queue one event for every page; never blocks."""
-        message = sse_message(event, data)
+        # A Server-Sent Event; ``data`` is JSON, so it holds no newline.
+        message = b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
         for queue in list(self._clients):
             try:
                 queue.put_nowait(message)
@@ -80,9 +76,7 @@ class Broadcaster:
         if not self._slow_logged:
             self._slow_logged = True
             log.warning("dashboard_client_too_slow", note="disconnected; it reconnects and reloads")
-        while not queue.empty():
-            queue.get_nowait()
-        queue.put_nowait(None)
+        _end(queue)
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[bytes | None]]:
@@ -104,9 +98,14 @@ class Broadcaster:
     def close(self) -> None:
         """End every stream (the web server is stopping)."""
         self._closed = True
-        for queue in list(self._clients):
-            while not queue.empty():
-                queue.get_nowait()
-            queue.put_nowait(None)
+        for queue in self._clients:
+            _end(queue)
         self._clients.clear()
         self._metrics.dashboard_clients.set(0)
+
+
+def _end(queue: asyncio.Queue[bytes | None]) -> None:
+    """Drop what a page has not read yet and tell it to end its stream."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(None)

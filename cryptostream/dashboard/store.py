@@ -106,7 +106,9 @@ class Series:
         copied per request: only a late tick that comes while a request is being
         answered costs a copy of its series.
         """
-        view = SeriesView(self.id, self.symbol, self.name, self.ts, self.price, self.base)
+        view = SeriesView(
+            self.id, self.symbol, self.name, self.ts, self.price, self.base, len(self.ts)
+        )
         self.views.add(view)
         return view
 
@@ -165,11 +167,7 @@ class Series:
         start = lo
         while start < hi:
             end = bisect_left(ts, (ts[start] // step + 1) * step, start, hi)
-            if end - start > 2:
-                seg = price[start:end]
-                keep.extend(start + i for i in sorted({seg.index(min(seg)), seg.index(max(seg))}))
-            else:
-                keep.extend(range(start, end))
+            keep.extend(_low_high(price, start, end))
             start = end
         if len(keep) == hi - lo:
             self.compacted = hi
@@ -188,37 +186,27 @@ class Series:
         """Price change of point ``i`` in % against its day's firstValue."""
         return _variation(self.price[i], self.base[i])
 
-    def bounds(self, start: float, end: float) -> tuple[int, int]:
-        """Index range ``[lo, hi)`` of the points in ``[start, end]``."""
-        return _bounds(self.ts, len(self.ts), start, end)
-
     def window(self, start: float, end: float, points: int) -> tuple[list[int], int]:
         """Indices of the points in ``[start, end]``, about ``points`` at most; and how many."""
-        lo, hi = self.bounds(start, end)
+        lo, hi = _bounds(self.ts, len(self.ts), start, end)
         return downsample(self.ts, self.price, lo, hi, points), hi - lo
 
 
+@dataclass(slots=True, weakref_slot=True, eq=False)
 class SeriesView:
     """A series' first ``length`` points as they were when :meth:`Series.view` ran.
 
     Read-only and safe to read in a worker thread while the loop adds ticks.
     """
 
-    __slots__ = ("__weakref__", "base", "id", "length", "name", "price", "symbol", "ts")
-
-    def __init__(
-        self,
-        asset: str,
-        symbol: str,
-        name: str,
-        ts: array[float],
-        price: array[float],
-        base: array[float],
-    ) -> None:
-        self.id, self.symbol, self.name = asset, symbol, name
-        self.ts, self.price, self.base = ts, price, base
-        #: Values past this index were added after the view: never read.
-        self.length = len(ts)
+    id: str
+    symbol: str
+    name: str
+    ts: array[float]
+    price: array[float]
+    base: array[float]
+    #: Values past this index were added after the view: never read.
+    length: int
 
     def variation(self, i: int) -> float | None:
         """Price change of point ``i`` in % against its day's firstValue."""
@@ -242,6 +230,15 @@ def _bounds(ts: Sequence[float], length: int, start: float, end: float) -> tuple
     return bisect_left(ts, start, 0, length), bisect_right(ts, end, 0, length)
 
 
+def _low_high(price: Sequence[float], start: int, end: int) -> Iterable[int]:
+    """Indices of the lowest and the highest price in ``[start, end)``, in time order."""
+    if end - start <= 2:
+        return range(start, end)
+    # min()/max()/index() on an array slice run in C: a year of ticks takes ms.
+    seg = price[start:end]
+    return [start + i for i in sorted({seg.index(min(seg)), seg.index(max(seg))})]
+
+
 def downsample(
     ts: Sequence[float], price: Sequence[float], lo: int, hi: int, points: int
 ) -> list[int]:
@@ -256,21 +253,14 @@ def downsample(
     if hi - lo <= points:
         picked: Iterable[int] = range(lo, hi)
     else:
-        t0, t1 = ts[lo], ts[hi - 1]
+        t0 = ts[lo]
         buckets = max(1, points // 2)
-        width = (t1 - t0) / buckets or 1.0
+        width = (ts[hi - 1] - t0) / buckets or 1.0
         chosen = [lo]
         start = lo
         for b in range(1, buckets + 1):
             end = hi if b == buckets else bisect_right(ts, t0 + b * width, start, hi)
-            if end - start > 2:
-                # min()/max()/index() on an array slice run in C: a year of ticks takes ms.
-                seg = price[start:end]
-                i_min = seg.index(min(seg))
-                i_max = seg.index(max(seg))
-                chosen.extend(start + i for i in sorted({i_min, i_max}))
-            else:
-                chosen.extend(range(start, end))
+            chosen.extend(_low_high(price, start, end))
             start = end
         chosen.append(hi - 1)
         picked = chosen
@@ -285,8 +275,6 @@ def downsample(
 
 
 def _to_float(text: str) -> float | None:
-    if not text:
-        return None
     try:
         value = float(text)
     except ValueError:
@@ -303,15 +291,11 @@ class PriceStore:
         self.days: set[int] = set()
         self.skipped: Counter[str] = Counter()
 
-    def get(self, asset: str) -> Series:
-        s = self.series.get(asset)
-        if s is None:
-            s = self.series[asset] = Series(asset)
-        return s
-
     def add_tick(self, tick: Tick) -> tuple[float, float]:
         """Add a live tick; returns its price and variation base."""
-        s = self.get(tick.id)
+        s = self.series.get(tick.id)
+        if s is None:
+            s = self.series[tick.id] = Series(tick.id)
         s.symbol, s.name = tick.symbol, tick.name
         price = float(tick.price_usd)
         base = s.add(
@@ -339,8 +323,7 @@ class PriceStore:
             else:
                 for t, p, b in zip(theirs.ts, theirs.price, theirs.base, strict=True):
                     mine.place(t, p, b)
-            for day, base in theirs.first.items():
-                mine.first.setdefault(day, base)
+            mine.first = theirs.first | mine.first  # a day's first base: the older one
             if theirs.last is not None and (
                 mine.last is None or theirs.last.timestamp >= mine.last.timestamp
             ):
