@@ -159,10 +159,6 @@ class CoinCapClient:
         params = {"interval": interval, "start": str(start_ms), "end": str(end_ms)}
         return parse_envelope(await self.get(f"/assets/{asset}/history", params))
 
-    async def fetch(self, ids: tuple[str, ...]) -> AssetsResponse:
-        """``get_assets`` with the declared retry policy; raises after ``retry_deadline``."""
-        return await self.retrying(lambda: self.get_assets(ids))
-
     async def retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` under the declared retry policy; raises after ``retry_deadline``."""
         return await self.policy.run(call)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from typing import TYPE_CHECKING, NoReturn
@@ -97,7 +98,8 @@ class CoinCapWsSource:
         self._url = cc.ws_url
         self._safe_url = cc.ws_url.split("?", 1)[0]
         self._key = cc.api_key.get()
-        # Error texts show the key as aiohttp wrote it in the URL (%2B for '+', ...).
+        # aiohttp puts the URL, query and all, in some error texts, with the key as it
+        # wrote it there (%2B for '+', ...): they are masked before they are reported.
         self._key_masker = SecretMasker()
         self._key_masker.add([self._key])
         self._connect_timeout = cc.timeout
@@ -211,7 +213,7 @@ class CoinCapWsSource:
         except TimeoutError:
             self._ended("error", f"no connection within {self._connect_timeout:g} s")
         except (aiohttp.ClientError, OSError) as exc:
-            self._ended("error", self._clean(f"{type(exc).__name__}: {exc}"))
+            self._ended("error", self._key_masker.mask(f"{type(exc).__name__}: {exc}"))
         started = charged = loop.time()
         frames = 0
         (log.info if self.connects == 1 else log.debug)(
@@ -234,7 +236,7 @@ class CoinCapWsSource:
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     self._malformed("binary", f"{len(msg.data)} bytes")
                 elif msg.type == aiohttp.WSMsgType.ERROR:
-                    reason, detail = "error", self._clean(str(ws.exception()))
+                    reason, detail = "error", self._key_masker.mask(str(ws.exception()))
                     break
                 else:  # CLOSE, CLOSING, CLOSED
                     reason, detail = "closed", f"close code {ws.close_code}"
@@ -271,10 +273,6 @@ class CoinCapWsSource:
             raise StreamEnded
         raise StreamBroken(reason, detail, retry_after)
 
-    def _clean(self, text: str) -> str:
-        """Error text without the API key (aiohttp puts URLs with queries in some)."""
-        return self._key_masker.mask(text)
-
     # -- frames ------------------------------------------------------------------------
 
     def _on_frame(self, data: str, emit: Emit) -> bool:
@@ -291,12 +289,12 @@ class CoinCapWsSource:
         ticks: list[Tick] = []
         for asset, raw in frame.items():
             if asset not in self._wanted:
-                self._reject(asset, InvalidTick("unexpected_asset", "not asked for"))
+                self._bad.reject(asset, InvalidTick("unexpected_asset", "not asked for"))
                 continue
             try:
                 price = decimal_text(raw, field="price", required=True, allow_negative=False)
             except InvalidTick as exc:
-                self._reject(asset, exc)
+                self._bad.reject(asset, exc)
                 continue
             assert price is not None
             ticks.append(self._tick(asset, price, received))
@@ -322,17 +320,8 @@ class CoinCapWsSource:
         if meta is None:
             symbol, name = describe(asset)
             return Tick(ts, asset, symbol, name, price, None, None, None, self.name)
-        return Tick(
-            ts,
-            asset,
-            meta.symbol,
-            meta.name,
-            price,
-            meta.change_percent_24h,
-            None,
-            meta.vwap_24h,
-            self.name,
-        )
+        # The REST record of this asset, made by this source: only time and price differ.
+        return meta._replace(timestamp=ts, price_usd=price)
 
     def _malformed(self, reason: str, detail: str) -> None:
         self._metrics.ws_malformed_frames.labels(reason).inc()
@@ -344,15 +333,14 @@ class CoinCapWsSource:
             self._frame_logged[reason] = now
             log.warning("ws_frame_malformed", reason=reason, detail=detail, action="skipped")
 
-    def _reject(self, asset: str, exc: InvalidTick) -> None:
-        self._bad.reject(asset, exc)
-
     # -- metadata over REST ------------------------------------------------------------
 
     async def _refresh_metadata(self) -> None:
         async for _ in poll_slots(self._refresh):
             try:
-                response = await self._client.fetch(self._assets)
+                response = await self._client.retrying(
+                    functools.partial(self._client.get_assets, self._assets)
+                )
             except AllowanceSpent as exc:
                 log.debug("ws_metadata_refresh_skipped", reason=str(exc))
                 continue
@@ -369,7 +357,7 @@ class CoinCapWsSource:
                 try:
                     tick = tick_from_api(record, response.timestamp, source=self.name)
                 except InvalidTick as exc:
-                    self._reject(record_label(record), exc)
+                    self._bad.reject(record_label(record), exc)
                     continue
                 if tick.id in self._wanted:
                     self.metadata[tick.id] = tick

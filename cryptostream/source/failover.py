@@ -57,8 +57,6 @@ class FailoverSource:
         *,
         check_every: float | None = None,
     ) -> None:
-        if not sources:
-            raise ValueError("a failover chain needs at least one source")
         self.sources = list(sources)
         self.names = [s.name for s in self.sources]
         # For logs ("binance>kraken"); each tick names the one source that produced it.
@@ -148,10 +146,10 @@ class FailoverSource:
                 healthy = self.sources[index].health.healthy
                 self._metrics.source_healthy.labels(self.names[index]).set(int(healthy))
         active = self.active
-        health = self.sources[active].health
-        failing = health.failing_for()
         if active + 1 >= len(self.sources):
             return
+        health = self.sources[active].health
+        failing = health.failing_for()
         if health.exhausted:
             self._switch(active + 1, reason="allowance_spent", detail=health.last_error)
         elif failing > self._after:

@@ -8,15 +8,15 @@ valid ticks, raising an :class:`~cryptostream.source.http.ApiError` subclass, wh
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.source.assets import describe
 from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
 from cryptostream.source.http import AllowanceSpent, ApiError, RetryPolicy
-from cryptostream.tick import InvalidTick, Tick
+from cryptostream.tick import InvalidTick, Tick, decimal_text
 
 log = get_logger(__name__)
 
@@ -128,6 +128,28 @@ class PollingSource:
         """A record of a market not asked for, or one given twice in one answer."""
         self.reject(label, InvalidTick("unexpected_asset", "not asked for, or twice"))
 
+    def market_tick(
+        self, asset: str, timestamp: float, *, price: Any, change: Any, vwap: Any
+    ) -> Tick:
+        """A tick from an exchange's ticker fields, kept as exact text; symbol and name
+        come from the table of well-known assets. Raises :class:`InvalidTick`."""
+        price_usd = decimal_text(price, field="price", required=True, allow_negative=False)
+        assert price_usd is not None
+        symbol, name = describe(asset)
+        return Tick(
+            timestamp=timestamp,
+            id=asset,
+            symbol=symbol,
+            name=name,
+            price_usd=price_usd,
+            change_percent_24h=decimal_text(
+                change, field="change", required=False, allow_negative=True
+            ),
+            first_value=None,
+            vwap_24h=decimal_text(vwap, field="vwap", required=False, allow_negative=False),
+            source=self.name,
+        )
+
     def collect(
         self,
         records: Iterable[tuple[str | None, str, Any]],
@@ -156,16 +178,15 @@ class PollingSource:
         once which configured markets the answer lacked."""
         seen = {t.id for t in ticks}
         self._bad.good(seen)
-        if ticks:
-            for asset in self.markets:
-                lacking = asset not in seen and not self._bad.failing(asset)
-                self._metrics.assets_unknown.labels(self.name, asset).set(int(lacking))
-        missing = [
-            a
-            for a in self.markets
-            if a not in seen and a not in self._missing_reported and not self._bad.failing(a)
-        ]
-        if missing and ticks:
+        if not ticks:
+            return ticks
+        missing: list[str] = []
+        for asset in self.markets:
+            lacking = asset not in seen and not self._bad.failing(asset)
+            self._metrics.assets_unknown.labels(self.name, asset).set(int(lacking))
+            if lacking and asset not in self._missing_reported:
+                missing.append(asset)
+        if missing:
             self._missing_reported.update(missing)
             log.warning(
                 self.missing_event,
@@ -175,8 +196,3 @@ class PollingSource:
                 hint=self.missing_hint,
             )
         return ticks
-
-
-def now() -> float:
-    """Wall-clock time, Unix seconds: when a source has no event time of its own."""
-    return time.time()
