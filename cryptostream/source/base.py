@@ -78,15 +78,13 @@ class Source(Protocol):
         ...
 
 
-async def poll_slots(
-    interval: float, clock: Callable[[], float] | None = None
-) -> AsyncIterator[int]:
+async def poll_slots(interval: float) -> AsyncIterator[int]:
     """Yield slot numbers on the grid ``start + k * interval``.
 
     The grid does not drift: a slow poll delays only itself. Slots that a poll
     overran are skipped, not bunched up, and show as a jump in the number.
     """
-    now = clock or asyncio.get_running_loop().time
+    now = asyncio.get_running_loop().time
     start = now()
     slot = 0
     while True:

@@ -182,16 +182,15 @@ class CoinCapSource(PollingSource):
         self._client = CoinCapClient(
             config.coincap, session, metrics, source=self.name, budget=budget, kind="poll"
         )
-        assets = config.source.assets
+        self._assets = config.source.assets
         super().__init__(
-            assets=assets,
+            assets=self._assets,
             # CoinCap's markets are its asset ids.
-            markets={a: a for a in assets},
+            markets={a: a for a in self._assets},
             interval=config.source.poll_interval,
             metrics=metrics,
             retry=self._client.policy,
         )
-        self._assets = assets
 
     async def run(self, emit: Emit) -> None:
         try:
@@ -214,7 +213,7 @@ class CoinCapSource(PollingSource):
             try:
                 tick = tick_from_api(record, response.timestamp, source=self.name)
             except InvalidTick as exc:
-                self.reject(record_label(record), exc)
+                self._bad.reject(record_label(record), exc)
                 continue
             if tick.id not in self.markets or tick.id in seen:
                 self.unexpected(tick.id)

@@ -70,7 +70,6 @@ class StreamBroken(Exception):
 
     def __init__(self, reason: str, detail: str, retry_after: float | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
         #: Seconds the server asked us to wait (a 429's ``Retry-After``), if it did.
         self.retry_after = retry_after
 
@@ -89,23 +88,18 @@ class CoinCapWsSource:
         metrics: Metrics,
         budget: CreditBudget | None = None,
     ) -> None:
-        cc = config.coincap
+        cc = self._config = config.coincap
         self._budget = budget
         self._assets = config.source.assets
         self._wanted = frozenset(self._assets)
         self._session = session
         self._metrics = metrics
-        self._url = cc.ws_url
         self._safe_url = cc.ws_url.split("?", 1)[0]
         self._key = cc.api_key.get()
         # aiohttp puts the URL, query and all, in some error texts, with the key as it
         # wrote it there (%2B for '+', ...): they are masked before they are reported.
         self._key_masker = SecretMasker()
         self._key_masker.add([self._key])
-        self._connect_timeout = cc.timeout
-        self._silence = cc.ws_silence_timeout
-        self._refresh = cc.ws_refresh_interval
-        self._max_backoff = cc.max_backoff
         # Metadata requests must not make the stream look unhealthy: no health here.
         self._client = CoinCapClient(
             cc, session, metrics, source=self.name, budget=budget, kind="refresh"
@@ -126,8 +120,8 @@ class CoinCapWsSource:
             "coincap_ws_starting",
             url=self._safe_url,
             assets=list(self._assets),
-            silence_timeout=self._silence,
-            refresh_interval=self._refresh,
+            silence_timeout=self._config.ws_silence_timeout,
+            refresh_interval=self._config.ws_refresh_interval,
         )
         try:
             async with asyncio.TaskGroup() as tg:
@@ -141,7 +135,7 @@ class CoinCapWsSource:
     async def _stream(self, emit: Emit) -> None:
         # 0.5 s, 1 s, 2 s ... plus up to 0.5 s of jitter, capped at max_backoff.
         backoff = tenacity.wait_exponential_jitter(
-            multiplier=0.5, max=self._max_backoff, jitter=0.5
+            multiplier=0.5, max=self._config.max_backoff, jitter=0.5
         )
 
         def wait(state: tenacity.RetryCallState) -> float:
@@ -180,9 +174,9 @@ class CoinCapWsSource:
                 self._metrics.ws_reconnects.labels("spent").inc()
                 raise StreamBroken("spent", reason)
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(self._config.timeout):
                 ws = await self._session.ws_connect(
-                    self._url,
+                    self._config.ws_url,
                     params={"assets": ",".join(self._assets), "apiKey": self._key},
                     autoping=True,
                     heartbeat=None,
@@ -211,7 +205,7 @@ class CoinCapWsSource:
             hint = ": check COINCAP_API_KEY" if exc.status in (401, 403) else ""
             self._ended("handshake", f"server answered {exc.status} {exc.message}{hint}")
         except TimeoutError:
-            self._ended("error", f"no connection within {self._connect_timeout:g} s")
+            self._ended("error", f"no connection within {self._config.timeout:g} s")
         except (aiohttp.ClientError, OSError) as exc:
             self._ended("error", self._key_masker.mask(f"{type(exc).__name__}: {exc}"))
         started = charged = loop.time()
@@ -222,9 +216,9 @@ class CoinCapWsSource:
         try:
             while True:
                 try:
-                    msg = await ws.receive(timeout=self._silence)
+                    msg = await ws.receive(timeout=self._config.ws_silence_timeout)
                 except TimeoutError:
-                    reason, detail = "silent", f"no frame for {self._silence:g} s"
+                    reason, detail = "silent", f"no frame for {self._config.ws_silence_timeout:g} s"
                     break
                 now = loop.time()
                 if self._budget is not None and now - charged >= 60:
@@ -336,7 +330,7 @@ class CoinCapWsSource:
     # -- metadata over REST ------------------------------------------------------------
 
     async def _refresh_metadata(self) -> None:
-        async for _ in poll_slots(self._refresh):
+        async for _ in poll_slots(self._config.ws_refresh_interval):
             try:
                 response = await self._client.retrying(
                     functools.partial(self._client.get_assets, self._assets)

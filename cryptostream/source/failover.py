@@ -84,9 +84,8 @@ class FailoverSource:
 
     async def run(self, emit: Emit) -> None:
         self._emit = emit
-        for name in self.names:
-            self._metrics.source_active.labels(name).set(0)
-        self._metrics.source_active.labels(self.names[0]).set(1)
+        for index, name in enumerate(self.names):
+            self._metrics.source_active.labels(name).set(int(index == 0))
         if len(self.sources) > 1:
             log.info("failover_chain", chain=self.names, failover_after=self._after)
         try:

@@ -120,13 +120,9 @@ class PollingSource:
 
     # -- bad and missing records -------------------------------------------------------
 
-    def reject(self, asset: str, exc: InvalidTick) -> None:
-        """Count a bad record; log it the first time it is bad in a row."""
-        self._bad.reject(asset, exc)
-
     def unexpected(self, label: str) -> None:
         """A record of a market not asked for, or one given twice in one answer."""
-        self.reject(label, InvalidTick("unexpected_asset", "not asked for, or twice"))
+        self._bad.reject(label, InvalidTick("unexpected_asset", "not asked for, or twice"))
 
     def market_tick(
         self, asset: str, timestamp: float, *, price: Any, change: Any, vwap: Any
@@ -167,7 +163,7 @@ class PollingSource:
             try:
                 tick = make(asset, record)
             except InvalidTick as exc:
-                self.reject(asset, exc)
+                self._bad.reject(asset, exc)
                 continue
             seen.add(asset)
             ticks.append(tick)
