@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import time
 from typing import TYPE_CHECKING, NoReturn
 
@@ -322,8 +323,7 @@ class CoinCapWsSource:
         # A stream of nothing but garbage is as good as down (a good frame clears it).
         self.health.failed(f"malformed frame: {reason}")
         now = time.monotonic()
-        last = self._frame_logged.get(reason)
-        if last is None or now - last >= _FRAME_LOG_EVERY:
+        if now - self._frame_logged.get(reason, -math.inf) >= _FRAME_LOG_EVERY:
             self._frame_logged[reason] = now
             log.warning("ws_frame_malformed", reason=reason, detail=detail, action="skipped")
 

@@ -30,6 +30,7 @@ event and a ``cryptostream_source_switches_total{from,to}`` count; every tick's
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 
 import tenacity
@@ -193,15 +194,12 @@ class FailoverSource:
         return emit
 
     def _pass(self, index: int, ticks: list[Tick]) -> None:
-        last = self._last_ts
         out: list[Tick] = []
         for tick in ticks:
             key = (index, tick.id)
-            previous = last.get(key)
-            if previous is not None and tick.timestamp <= previous:
-                continue
-            last[key] = tick.timestamp
-            out.append(tick)
+            if tick.timestamp > self._last_ts.get(key, -math.inf):
+                self._last_ts[key] = tick.timestamp
+                out.append(tick)
         repeated = len(ticks) - len(out)
         if repeated:
             self._metrics.ticks_repeated.labels(self.names[index]).inc(repeated)
