@@ -204,9 +204,7 @@ class CoinCapSource(PollingSource):
         return self._budget is None or self._budget.poll_due()
 
     async def request(self) -> list[Tick]:
-        return self.to_ticks(await self._client.get_assets(self._assets))
-
-    def to_ticks(self, response: AssetsResponse) -> list[Tick]:
+        response = await self._client.get_assets(self._assets)
         ticks: list[Tick] = []
         seen: set[str] = set()
         for record in response.records:

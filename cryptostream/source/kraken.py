@@ -84,9 +84,7 @@ class KrakenSource(PollingSource):
         self._params = {"pair": ",".join(self.markets.values())}
 
     async def request(self) -> list[Tick]:
-        return self.to_ticks(self._http.check(await self._http.get(self._url, self._params)))
-
-    def to_ticks(self, body: bytes) -> list[Tick]:
+        body = self._http.check(await self._http.get(self._url, self._params))
         try:
             data = json.loads(body, parse_float=str)
         except (ValueError, UnicodeDecodeError, RecursionError):

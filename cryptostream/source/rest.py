@@ -51,12 +51,7 @@ class PollingSource:
     # -- the loop ----------------------------------------------------------------------
 
     async def run(self, emit: Emit) -> None:
-        log.info(
-            "source_polling",
-            source=self.name,
-            markets=self.markets,
-            interval=self._interval,
-        )
+        log.info("source_polling", source=self.name, markets=self.markets, interval=self._interval)
         if self.unpriced:
             log.warning(
                 "assets_not_on_source",
@@ -147,9 +142,7 @@ class PollingSource:
         )
 
     def collect(
-        self,
-        records: Iterable[tuple[str | None, str, Any]],
-        make: Callable[[str, Any], Tick],
+        self, records: Iterable[tuple[str | None, str, Any]], make: Callable[[str, Any], Tick]
     ) -> list[Tick]:
         """The ticks of one answer: ``records`` are (asset or None, label, record);
         ``make`` turns one record of an asset into a tick or raises :class:`InvalidTick`.
