@@ -101,6 +101,7 @@ class CoinCapWsSource:
         # wrote it there (%2B for '+', ...): they are masked before they are reported.
         self._key_masker = SecretMasker()
         self._key_masker.add([self._key])
+        self._silence = cc.ws_silence_timeout
         # Metadata requests must not make the stream look unhealthy: no health here.
         self._client = CoinCapClient(
             cc, session, metrics, source=self.name, budget=budget, kind="refresh"
@@ -121,7 +122,7 @@ class CoinCapWsSource:
             "coincap_ws_starting",
             url=self._safe_url,
             assets=list(self._assets),
-            silence_timeout=self._config.ws_silence_timeout,
+            silence_timeout=self._silence,
             refresh_interval=self._config.ws_refresh_interval,
         )
         try:
@@ -217,9 +218,9 @@ class CoinCapWsSource:
         try:
             while True:
                 try:
-                    msg = await ws.receive(timeout=self._config.ws_silence_timeout)
+                    msg = await ws.receive(timeout=self._silence)
                 except TimeoutError:
-                    reason, detail = "silent", f"no frame for {self._config.ws_silence_timeout:g} s"
+                    reason, detail = "silent", f"no frame for {self._silence:g} s"
                     break
                 now = loop.time()
                 if self._budget is not None and now - charged >= 60:

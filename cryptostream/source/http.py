@@ -180,7 +180,8 @@ class HttpClient:
         self._session = session
         self._metrics = metrics
         self._source = source
-        self._timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_s = timeout
         self._api = api
         #: What the API's answers should be, for describing those that are not.
         self.expected = f"{api}'s JSON"
@@ -195,15 +196,12 @@ class HttpClient:
         """One GET, any status; connection problems and timeouts become TransientError."""
         try:
             async with self._session.get(
-                url,
-                params=params,
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                url, params=params, headers=self._headers, timeout=self._timeout
             ) as resp:
                 answer = HttpAnswer(resp.status, await resp.read(), dict(resp.headers))
         except TimeoutError:
             self._count("timeout")
-            raise TransientError(f"no answer within {self._timeout:g} s") from None
+            raise TransientError(f"no answer within {self._timeout_s:g} s") from None
         except aiohttp.ClientError as exc:
             self._count("connection_error")
             raise TransientError(f"{type(exc).__name__}: {exc}") from None
