@@ -30,6 +30,10 @@ class SourceHealth:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the past: a source (re)started gets a fresh chance to prove itself."""
         self.last_ok: float | None = None
         self.failing_since: float | None = None
         self.last_error = ""
@@ -38,17 +42,8 @@ class SourceHealth:
         self.exhausted = False
 
     def ok(self) -> None:
+        self.reset()
         self.last_ok = self._clock()
-        self.failing_since = None
-        self.last_error = ""
-        self.exhausted = False
-
-    def reset(self) -> None:
-        """Forget the past: a source (re)started gets a fresh chance to prove itself."""
-        self.last_ok = None
-        self.failing_since = None
-        self.last_error = ""
-        self.exhausted = False
 
     def spent(self, error: str) -> None:
         """A failure that lasts until the billing period resets."""
@@ -83,15 +78,13 @@ class Source(Protocol):
         ...
 
 
-async def poll_slots(
-    interval: float, clock: Callable[[], float] | None = None
-) -> AsyncIterator[int]:
+async def poll_slots(interval: float) -> AsyncIterator[int]:
     """Yield slot numbers on the grid ``start + k * interval``.
 
     The grid does not drift: a slow poll delays only itself. Slots that a poll
     overran are skipped, not bunched up, and show as a jump in the number.
     """
-    now = clock or asyncio.get_running_loop().time
+    now = asyncio.get_running_loop().time
     start = now()
     slot = 0
     while True:

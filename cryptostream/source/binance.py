@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,6 @@ import aiohttp
 from cryptostream.config import Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.source.assets import describe
 from cryptostream.source.chain import asset_mapping
 from cryptostream.source.http import (
     HttpAnswer,
@@ -47,8 +47,8 @@ from cryptostream.source.http import (
     error_text,
     parse_retry_after,
 )
-from cryptostream.source.rest import PollingSource, now
-from cryptostream.tick import Tick, decimal_text
+from cryptostream.source.rest import PollingSource
+from cryptostream.tick import Tick
 
 log = get_logger(__name__)
 
@@ -66,10 +66,6 @@ class IpBanned(RateLimited):
     """418: Binance banned this IP for not backing off after 429s."""
 
     kind = "banned"
-
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message, retry_after)
-        self.status = 418
 
 
 def request_weight(symbols: int) -> int:
@@ -90,7 +86,7 @@ class BinanceSource(PollingSource):
         session: aiohttp.ClientSession,
         metrics: Metrics,
         *,
-        clock: Callable[[], float] = now,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         b = config.binance
         super().__init__(
@@ -138,12 +134,9 @@ class BinanceSource(PollingSource):
     def _note_weight(self, answer: HttpAnswer) -> None:
         t = self._clock()
         window = int(t // _WINDOW)
-        reported = answer.headers.get(WEIGHT_HEADER)
         try:
-            used = int(reported) if reported is not None else None
-        except ValueError:
-            used = None
-        if used is None:
+            used = int(answer.headers[WEIGHT_HEADER])
+        except (KeyError, ValueError):
             # No header (a proxy stripped it?): count our own weight instead.
             used = (self._used if window == self._used_window else 0) + self.weight
         self._used, self._used_window = used, window
@@ -157,6 +150,7 @@ class BinanceSource(PollingSource):
                 raise IpBanned(
                     f"418 IP banned by Binance: {error_text(answer.body, self._http.expected)}",
                     parse_retry_after(answer.headers.get("Retry-After")),
+                    418,
                 )
             body = self._http.check(answer, _HINTS)
         except RateLimited as exc:
@@ -176,7 +170,7 @@ class BinanceSource(PollingSource):
             data = [data]  # the single-symbol form of the same endpoint
         if not isinstance(data, list):
             raise TransientError("JSON that is not a list of tickers")
-        received = now()
+        received = time.time()
 
         def keyed(record: Any) -> tuple[str | None, str, Any]:
             symbol = record.get("symbol") if isinstance(record, dict) else None
@@ -184,32 +178,16 @@ class BinanceSource(PollingSource):
                 return None, "?", record
             return self._by_symbol.get(symbol), symbol, record
 
-        return self.collect(map(keyed, data), lambda a, r: self._tick(a, r, received))
+        def tick(asset: str, record: dict[str, Any]) -> Tick:
+            return self.market_tick(
+                asset,
+                _close_time(record.get("closeTime"), received),
+                price=record.get("lastPrice"),
+                change=record.get("priceChangePercent"),
+                vwap=record.get("weightedAvgPrice"),
+            )
 
-    def _tick(self, asset: str, record: dict[str, Any], received: float) -> Tick:
-        price = decimal_text(
-            record.get("lastPrice"), field="price", required=True, allow_negative=False
-        )
-        assert price is not None
-        symbol, name = describe(asset)
-        return Tick(
-            timestamp=_close_time(record.get("closeTime"), received),
-            id=asset,
-            symbol=symbol,
-            name=name,
-            price_usd=price,
-            change_percent_24h=decimal_text(
-                record.get("priceChangePercent"),
-                field="change",
-                required=False,
-                allow_negative=True,
-            ),
-            first_value=None,
-            vwap_24h=decimal_text(
-                record.get("weightedAvgPrice"), field="vwap", required=False, allow_negative=False
-            ),
-            source=self.name,
-        )
+        return self.collect(map(keyed, data), tick)
 
 
 def _close_time(value: Any, fallback: float) -> float:

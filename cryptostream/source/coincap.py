@@ -159,10 +159,6 @@ class CoinCapClient:
         params = {"interval": interval, "start": str(start_ms), "end": str(end_ms)}
         return parse_envelope(await self.get(f"/assets/{asset}/history", params))
 
-    async def fetch(self, ids: tuple[str, ...]) -> AssetsResponse:
-        """``get_assets`` with the declared retry policy; raises after ``retry_deadline``."""
-        return await self.retrying(lambda: self.get_assets(ids))
-
     async def retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` under the declared retry policy; raises after ``retry_deadline``."""
         return await self.policy.run(call)
@@ -186,16 +182,15 @@ class CoinCapSource(PollingSource):
         self._client = CoinCapClient(
             config.coincap, session, metrics, source=self.name, budget=budget, kind="poll"
         )
-        assets = config.source.assets
+        self._assets = config.source.assets
         super().__init__(
-            assets=assets,
+            assets=self._assets,
             # CoinCap's markets are its asset ids.
-            markets={a: a for a in assets},
+            markets={a: a for a in self._assets},
             interval=config.source.poll_interval,
             metrics=metrics,
             retry=self._client.policy,
         )
-        self._assets = assets
 
     async def run(self, emit: Emit) -> None:
         try:
@@ -209,16 +204,14 @@ class CoinCapSource(PollingSource):
         return self._budget is None or self._budget.poll_due()
 
     async def request(self) -> list[Tick]:
-        return self.to_ticks(await self._client.get_assets(self._assets))
-
-    def to_ticks(self, response: AssetsResponse) -> list[Tick]:
+        response = await self._client.get_assets(self._assets)
         ticks: list[Tick] = []
         seen: set[str] = set()
         for record in response.records:
             try:
                 tick = tick_from_api(record, response.timestamp, source=self.name)
             except InvalidTick as exc:
-                self.reject(record_label(record), exc)
+                self._bad.reject(record_label(record), exc)
                 continue
             if tick.id not in self.markets or tick.id in seen:
                 self.unexpected(tick.id)

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import math
 import time
 from typing import TYPE_CHECKING, NoReturn
 
@@ -69,7 +71,6 @@ class StreamBroken(Exception):
 
     def __init__(self, reason: str, detail: str, retry_after: float | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
         #: Seconds the server asked us to wait (a 429's ``Retry-After``), if it did.
         self.retry_after = retry_after
 
@@ -88,22 +89,19 @@ class CoinCapWsSource:
         metrics: Metrics,
         budget: CreditBudget | None = None,
     ) -> None:
-        cc = config.coincap
+        cc = self._config = config.coincap
         self._budget = budget
         self._assets = config.source.assets
         self._wanted = frozenset(self._assets)
         self._session = session
         self._metrics = metrics
-        self._url = cc.ws_url
         self._safe_url = cc.ws_url.split("?", 1)[0]
         self._key = cc.api_key.get()
-        # Error texts show the key as aiohttp wrote it in the URL (%2B for '+', ...).
+        # aiohttp puts the URL, query and all, in some error texts, with the key as it
+        # wrote it there (%2B for '+', ...): they are masked before they are reported.
         self._key_masker = SecretMasker()
         self._key_masker.add([self._key])
-        self._connect_timeout = cc.timeout
         self._silence = cc.ws_silence_timeout
-        self._refresh = cc.ws_refresh_interval
-        self._max_backoff = cc.max_backoff
         # Metadata requests must not make the stream look unhealthy: no health here.
         self._client = CoinCapClient(
             cc, session, metrics, source=self.name, budget=budget, kind="refresh"
@@ -125,7 +123,7 @@ class CoinCapWsSource:
             url=self._safe_url,
             assets=list(self._assets),
             silence_timeout=self._silence,
-            refresh_interval=self._refresh,
+            refresh_interval=self._config.ws_refresh_interval,
         )
         try:
             async with asyncio.TaskGroup() as tg:
@@ -139,7 +137,7 @@ class CoinCapWsSource:
     async def _stream(self, emit: Emit) -> None:
         # 0.5 s, 1 s, 2 s ... plus up to 0.5 s of jitter, capped at max_backoff.
         backoff = tenacity.wait_exponential_jitter(
-            multiplier=0.5, max=self._max_backoff, jitter=0.5
+            multiplier=0.5, max=self._config.max_backoff, jitter=0.5
         )
 
         def wait(state: tenacity.RetryCallState) -> float:
@@ -178,9 +176,9 @@ class CoinCapWsSource:
                 self._metrics.ws_reconnects.labels("spent").inc()
                 raise StreamBroken("spent", reason)
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(self._config.timeout):
                 ws = await self._session.ws_connect(
-                    self._url,
+                    self._config.ws_url,
                     params={"assets": ",".join(self._assets), "apiKey": self._key},
                     autoping=True,
                     heartbeat=None,
@@ -209,9 +207,9 @@ class CoinCapWsSource:
             hint = ": check COINCAP_API_KEY" if exc.status in (401, 403) else ""
             self._ended("handshake", f"server answered {exc.status} {exc.message}{hint}")
         except TimeoutError:
-            self._ended("error", f"no connection within {self._connect_timeout:g} s")
+            self._ended("error", f"no connection within {self._config.timeout:g} s")
         except (aiohttp.ClientError, OSError) as exc:
-            self._ended("error", self._clean(f"{type(exc).__name__}: {exc}"))
+            self._ended("error", self._key_masker.mask(f"{type(exc).__name__}: {exc}"))
         started = charged = loop.time()
         frames = 0
         (log.info if self.connects == 1 else log.debug)(
@@ -234,7 +232,7 @@ class CoinCapWsSource:
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     self._malformed("binary", f"{len(msg.data)} bytes")
                 elif msg.type == aiohttp.WSMsgType.ERROR:
-                    reason, detail = "error", self._clean(str(ws.exception()))
+                    reason, detail = "error", self._key_masker.mask(str(ws.exception()))
                     break
                 else:  # CLOSE, CLOSING, CLOSED
                     reason, detail = "closed", f"close code {ws.close_code}"
@@ -271,10 +269,6 @@ class CoinCapWsSource:
             raise StreamEnded
         raise StreamBroken(reason, detail, retry_after)
 
-    def _clean(self, text: str) -> str:
-        """Error text without the API key (aiohttp puts URLs with queries in some)."""
-        return self._key_masker.mask(text)
-
     # -- frames ------------------------------------------------------------------------
 
     def _on_frame(self, data: str, emit: Emit) -> bool:
@@ -291,12 +285,12 @@ class CoinCapWsSource:
         ticks: list[Tick] = []
         for asset, raw in frame.items():
             if asset not in self._wanted:
-                self._reject(asset, InvalidTick("unexpected_asset", "not asked for"))
+                self._bad.reject(asset, InvalidTick("unexpected_asset", "not asked for"))
                 continue
             try:
                 price = decimal_text(raw, field="price", required=True, allow_negative=False)
             except InvalidTick as exc:
-                self._reject(asset, exc)
+                self._bad.reject(asset, exc)
                 continue
             assert price is not None
             ticks.append(self._tick(asset, price, received))
@@ -322,37 +316,26 @@ class CoinCapWsSource:
         if meta is None:
             symbol, name = describe(asset)
             return Tick(ts, asset, symbol, name, price, None, None, None, self.name)
-        return Tick(
-            ts,
-            asset,
-            meta.symbol,
-            meta.name,
-            price,
-            meta.change_percent_24h,
-            None,
-            meta.vwap_24h,
-            self.name,
-        )
+        # The REST record of this asset, made by this source: only time and price differ.
+        return meta._replace(timestamp=ts, price_usd=price)
 
     def _malformed(self, reason: str, detail: str) -> None:
         self._metrics.ws_malformed_frames.labels(reason).inc()
         # A stream of nothing but garbage is as good as down (a good frame clears it).
         self.health.failed(f"malformed frame: {reason}")
         now = time.monotonic()
-        last = self._frame_logged.get(reason)
-        if last is None or now - last >= _FRAME_LOG_EVERY:
+        if now - self._frame_logged.get(reason, -math.inf) >= _FRAME_LOG_EVERY:
             self._frame_logged[reason] = now
             log.warning("ws_frame_malformed", reason=reason, detail=detail, action="skipped")
-
-    def _reject(self, asset: str, exc: InvalidTick) -> None:
-        self._bad.reject(asset, exc)
 
     # -- metadata over REST ------------------------------------------------------------
 
     async def _refresh_metadata(self) -> None:
-        async for _ in poll_slots(self._refresh):
+        async for _ in poll_slots(self._config.ws_refresh_interval):
             try:
-                response = await self._client.fetch(self._assets)
+                response = await self._client.retrying(
+                    functools.partial(self._client.get_assets, self._assets)
+                )
             except AllowanceSpent as exc:
                 log.debug("ws_metadata_refresh_skipped", reason=str(exc))
                 continue
@@ -369,7 +352,7 @@ class CoinCapWsSource:
                 try:
                     tick = tick_from_api(record, response.timestamp, source=self.name)
                 except InvalidTick as exc:
-                    self._reject(record_label(record), exc)
+                    self._bad.reject(record_label(record), exc)
                     continue
                 if tick.id in self._wanted:
                     self.metadata[tick.id] = tick

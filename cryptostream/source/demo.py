@@ -67,8 +67,7 @@ class DemoSource:
         self._walks = [_Walk(a) for a in config.source.assets]
         self._random = random.Random(config.demo.seed if seed is None else seed)  # noqa: S311
         self.emitted = 0
-        rnd = self._random.gauss
-        self._steps = [round(rnd(0.0, _STEP_PPM)) for _ in range(_STEPS)]
+        self._steps = [round(self._random.gauss(0.0, _STEP_PPM)) for _ in range(_STEPS)]
         # Synthetic prices never fail: healthy from the start.
         self.health = SourceHealth()
         self.health.ok()

@@ -30,6 +30,7 @@ event and a ``cryptostream_source_switches_total{from,to}`` count; every tick's
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 
 import tenacity
@@ -57,8 +58,6 @@ class FailoverSource:
         *,
         check_every: float | None = None,
     ) -> None:
-        if not sources:
-            raise ValueError("a failover chain needs at least one source")
         self.sources = list(sources)
         self.names = [s.name for s in self.sources]
         # For logs ("binance>kraken"); each tick names the one source that produced it.
@@ -86,9 +85,8 @@ class FailoverSource:
 
     async def run(self, emit: Emit) -> None:
         self._emit = emit
-        for name in self.names:
-            self._metrics.source_active.labels(name).set(0)
-        self._metrics.source_active.labels(self.names[0]).set(1)
+        for index, name in enumerate(self.names):
+            self._metrics.source_active.labels(name).set(int(index == 0))
         if len(self.sources) > 1:
             log.info("failover_chain", chain=self.names, failover_after=self._after)
         try:
@@ -148,10 +146,10 @@ class FailoverSource:
                 healthy = self.sources[index].health.healthy
                 self._metrics.source_healthy.labels(self.names[index]).set(int(healthy))
         active = self.active
-        health = self.sources[active].health
-        failing = health.failing_for()
         if active + 1 >= len(self.sources):
             return
+        health = self.sources[active].health
+        failing = health.failing_for()
         if health.exhausted:
             self._switch(active + 1, reason="allowance_spent", detail=health.last_error)
         elif failing > self._after:
@@ -196,15 +194,12 @@ class FailoverSource:
         return emit
 
     def _pass(self, index: int, ticks: list[Tick]) -> None:
-        last = self._last_ts
         out: list[Tick] = []
         for tick in ticks:
             key = (index, tick.id)
-            previous = last.get(key)
-            if previous is not None and tick.timestamp <= previous:
-                continue
-            last[key] = tick.timestamp
-            out.append(tick)
+            if tick.timestamp > self._last_ts.get(key, -math.inf):
+                self._last_ts[key] = tick.timestamp
+                out.append(tick)
         repeated = len(ticks) - len(out)
         if repeated:
             self._metrics.ticks_repeated.labels(self.names[index]).inc(repeated)

@@ -58,8 +58,8 @@ class TransientError(ApiError):
 class RateLimited(ApiError):
     kind = "rate_limited"
 
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message, 429)
+    def __init__(self, message: str, retry_after: float | None, status: int = 429) -> None:
+        super().__init__(message, status)
         self.retry_after = retry_after
 
 
@@ -151,13 +151,11 @@ def error_text(body: bytes, expected: str) -> str:
     return describe_body(body, expected)
 
 
+@dataclass(frozen=True, slots=True)
 class HttpAnswer:
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-        self.status = status
-        self.body = body
-        self.headers = headers
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
 
 
 class HttpClient:
@@ -209,10 +207,6 @@ class HttpClient:
             raise TransientError(f"{type(exc).__name__}: {exc}") from None
         self._count(str(answer.status))
         return answer
-
-    async def get_ok(self, url: str, params: Mapping[str, str]) -> bytes:
-        """One GET: the body of a 200, else the error :meth:`check` raises."""
-        return self.check(await self.get(url, params))
 
     def check(self, answer: HttpAnswer, hints: Mapping[int, str] | None = None) -> bytes:
         """The body of a 200; any other status raised as its :class:`ApiError`
@@ -266,11 +260,10 @@ class RetryPolicy:
             sleep=asyncio.sleep,
             reraise=True,
         )
-        attempts = 0
         async for attempt in retrying:
             with attempt:
-                attempts += 1
                 result = await call()
+        attempts = attempt.retry_state.attempt_number
         if attempts > 1:
             log.info("api_recovered", source=self.source, attempts=attempts)
         return result

@@ -29,14 +29,13 @@ retried slowly; ``EService:*`` is transient.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import aiohttp
 
 from cryptostream.config import Config
-from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.source.assets import describe
 from cryptostream.source.chain import asset_mapping
 from cryptostream.source.http import (
     ClientError,
@@ -47,10 +46,8 @@ from cryptostream.source.http import (
     describe_body,
     short,
 )
-from cryptostream.source.rest import PollingSource, now
-from cryptostream.tick import InvalidTick, Tick, decimal_text
-
-log = get_logger(__name__)
+from cryptostream.source.rest import PollingSource
+from cryptostream.tick import InvalidTick, Tick
 
 _FIAT = ("USD", "EUR", "GBP", "CAD", "JPY", "CHF", "AUD")
 _RATE_LIMIT_ERRORS = ("EGeneral:Too many requests", "EAPI:Rate limit exceeded")
@@ -87,9 +84,7 @@ class KrakenSource(PollingSource):
         self._params = {"pair": ",".join(self.markets.values())}
 
     async def request(self) -> list[Tick]:
-        return self.to_ticks(await self._http.get_ok(self._url, self._params))
-
-    def to_ticks(self, body: bytes) -> list[Tick]:
+        body = self._http.check(await self._http.get(self._url, self._params))
         try:
             data = json.loads(body, parse_float=str)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -107,41 +102,25 @@ class KrakenSource(PollingSource):
         result = data.get("result")
         if not isinstance(result, dict):
             raise TransientError("JSON without a result object")
-        received = now()
+        received = time.time()
+
+        def tick(asset: str, record: Any) -> Tick:
+            if not isinstance(record, dict):
+                raise InvalidTick("not_an_object", type(record).__name__)
+            last = record.get("c")
+            vwap = record.get("p")
+            return self.market_tick(
+                asset,
+                received,
+                price=last[0] if isinstance(last, list) and last else None,
+                change=None,
+                vwap=vwap[1] if isinstance(vwap, list) and len(vwap) > 1 else None,
+            )
+
         return self.collect(
             (
                 (self._by_alias.get(pair_alias(pair)), pair, record)
                 for pair, record in result.items()
             ),
-            lambda a, r: self._tick(a, r, received),
-        )
-
-    def _tick(self, asset: str, record: Any, received: float) -> Tick:
-        if not isinstance(record, dict):
-            raise InvalidTick("not_an_object", type(record).__name__)
-        last = record.get("c")
-        vwap = record.get("p")
-        price = decimal_text(
-            last[0] if isinstance(last, list) and last else None,
-            field="price",
-            required=True,
-            allow_negative=False,
-        )
-        assert price is not None
-        symbol, name = describe(asset)
-        return Tick(
-            timestamp=received,
-            id=asset,
-            symbol=symbol,
-            name=name,
-            price_usd=price,
-            change_percent_24h=None,
-            first_value=None,
-            vwap_24h=decimal_text(
-                vwap[1] if isinstance(vwap, list) and len(vwap) > 1 else None,
-                field="vwap",
-                required=False,
-                allow_negative=False,
-            ),
-            source=self.name,
+            tick,
         )

@@ -8,15 +8,15 @@ valid ticks, raising an :class:`~cryptostream.source.http.ApiError` subclass, wh
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.source.assets import describe
 from cryptostream.source.base import BadRecords, Emit, SourceHealth, poll_slots
 from cryptostream.source.http import AllowanceSpent, ApiError, RetryPolicy
-from cryptostream.tick import InvalidTick, Tick
+from cryptostream.tick import InvalidTick, Tick, decimal_text
 
 log = get_logger(__name__)
 
@@ -51,12 +51,7 @@ class PollingSource:
     # -- the loop ----------------------------------------------------------------------
 
     async def run(self, emit: Emit) -> None:
-        log.info(
-            "source_polling",
-            source=self.name,
-            markets=self.markets,
-            interval=self._interval,
-        )
+        log.info("source_polling", source=self.name, markets=self.markets, interval=self._interval)
         if self.unpriced:
             log.warning(
                 "assets_not_on_source",
@@ -120,18 +115,34 @@ class PollingSource:
 
     # -- bad and missing records -------------------------------------------------------
 
-    def reject(self, asset: str, exc: InvalidTick) -> None:
-        """Count a bad record; log it the first time it is bad in a row."""
-        self._bad.reject(asset, exc)
-
     def unexpected(self, label: str) -> None:
         """A record of a market not asked for, or one given twice in one answer."""
-        self.reject(label, InvalidTick("unexpected_asset", "not asked for, or twice"))
+        self._bad.reject(label, InvalidTick("unexpected_asset", "not asked for, or twice"))
+
+    def market_tick(
+        self, asset: str, timestamp: float, *, price: Any, change: Any, vwap: Any
+    ) -> Tick:
+        """A tick from an exchange's ticker fields, kept as exact text; symbol and name
+        come from the table of well-known assets. Raises :class:`InvalidTick`."""
+        price_usd = decimal_text(price, field="price", required=True, allow_negative=False)
+        assert price_usd is not None
+        symbol, name = describe(asset)
+        return Tick(
+            timestamp=timestamp,
+            id=asset,
+            symbol=symbol,
+            name=name,
+            price_usd=price_usd,
+            change_percent_24h=decimal_text(
+                change, field="change", required=False, allow_negative=True
+            ),
+            first_value=None,
+            vwap_24h=decimal_text(vwap, field="vwap", required=False, allow_negative=False),
+            source=self.name,
+        )
 
     def collect(
-        self,
-        records: Iterable[tuple[str | None, str, Any]],
-        make: Callable[[str, Any], Tick],
+        self, records: Iterable[tuple[str | None, str, Any]], make: Callable[[str, Any], Tick]
     ) -> list[Tick]:
         """The ticks of one answer: ``records`` are (asset or None, label, record);
         ``make`` turns one record of an asset into a tick or raises :class:`InvalidTick`.
@@ -145,7 +156,7 @@ class PollingSource:
             try:
                 tick = make(asset, record)
             except InvalidTick as exc:
-                self.reject(asset, exc)
+                self._bad.reject(asset, exc)
                 continue
             seen.add(asset)
             ticks.append(tick)
@@ -156,16 +167,15 @@ class PollingSource:
         once which configured markets the answer lacked."""
         seen = {t.id for t in ticks}
         self._bad.good(seen)
-        if ticks:
-            for asset in self.markets:
-                lacking = asset not in seen and not self._bad.failing(asset)
-                self._metrics.assets_unknown.labels(self.name, asset).set(int(lacking))
-        missing = [
-            a
-            for a in self.markets
-            if a not in seen and a not in self._missing_reported and not self._bad.failing(a)
-        ]
-        if missing and ticks:
+        if not ticks:
+            return ticks
+        missing: list[str] = []
+        for asset in self.markets:
+            lacking = asset not in seen and not self._bad.failing(asset)
+            self._metrics.assets_unknown.labels(self.name, asset).set(int(lacking))
+            if lacking and asset not in self._missing_reported:
+                missing.append(asset)
+        if missing:
             self._missing_reported.update(missing)
             log.warning(
                 self.missing_event,
@@ -175,8 +185,3 @@ class PollingSource:
                 hint=self.missing_hint,
             )
         return ticks
-
-
-def now() -> float:
-    """Wall-clock time, Unix seconds: when a source has no event time of its own."""
-    return time.time()
