@@ -104,9 +104,10 @@ class Candle:
         return Candle(*(getattr(self, f) for f in self.__slots__))
 
     def row(self, start: int, asset: str) -> str:
+        """The row of this candle; ``asset`` is the id as its CSV cell (``text_cell``)."""
         mean = _mean_text(self.vwap_sum, self.vwap_n) if self.vwap_n else ""
         return (
-            f"{start},{text_cell(asset)},{text_cell(self.symbol)},{self.open_text},{self.high_text},{self.low_text},"
+            f"{start},{asset},{text_cell(self.symbol)},{self.open_text},{self.high_text},{self.low_text},"
             f"{self.close_text},{self.first_ts!r},{self.last_ts!r},{self.ticks},{mean}\n"
         )
 
@@ -122,6 +123,8 @@ def _mean_text(total: Decimal, count: int) -> str:
 
 
 # One day's candles of one level (1-minute ones, unless said): (asset, start) -> candle.
+# The asset is named by its CSV cell (text_cell), as a day read back from its tick file
+# names it: an id with a formula guard or quotes is then one candle, not two.
 _Day = dict[tuple[str, int], Candle]
 
 
@@ -167,9 +170,9 @@ class CandleBook:
         for tick in ticks:
             groups[(tick.id, int(tick.timestamp // 60) * 60)].append(tick)
         loaded: set[str] = set()
-        for key, group in groups.items():
+        for (asset, minute), group in groups.items():
             # A UTC day is whole minutes: the minute's day is each of its ticks' day.
-            day = self._day_of(key[1])
+            day = self._day_of(minute)
             if day in loaded:
                 continue
             candles = self._days.get(day)
@@ -178,7 +181,7 @@ class CandleBook:
                 self._days[day] = self._load_day(self._data_dir / daily_file(day))
                 loaded.add(day)
             else:
-                _fold(candles, key, group)
+                _fold(candles, (text_cell(asset), minute), group)
             self._dirty.add(day)
         now = time.monotonic()
         if now - self._last_flush >= FLUSH_EVERY:
@@ -227,8 +230,12 @@ class CandleBook:
 
     def _load_day(self, tick_file: Path) -> _Day:
         candles: _Day = {}
+        cells: dict[str, str] = {}
         for ts, asset, symbol, price, vwap in _read_ticks(tick_file):
-            _account(candles, asset, ts, symbol, price, vwap)
+            cell = cells.get(asset)
+            if cell is None:
+                cell = cells[asset] = text_cell(asset)
+            _account(candles, cell, ts, symbol, price, vwap)
         return candles
 
     # -- writing -------------------------------------------------------------------
@@ -258,14 +265,11 @@ class CandleBook:
         self._replace(self._data_dir / candle_file("1h", day), lines_1h)
         start_of_day = int(day_start(day))
         year_file = self._data_dir / candle_file("1d", day)
-        rows = {
-            (int(line.split(",", 2)[0]), line.split(",", 2)[1]): line
-            for line in _read_lines(year_file)
-            if int(line.split(",", 1)[0]) != start_of_day
-        }
-        for (asset, start), candle in daily.items():
-            rows[(start, asset)] = candle.row(start, asset)
-        self._replace(year_file, [rows[k] for k in sorted(rows)])
+        # Other days' rows stay whole (an id cell may hold a comma); a row sorts by its
+        # start, then by its text, which begins with the id cell.
+        lines = [line for line in _read_lines(year_file) if _start(line) != start_of_day]
+        lines += (candle.row(start, asset) for (asset, start), candle in daily.items())
+        self._replace(year_file, sorted(lines, key=lambda line: (_start(line), line)))
 
     def _replace(self, path: Path, lines: list[str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +289,10 @@ def _roll_up(candles: _Day, period: int) -> tuple[list[str], _Day]:
         else:
             wider[key] = candle.copy()
     return lines, wider
+
+
+def _start(line: str) -> int:
+    return int(line.split(",", 1)[0])
 
 
 def _account(

@@ -243,3 +243,36 @@ def test_a_batch_folded_per_minute_equals_one_tick_at_a_time(tmp_path: Path) -> 
         for key, candle in per_tick.items():
             assert folded[key] == candle
             assert folded[key].row(key[1], key[0]) == candle.row(key[1], key[0])
+
+
+@pytest.mark.parametrize("asset", ["=HYPERLINK(1)", "+1", "-x", "@a", "a,b", 'q"uote'])
+def test_an_asset_whose_cell_differs_from_its_id_keeps_one_candle(
+    tmp_path: Path, asset: str
+) -> None:
+    """A day loaded back from its tick file names an asset by the CSV cell (with its
+    formula guard and quotes); a batch folded in later names it by its id: both are
+    the same candle, across batches and a restart."""
+    feed(tmp_path, [[tick(DAY1 + 1, "5", asset)], [tick(DAY1 + 2, "7", asset)]])
+    expected = {"open": "5", "high": "7", "low": "5", "close": "7", "ticks": "2"}
+    for rel in ("1m/2025-03-07.csv", "1h/2025-03-07.csv", "1d/2025.csv"):
+        rows = candles(tmp_path, rel)
+        assert [{k: row[k] for k in expected} for row in rows] == [expected], rel
+    feed(tmp_path, [[tick(DAY1 + 3, "6", asset)], [tick(DAY1 + 4, "4", asset)]], start_offset=2)
+    expected = {"open": "5", "high": "7", "low": "4", "close": "4", "ticks": "4"}
+    for rel in ("1m/2025-03-07.csv", "1h/2025-03-07.csv", "1d/2025.csv"):
+        rows = candles(tmp_path, rel)
+        assert [{k: row[k] for k in expected} for row in rows] == [expected], rel
+
+
+def test_the_year_file_keeps_every_asset_of_other_days(tmp_path: Path) -> None:
+    """Rewriting one day of the 1d year file keeps the rows of the other days whole,
+    also for ids that share the text before a comma."""
+    day2 = DAY1 + 86400
+    feed(tmp_path, [[tick(DAY1 + 1, "1", "a,b"), tick(DAY1 + 2, "2", "a,c")]])
+    feed(tmp_path, [[tick(day2 + 1, "3", "a,b")]], start_offset=2)
+    rows = candles(tmp_path, "1d/2025.csv")
+    assert [(r["start"], r["id"]) for r in rows] == [
+        (str(int(DAY1)), "a,b"),
+        (str(int(DAY1)), "a,c"),
+        (str(int(day2)), "a,b"),
+    ]
