@@ -220,14 +220,6 @@ class Backfill:
             already_done=result.skipped_done,
             requests_needed=len(todo) + len({w.asset for w in todo}),
         )
-        bar = Progress(
-            len(todo),
-            desc="backfill",
-            unit="window",
-            event="backfill_progress",
-            count_key="windows_done",
-            show=progress,
-        )
         spent_before = self.budget.ledger.current().credits
         try:
             async with aiohttp.ClientSession() as session:
@@ -236,7 +228,15 @@ class Backfill:
                 )
                 # Every asset first: an unknown one is said before any history is fetched.
                 await self._names_of(client, sorted({w.asset for w in todo}), result)
-                with bar:
+                # The bar shows once the job can start, so no 0 % bar stands over an error.
+                with Progress(
+                    len(todo),
+                    desc="backfill",
+                    unit="window",
+                    event="backfill_progress",
+                    count_key="windows_done",
+                    show=progress,
+                ) as bar:
                     await self._windows(client, todo, done, result, bar)
         finally:
             self.budget.close()

@@ -24,8 +24,9 @@ import orjson
 SCHEMA = "cryptostream.tick/1"
 
 # A plain decimal literal as CoinCap sends it, optionally with an exponent.
-# Deliberately excludes "NaN", "Infinity", hex, underscores and whitespace.
-_UNSIGNED = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+# Deliberately excludes "NaN", "Infinity", hex, underscores, whitespace and digits of
+# other scripts ("\u0661" is a digit to Python's \d, not to a CSV reader or Power BI).
+_UNSIGNED = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _DECIMAL = re.compile(rf"-?{_UNSIGNED}")
 # The four decimals of a well-formed message at once, joined by \x1f (which no
 # decimal contains, so a field cannot smuggle a separator): price (required,

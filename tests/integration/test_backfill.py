@@ -294,3 +294,14 @@ async def test_backfill_stops_when_coincap_says_the_allowance_is_spent(
     # allowance; the third was never asked for.
     assert [r.status for r in fake.requests_to("/v3/assets/bitcoin/history")] == [200, 200, 429]
     assert len(result.incomplete) == 1
+
+
+async def test_an_unknown_asset_stops_backfill_before_its_progress_bar_shows(
+    fake_coincap: FakeCoinCap, tmp_path: Path
+) -> None:
+    code, _, err = await cli_backfill(
+        fake_coincap, tmp_path / "data", "--assets", "nosuchcoin", "--interval", "h1", "--progress"
+    )
+    assert code == 2
+    assert "unknown asset 'nosuchcoin'" in err
+    assert "%|" not in err, err  # no bar left at 0 % above the error

@@ -56,6 +56,10 @@ def test_null_vwap_is_missing_not_zero() -> None:
         ({"priceUsd": "-5"}, "negative_price"),
         ({"priceUsd": "1,5"}, "non_numeric_price"),
         ({"priceUsd": True}, "non_numeric_price"),
+        # Digits of other scripts are digits to Python, not to a CSV reader or Power BI.
+        ({"priceUsd": "\u0661\u0662"}, "non_numeric_price"),
+        ({"priceUsd": "1.\uff15"}, "non_numeric_price"),
+        ({"vwap24Hr": "\u09e7"}, "non_numeric_vwap"),
         ({"changePercent24Hr": "lots"}, "non_numeric_change"),
         ({"vwap24Hr": "-1"}, "negative_vwap"),
     ],
@@ -92,6 +96,10 @@ def test_kafka_value_is_self_describing_and_round_trips() -> None:
         (b'{"timestamp": "x", "id": "bitcoin", "priceUsd": "1"}', "invalid_timestamp"),
         (b'{"timestamp": 1741381815, "priceUsd": "1"}', "missing_id"),
         (b'{"timestamp": 1741381815, "id": "b", "priceUsd": "-1"}', "negative_price"),
+        (
+            '{"timestamp": 1741381815, "id": "b", "priceUsd": "\u0661"}'.encode(),
+            "non_numeric_price",
+        ),
     ],
 )
 def test_poison_messages_are_rejected(value: bytes | None, reason: str) -> None:
