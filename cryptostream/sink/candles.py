@@ -170,19 +170,30 @@ class CandleBook:
         for tick in ticks:
             groups[(tick.id, int(tick.timestamp // 60) * 60)].append(tick)
         loaded: set[str] = set()
-        for (asset, minute), group in groups.items():
-            # A UTC day is whole minutes: the minute's day is each of its ticks' day.
-            day = self._day_of(minute)
-            if day in loaded:
-                continue
-            candles = self._days.get(day)
-            if candles is None:
-                # Not in memory: the day's tick file already holds this batch's ticks.
-                self._days[day] = self._load_day(self._data_dir / daily_file(day))
-                loaded.add(day)
-            else:
-                _fold(candles, (text_cell(asset), minute), group)
-            self._dirty.add(day)
+        touched: set[str] = set()
+        try:
+            for (asset, minute), group in groups.items():
+                # A UTC day is whole minutes: the minute's day is each of its ticks' day.
+                day = self._day_of(minute)
+                touched.add(day)
+                if day in loaded:
+                    continue
+                candles = self._days.get(day)
+                if candles is None:
+                    # Not in memory: the day's tick file already holds this batch's ticks.
+                    self._days[day] = self._load_day(self._data_dir / daily_file(day))
+                    loaded.add(day)
+                else:
+                    _fold(candles, (text_cell(asset), minute), group)
+                self._dirty.add(day)
+        except BaseException:
+            # Part of the batch may be folded in: forget those days, so each is read
+            # back from its tick file before its next write (its watermark, left
+            # behind, makes a restart rebuild it too).
+            for day in touched:
+                self._days.pop(day, None)
+                self._dirty.discard(day)
+            raise
         now = time.monotonic()
         if now - self._last_flush >= FLUSH_EVERY:
             self.flush()

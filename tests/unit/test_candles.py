@@ -276,3 +276,46 @@ def test_the_year_file_keeps_every_asset_of_other_days(tmp_path: Path) -> None:
         (str(int(DAY1)), "a,c"),
         (str(int(day2)), "a,b"),
     ]
+
+
+def test_a_batch_whose_candles_fail_halfway_leaves_no_day_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Candles that fail partway through a batch (one group folded, the next not) are
+    not trusted: the day is read back from its tick file before its next write."""
+    import cryptostream.sink.candles as module
+
+    real_fold = module._fold
+    calls = 0
+
+    def fold_then_fail(
+        candles: dict[tuple[str, int], Candle], key: tuple[str, int], group: list[Tick]
+    ) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(5, "Input/output error")
+        real_fold(candles, key, group)
+
+    sink = CsvSink(tmp_path, "t", Metrics())
+    sink.open()
+    batches = [
+        [tick(DAY1 + 1, "5", "a"), tick(DAY1 + 1, "5", "b")],
+        [tick(DAY1 + 2, "6", "a"), tick(DAY1 + 2, "6", "b")],  # "b" fails, "a" folded
+        [tick(DAY1 + 3, "7", "a"), tick(DAY1 + 3, "7", "b")],
+    ]
+    offset = 0
+    for n, batch in enumerate(batches):
+        if n == 1:
+            monkeypatch.setattr(module, "_fold", fold_then_fail)
+        if n == 2:
+            monkeypatch.setattr(module, "_fold", real_fold)
+        sink.write([Record(0, offset + i, t.to_json()) for i, t in enumerate(batch)])
+        offset += len(batch)
+    sink.close()
+    for rel in ("1m/2025-03-07.csv", "1h/2025-03-07.csv", "1d/2025.csv"):
+        rows = candles(tmp_path, rel)
+        assert [(r["id"], r["open"], r["high"], r["close"], r["ticks"]) for r in rows] == [
+            ("a", "5", "7", "7", "3"),
+            ("b", "5", "7", "7", "3"),
+        ], rel
