@@ -196,10 +196,12 @@ class CreditBudget:
             self.ledger.mark_spent(probe=True)
             return None
         cost = self.poll_credits() if kind in ("poll", "refresh") else 1
-        if self.enforce and self.monthly and self.monthly - rec.credits < cost:
-            self._set_exhausted("budget", used=rec.credits, reset=iso(end))
+        # The open stream's started minute is owed already (charged when it ends).
+        used = rec.credits + (STREAM_CREDITS_PER_MINUTE if self._stream_carry > 0 else 0)
+        if self.enforce and self.monthly and self.monthly - used < cost:
+            self._set_exhausted("budget", used=used, reset=iso(end))
             return (
-                f"the CoinCap budget is spent: {rec.credits} of {self.monthly} credits used "
+                f"the CoinCap budget is spent: {used} of {self.monthly} credits used "
                 f"(coincap.monthly_credits); CoinCap again from {iso(end)}"
             )
         self._set_exhausted(None)

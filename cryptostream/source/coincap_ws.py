@@ -25,7 +25,9 @@ Faults:
 Credits: the minutes connected are charged to the budget (about one credit a minute,
 whole minutes as they pass and the started one when a connection ends), the REST
 refresh like any CoinCap request. When the budget or CoinCap's allowance is spent no
-connection is made and the source says it is exhausted, so the failover hands over.
+connection is made, and an open one is closed as a minute begins that leaves no credit
+for the next (the budget is never overspent); the source says it is exhausted, so the
+failover hands over.
 
 The API key travels in the URL (the stream's only way to take it), so the URL is
 never logged and connection errors are reported without it.
@@ -223,9 +225,6 @@ class CoinCapWsSource:
                     reason, detail = "silent", f"no frame for {self._silence:g} s"
                     break
                 now = loop.time()
-                if self._budget is not None and now - charged >= 60:
-                    self._budget.charge_stream(now - charged)
-                    charged = now
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     if self._on_frame(msg.data, emit):
                         frames += 1
@@ -237,6 +236,15 @@ class CoinCapWsSource:
                 else:  # CLOSE, CLOSING, CLOSED
                     reason, detail = "closed", f"close code {ws.close_code}"
                     break
+                if self._budget is not None and now - charged >= 60:
+                    self._budget.charge_stream(now - charged)
+                    charged = now
+                    # A minute has begun: without a credit for the next one, stop now.
+                    spent = self._budget.refusal("stream")
+                    if spent is not None:
+                        self.health.spent(spent)
+                        reason, detail = "spent", spent
+                        break
         finally:
             # A dead peer never answers the close handshake: do not wait long for it
             # (a cancelled close drops the connection).
