@@ -212,6 +212,9 @@ class CoinCapWsSource:
             self._ended("error", f"no connection within {self._config.timeout:g} s")
         except (aiohttp.ClientError, OSError) as exc:
             self._ended("error", self._key_masker.mask(f"{type(exc).__name__}: {exc}"))
+        if self._budget is not None:
+            # Connected: an allowance CoinCap said was spent (a probe got through) is not.
+            self._budget.answered()
         started = charged = loop.time()
         frames = 0
         (log.info if self.connects == 1 else log.debug)(

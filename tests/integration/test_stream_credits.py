@@ -36,7 +36,7 @@ from cryptostream.source.failover import FailoverSource
 from cryptostream.tick import Tick
 from tests.conftest import API_KEY, REPO, ConfigFactory, wait_until
 from tests.support.fake_binance import FakeBinance
-from tests.support.fake_coincap import FakeCoinCap
+from tests.support.fake_coincap import FakeCoinCap, Fault
 from tests.support.fake_coincap_ws import FakeCoinCapWs
 
 # Own event loops: the session's must not see its clock jump.
@@ -318,3 +318,23 @@ async def test_the_stream_stops_when_the_budget_is_spent(
     plan = doc["plan"]
     assert (plan["used"], plan["left"], plan["exhausted"]) == (budget, 0, "budget")
     assert doc["periods"][key]["by_kind"] == {"refresh": REFRESH, "stream": 3}
+
+
+async def test_a_stream_that_connects_again_after_a_spent_answer_clears_it(
+    make_config: ConfigFactory,
+) -> None:
+    """402 at the handshake says the allowance is spent: no attempt but one probe an
+    hour. A probe that connects says it no longer is, as a good REST answer does."""
+    env = {"CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS": "1000"}
+    async with running(make_config, env) as run:
+        run.fake_ws.inject(Fault.status(402))
+        run.fake_ws.drop()
+        await wait_until(lambda: run.ws.health.exhausted, what="the spent answer")
+        assert run.budget.ledger.current().spent_at is not None
+        assert run.budget.exhausted == "coincap"
+        # The hourly probe connects, and prices flow again.
+        run.clocks.advance(3600)
+        await run.connected(2)  # a refused handshake opens no connection
+        assert run.budget.ledger.current().spent_at is None
+        assert run.budget.exhausted is None
+        assert not run.ws.health.exhausted
