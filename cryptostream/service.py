@@ -57,6 +57,8 @@ class Service:
         self.forced = False
         self._signals = 0
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: The loop time by which the orderly stop ends (set when it begins).
+        self._deadline: float | None = None
         data_dir = config.storage.data_dir
         # The sink's file work runs on a thread of its own, off the event loop.
         self.sink = SinkWorker(
@@ -154,6 +156,9 @@ class Service:
             log.error("sink_unavailable", error=str(exc))
             return 1
         tune_interpreter()
+        # The credit ledger's file I/O runs on a thread from here on: a backfill holding
+        # its lock (even a suspended one) or a slow disk must not stall the loop.
+        await self.credits.start()
         # Room for a failover chain running at once: a price stream holds one
         # connection for good, its REST refresh and each probing source need one more.
         connector = aiohttp.TCPConnector(limit=8, ttl_dns_cache=300)
@@ -173,7 +178,10 @@ class Service:
                     await self._shutdown()
             finally:
                 self.sink.close()
-                self.credits.close()
+                # By the stop's deadline, but a second at least (a flush takes
+                # milliseconds): a drain that used the whole budget must not cost the count.
+                soon = asyncio.get_running_loop().time() + 1.0
+                await self.credits.aclose(max(self._deadline or soon, soon))
         code = 1 if self.failed or self.forced else 0
         log.info("service_stopped", exit_code=code, failed_task=self.failed)
         return code
@@ -199,7 +207,7 @@ class Service:
     async def _shutdown(self) -> None:
         budget = self.config.shutdown.timeout
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
+        deadline = self._deadline = loop.time() + budget
 
         def remaining(share: float) -> float:
             return max(0.1, min(deadline - loop.time(), budget * share))

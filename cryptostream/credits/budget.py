@@ -416,9 +416,18 @@ class CreditBudget:
             log.info("coincap_credits_available", after=before)
         self.update_metrics()
 
+    async def start(self) -> None:
+        """For the service: the ledger's file I/O off the event loop from now on."""
+        await self.ledger.start()
+
     def close(self) -> None:
-        """Write what this process spent (at shutdown)."""
+        """Write what this process spent (at shutdown; after :meth:`start`, on the
+        ledger's thread: :meth:`aclose` waits for it)."""
         self.ledger.flush()
+
+    async def aclose(self, deadline: float) -> None:
+        """The service's last flush, by ``deadline`` (the loop's time)."""
+        await self.ledger.stop(deadline)
 
 
 def _utc(ts: float) -> dt.datetime:

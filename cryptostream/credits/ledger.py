@@ -10,24 +10,35 @@ never sees half a file, and a crash loses at most the delta not yet flushed (a f
 happens at least every :data:`FLUSH_EVERY` seconds while credits are spent, and at
 shutdown) — it never resets the count.
 
+The ``run`` service calls :meth:`Ledger.start`: from then on its file I/O runs on a
+worker thread, never on the event loop, so a ``backfill`` suspended while it holds
+the lock (Ctrl-Z) or a slow fsync stalls nothing but that flush. A flush hands a
+snapshot of the delta to the thread, one flush at a time, while the delta since
+keeps growing in memory; a failed write puts the snapshot back into the delta, so
+no credit is lost or counted twice. Reads answer from memory: the file as the last
+flush read it, plus the snapshot in flight, plus the delta.
+
 A billing period starts at 00:00 UTC on ``coincap.billing_day`` of a month (in a
 month without that day, on its last day) and ends where the next one starts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import concurrent.futures
 import contextlib
 import datetime as dt
 import fcntl
 import math
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -47,6 +58,7 @@ KEEP_PERIODS = 13
 BYTES_PER_CREDIT = 2500
 
 Clock = Callable[[], float]
+_T = TypeVar("_T")
 
 
 def credits_for(nbytes: int) -> int:
@@ -148,6 +160,38 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+Records = dict[str, PeriodRecord]
+
+
+def _copy(records: Records) -> Records:
+    out: Records = {}
+    for key, rec in records.items():
+        out[key] = PeriodRecord()
+        out[key].add(rec)
+    return out
+
+
+def _unmark(rec: PeriodRecord | None) -> None:
+    if rec is not None:
+        rec.spent_at = rec.probed_at = None
+
+
+async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` on a thread of its own. A daemon thread, not an executor's: one
+    stuck on a lock held by a stopped process must not keep this one from exiting."""
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def work() -> None:
+        future.set_running_or_notify_cancel()  # from now on a cancelled waiter leaves it be
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - raised in the task that awaits it
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="credit-ledger", daemon=True).start()
+    return await asyncio.wrap_future(future)
+
+
 class Ledger:
     """This process's view of the ledger file: what is on disk plus what it spent since.
 
@@ -169,10 +213,18 @@ class Ledger:
         self.clock = clock
         self._fsync = fsync
         #: period key -> record, as last read from the file.
-        self._disk: dict[str, PeriodRecord] = {}
+        self._disk: Records = {}
         #: period key -> what this process spent and has not written yet.
-        self._pending: dict[str, PeriodRecord] = {}
+        self._pending: Records = {}
+        #: The snapshot of ``_pending`` a flush on the worker thread is writing.
+        self._inflight: Records = {}
+        #: A period whose "spent" marks the next flush clears in the file.
+        self._clear: str | None = None
         self._synced_at: float | None = None
+        #: Set by :meth:`start`: the file I/O runs off this loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._again = False
 
     # -- periods -------------------------------------------------------------------------
 
@@ -189,7 +241,7 @@ class Ledger:
         self.maybe_sync()
         key = self.key()
         total = PeriodRecord()
-        for source in (self._disk, self._pending):
+        for source in (self._disk, self._inflight, self._pending):
             if key in source:
                 total.add(source[key])
         return total
@@ -201,7 +253,7 @@ class Ledger:
         """Every period in the file (freshly read) with our unwritten delta added."""
         self.sync()
         out: dict[str, PeriodRecord] = {}
-        for source in (self._disk, self._pending):
+        for source in (self._disk, self._inflight, self._pending):
             for key, rec in source.items():
                 out.setdefault(key, PeriodRecord()).add(rec)
         return dict(sorted(out.items()))
@@ -240,26 +292,15 @@ class Ledger:
         self.sync()
 
     def clear_spent(self) -> None:
-        """CoinCap answers again (a bigger plan, a reset on its side): forget the mark."""
-        self.sync()
+        """CoinCap answers again (a bigger plan, a reset on its side): forget the mark.
+
+        At once in memory (a full or read-only disk must not throw away the answer that
+        cleared it), in the file with the next flush, before that flush's delta."""
         key = self.key()
-        try:
-            with self._locked():
-                data = self._read()
-                rec = data.get(key)
-                if rec is not None and rec.spent_at is not None:
-                    rec.spent_at = rec.probed_at = None
-                    self._write(data)
-                self._disk = data
-        except OSError as exc:
-            # A full or read-only disk must not throw away the answer that cleared it.
-            log.error("credit_ledger_unwritable", path=str(self.path), error=str(exc))
-            rec = self._disk.get(key)
-            if rec is not None:
-                rec.spent_at = rec.probed_at = None
-        pending = self._pending.get(key)
-        if pending is not None:
-            pending.spent_at = pending.probed_at = None
+        for source in (self._disk, self._inflight, self._pending):
+            _unmark(source.get(key))
+        self._clear = key
+        self.sync()
 
     # -- the file ------------------------------------------------------------------------
 
@@ -270,27 +311,125 @@ class Ledger:
             self.sync()
 
     def sync(self) -> None:
-        """Add our delta to the file (read-modify-write under the lock) and re-read it."""
+        """Add our delta to the file (read-modify-write under the lock) and re-read it.
+
+        After :meth:`start`, this only hands the work to the worker thread."""
+        if self._loop is not None:
+            self._flush_soon()
+            return
         self._synced_at = self.clock()
-        pending = {k: v for k, v in self._pending.items() if not v.empty()}
-        if not pending:
+        delta, clear = self._take()
+        if not delta and clear is None:
             # Reading needs no lock (the file is replaced whole), nor a writable folder.
-            self._disk = self._read()
+            self._disk = self._read(_copy(self._disk))
             return
         try:
-            with self._locked():
-                data = self._read()
-                for key, delta in pending.items():
-                    data.setdefault(key, PeriodRecord()).add(delta)
-                self._write(data)
-                self._disk = data
+            self._disk = self._commit(delta, clear, _copy(self._disk))
         except OSError as exc:
-            # The delta stays in memory and goes with the next flush.
-            log.error("credit_ledger_unwritable", path=str(self.path), error=str(exc))
-            return
-        self._pending.clear()
+            self._failed(exc, delta, clear)
 
     flush = sync
+
+    # -- off the event loop ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """From now on the file is read and written on a worker thread, never on the
+        running event loop; the first read happens now."""
+        self._loop = asyncio.get_running_loop()
+        self._flush_soon()
+        await self._settled()
+
+    async def stop(self, deadline: float) -> None:
+        """Wait for a flush in progress, then write the rest, by ``deadline`` (the loop's
+        time); the file I/O is direct again afterwards. What is not written by then (the
+        lock held by another process all along, a hung disk) is lost as at a crash: the
+        count is never reset."""
+        if self._loop is None:
+            self.sync()
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._settled()
+                self._flush_soon()
+                await self._settled()
+        except TimeoutError:
+            unwritten = (*self._inflight.values(), *self._pending.values())
+            log.error(
+                "credit_ledger_unwritable",
+                path=str(self.path),
+                error="not written by the shutdown deadline (its lock held, or a hung disk)",
+                credits=sum(rec.credits for rec in unwritten),
+            )
+            if self._flushing is not None:
+                self._flushing.cancel()
+        self._loop = None
+        self._flushing = None
+
+    async def _settled(self) -> None:
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+
+    def _flush_soon(self) -> None:
+        """Hand a snapshot of the delta to the worker thread (or, while one is being
+        written, flush again as soon as it is)."""
+        if self._flushing is not None:
+            self._again = True
+            return
+        assert self._loop is not None
+        self._again = False
+        self._synced_at = self.clock()
+        self._inflight, clear = self._take()
+        self._flushing = self._loop.create_task(self._flush(clear))
+
+    async def _flush(self, clear: str | None) -> None:
+        try:
+            data = await _in_thread(self._commit, _copy(self._inflight), clear, _copy(self._disk))
+        except Exception as exc:  # noqa: BLE001 - the snapshot's credits must not be lost
+            self._failed(exc, self._inflight, clear)
+        else:
+            if self._clear is not None:  # cleared since the snapshot: not in the file yet
+                _unmark(data.get(self._clear))
+            self._disk = data
+        finally:
+            self._inflight = {}
+            self._flushing = None
+        if self._again and self._loop is not None:
+            self._flush_soon()
+
+    # -- the file itself ---------------------------------------------------------------------
+
+    def _take(self) -> tuple[Records, str | None]:
+        """The delta and the period to clear, for a flush: both leave this process."""
+        delta = {k: v for k, v in self._pending.items() if not v.empty()}
+        clear, self._pending, self._clear = self._clear, {}, None
+        return delta, clear
+
+    def _failed(self, exc: Exception, delta: Records, clear: str | None) -> None:
+        """A flush failed: its delta goes with the next one, before what came since."""
+        log.error("credit_ledger_unwritable", path=str(self.path), error=str(exc))
+        for key, rec in delta.items():
+            since = self._pending.get(key)
+            if since is not None:
+                rec.add(since)
+            self._pending[key] = rec
+        self._clear = self._clear or clear
+
+    def _commit(self, delta: Records, clear: str | None, known: Records) -> Records:
+        """Add ``delta`` to the file under the lock (clearing ``clear``'s "spent" marks
+        first); returns the file's records as written. ``known`` stands in for a file
+        that cannot be read."""
+        if not delta and clear is None:
+            return self._read(known)
+        with self._locked():
+            data = self._read(known)
+            rec = data.get(clear) if clear is not None else None
+            changed = bool(delta) or (rec is not None and rec.spent_at is not None)
+            _unmark(rec)
+            for key, add in delta.items():
+                data.setdefault(key, PeriodRecord()).add(add)
+            if changed:
+                self._write(data)
+            return data
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -303,7 +442,7 @@ class Ledger:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def _read(self) -> dict[str, PeriodRecord]:
+    def _read(self, known: Records) -> Records:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -323,9 +462,9 @@ class Ledger:
                 moved_to=str(aside),
                 error=str(exc),
             )
-            return dict(self._disk)
+            return known
 
-    def _write(self, data: dict[str, PeriodRecord]) -> None:
+    def _write(self, data: Records) -> None:
         keep = sorted(data)[-KEEP_PERIODS:]
         doc = {
             "version": 1,
