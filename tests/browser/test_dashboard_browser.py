@@ -340,7 +340,9 @@ async def test_the_credits_card_shows_used_budget_and_how_long_it_lasts(
     other = Ledger(config.storage.data_dir)
     other.charge("backfill", 2400)
     other.flush()
-    running.service.credits.ledger.sync()
+    ledger = running.service.credits.ledger
+    ledger.sync()  # a re-read on the ledger's thread: wait for it before reloading
+    await wait_until(lambda: ledger.current().credits >= 2402, what="the ledger re-read")
     await page.reload()
     await page.wait_for_function(
         "() => document.querySelector('#card-credits .value').textContent === '2,402 / 2,500'"
