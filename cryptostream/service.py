@@ -158,7 +158,17 @@ class Service:
         tune_interpreter()
         # The credit ledger's file I/O runs on a thread from here on: a backfill holding
         # its lock (even a suspended one) or a slow disk must not stall the loop.
-        await self.credits.start()
+        try:
+            await self.credits.start()
+        except OSError as exc:
+            self.sink.close()
+            log.error(
+                "credit_ledger_unreadable",
+                path=str(self.credits.ledger.path),
+                error=exc.strerror or str(exc),
+                hint="the CoinCap budget needs the count so far: fix the file or its folder",
+            )
+            return 1
         # Room for a failover chain running at once: a price stream holds one
         # connection for good, its REST refresh and each probing source need one more.
         connector = aiohttp.TCPConnector(limit=8, ttl_dns_cache=300)
@@ -177,11 +187,14 @@ class Service:
                     await self.stop_event.wait()
                     await self._shutdown()
             finally:
-                self.sink.close()
-                # By the stop's deadline, but a second at least (a flush takes
-                # milliseconds): a drain that used the whole budget must not cost the count.
-                soon = asyncio.get_running_loop().time() + 1.0
-                await self.credits.aclose(max(self._deadline or soon, soon))
+                try:
+                    self.sink.close()
+                finally:
+                    # By the stop's deadline, but a second at least (a flush takes
+                    # milliseconds): a drain that used the whole budget must not cost
+                    # the count.
+                    soon = asyncio.get_running_loop().time() + 1.0
+                    await self.credits.aclose(max(self._deadline or soon, soon))
         code = 1 if self.failed or self.forced else 0
         log.info("service_stopped", exit_code=code, failed_task=self.failed)
         return code

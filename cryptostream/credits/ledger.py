@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from cryptostream.files import atomic_write
+from cryptostream.files import atomic_write, fsync_dir
 from cryptostream.layout import CREDITS_FILE, CREDITS_LOCK_FILE
 from cryptostream.logs import get_logger
 
@@ -182,7 +182,8 @@ async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
     future: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
     def work() -> None:
-        future.set_running_or_notify_cancel()  # from now on a cancelled waiter leaves it be
+        if not future.set_running_or_notify_cancel():
+            return  # cancelled before it began: nothing to do, nobody to tell
         try:
             future.set_result(fn(*args))
         except BaseException as exc:  # noqa: BLE001 - raised in the task that awaits it
@@ -325,8 +326,12 @@ class Ledger:
             return
         try:
             self._disk = self._commit(delta, clear, _copy(self._disk))
-        except OSError as exc:
+        except BaseException as exc:
+            # The delta left memory with _take(): whatever stopped the write (a full
+            # disk, a Ctrl-C while the lock is awaited), it goes with the next flush.
             self._failed(exc, delta, clear)
+            if not isinstance(exc, OSError):
+                raise
 
     flush = sync
 
@@ -334,10 +339,15 @@ class Ledger:
 
     async def start(self) -> None:
         """From now on the file is read and written on a worker thread, never on the
-        running event loop; the first read happens now."""
+        running event loop. The first read happens now, and a file that cannot be read
+        (an I/O error, no permission) raises :class:`OSError`: a budget must not be kept
+        against a count of nothing."""
+        self._disk = await _in_thread(self._read, _copy(self._disk))
+        self._synced_at = self.clock()
         self._loop = asyncio.get_running_loop()
-        self._flush_soon()
-        await self._settled()
+        if self._pending or self._clear is not None:
+            self._flush_soon()
+            await self._settled()
 
     async def stop(self, deadline: float) -> None:
         """Wait for a flush in progress, then write the rest, by ``deadline`` (the loop's
@@ -404,7 +414,7 @@ class Ledger:
         clear, self._pending, self._clear = self._clear, {}, None
         return delta, clear
 
-    def _failed(self, exc: Exception, delta: Records, clear: str | None) -> None:
+    def _failed(self, exc: BaseException, delta: Records, clear: str | None) -> None:
         """A flush failed: its delta goes with the next one, before what came since."""
         log.error("credit_ledger_unwritable", path=str(self.path), error=str(exc))
         for key, rec in delta.items():
@@ -472,4 +482,18 @@ class Ledger:
             "rule": "1 credit per call plus 1 per further 2500 bytes; the stream 1 per minute",
             "periods": {k: data[k].to_json() for k in keep},
         }
-        atomic_write(self.path, orjson.dumps(doc, option=orjson.OPT_INDENT_2), fsync=self._fsync)
+        payload = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+        atomic_write(self.path, payload, fsync=self._fsync, sync_dir=False)
+        if not self._fsync:
+            return
+        try:
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            # After the rename the file holds the credits: an error here must not put
+            # the delta back, or the next flush would count it twice.
+            log.error(
+                "credit_ledger_dir_fsync_failed",
+                path=str(self.path),
+                error=exc.strerror or str(exc),
+                note="credits written; their durability across a power cut is not confirmed",
+            )

@@ -122,11 +122,11 @@ async def test_a_failed_write_loses_no_credit(
     real_write = ledger_module.atomic_write
     failures = [1]
 
-    def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    def atomic_write(path: Path, data: bytes, **options: bool) -> None:
         if failures[0]:
             failures[0] -= 1
             raise OSError(28, "No space left on device")
-        real_write(path, data, fsync=fsync)
+        real_write(path, data, **options)
 
     monkeypatch.setattr(ledger_module, "atomic_write", atomic_write)
     with capture_logs() as logs:
@@ -179,3 +179,68 @@ async def test_a_flush_stuck_at_the_deadline_is_left_behind(
         await budget.aclose(asyncio.get_running_loop().time() + 0.2)
     event = next(e for e in logs if e["event"] == "credit_ledger_unwritable")
     assert event["credits"] == 2 and "deadline" in event["error"]
+
+
+def test_a_failed_directory_sync_after_the_rename_counts_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename put the credits in the file: an error syncing the folder afterwards
+    is reported, and the credits are not written a second time."""
+    clock = Clock(MARCH + DAY)
+    budget = CreditBudget(config(tmp_path, storage__fsync="true"), clock=clock)
+    real_fsync_dir = ledger_module.fsync_dir
+    failures = [1]
+
+    def fsync_dir(path: Path) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError(5, "Input/output error")
+        real_fsync_dir(path)
+
+    for _ in range(5):
+        budget.charged("poll", 200, POLL_BYTES)  # the first one's sync writes the file
+    monkeypatch.setattr(ledger_module, "fsync_dir", fsync_dir)
+    with capture_logs() as logs:
+        budget.close()  # the folder sync fails after the rename
+        budget.close()  # nothing left to add
+    assert failures == [0]
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "credit_ledger_dir_fsync_failed"
+    ]
+    assert on_disk(tmp_path)[budget.ledger.key()]["credits"] == 10
+    assert budget.ledger.used() == 10
+
+
+def test_an_interrupted_write_keeps_its_credits_for_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while the write waits for the lock (a backfill's direct flush) must not
+    throw the unwritten credits away."""
+    clock = Clock(MARCH + DAY)
+    budget = CreditBudget(config(tmp_path), clock=clock)
+    real_commit = budget.ledger._commit
+    interrupts = [1]
+
+    def commit(*args: object) -> object:
+        if interrupts[0]:
+            interrupts[0] -= 1
+            raise KeyboardInterrupt
+        return real_commit(*args)  # type: ignore[arg-type]
+
+    for _ in range(4):
+        budget.charged("backfill", 200, 100)  # the first one's sync writes the file
+    monkeypatch.setattr(budget.ledger, "_commit", commit)
+    with pytest.raises(KeyboardInterrupt):
+        budget.close()
+    assert budget.ledger.used() == 4
+    budget.close()
+    assert on_disk(tmp_path)[budget.ledger.key()]["credits"] == 4
+    assert budget.ledger.used() == 4
+
+
+async def test_a_ledger_that_cannot_be_read_stops_the_start(tmp_path: Path) -> None:
+    """An unreadable file (here: a folder in its place) is not a count of zero."""
+    budget = CreditBudget(config(tmp_path), clock=Clock(MARCH + DAY))
+    (tmp_path / "data" / ledger_module.LEDGER_FILE).mkdir(parents=True)
+    with pytest.raises(OSError):
+        await budget.start()
