@@ -43,7 +43,8 @@ COLUMNS = [
     "vwap24Hr",
 ]
 HEADER = (",".join(COLUMNS) + "\n").encode()
-_DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+#: A plain decimal in ASCII digits (a CSV reader and Power BI read no others).
+_DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 #: Identity of a tick, as the product defines a duplicate: asset, event time, price.
 TickKey = tuple[str, str, str]
