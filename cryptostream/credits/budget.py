@@ -162,7 +162,12 @@ class CreditBudget:
         self.exhausted: Exhausted | None = None
         self._last_poll: float | None = None
         self._pacing: float | None = None
+        #: Seconds of the open stream connection not charged yet (less than a minute).
         self._stream_carry = 0.0
+        #: Minutes of the open stream connection begun or allowed to begin and not
+        #: charged yet: 0 while no connection is open, else the started one, plus the
+        #: next once :meth:`next_stream_minute` allowed it (until it begins).
+        self._stream_owed = 0
         if metrics is not None:
             metrics.coincap_credits_budget.set(self.monthly)
 
@@ -196,8 +201,8 @@ class CreditBudget:
             self.ledger.mark_spent(probe=True)
             return None
         cost = self.poll_credits() if kind in ("poll", "refresh") else 1
-        # The open stream's started minute is owed already (charged when it ends).
-        used = rec.credits + (STREAM_CREDITS_PER_MINUTE if self._stream_carry > 0 else 0)
+        # The open stream's started minute (and the next, once allowed) is owed already.
+        used = rec.credits + self._stream_owed * STREAM_CREDITS_PER_MINUTE
         if self.enforce and self.monthly and self.monthly - used < cost:
             self._set_exhausted("budget", used=used, reset=iso(end))
             return (
@@ -238,6 +243,20 @@ class CreditBudget:
             log.info("coincap_allowance_back")
             self._set_exhausted(None)
 
+    def open_stream(self) -> None:
+        """A stream connection is being made (after :meth:`refusal` allowed it): its
+        first minute is owed from now, so no other request can take its credit."""
+        self._stream_owed = 1
+
+    def next_stream_minute(self) -> str | None:
+        """Shortly before a minute of the open stream ends: why the next one must not
+        begin (the stream is to stop before it does); None when it may, and from now on
+        it is owed as well."""
+        reason = self.refusal("stream")
+        if reason is None:
+            self._stream_owed = 2
+        return reason
+
     def charge_stream(self, seconds: float) -> None:
         """Time connected to the price stream: whole minutes are charged as they pass;
         :meth:`end_stream` at the end of a connection charges a started one."""
@@ -248,9 +267,12 @@ class CreditBudget:
             credits = minutes * STREAM_CREDITS_PER_MINUTE
             self.ledger.charge_stream(minutes * 60.0, credits)
             self._count("stream", credits)
+            # The allowed minute has begun: the started one is all that is owed now.
+            self._stream_owed = min(self._stream_owed, 1)
 
     def end_stream(self) -> None:
-        """A connection ended: its started minute is charged."""
+        """A connection ended (or was never made): its started minute is charged."""
+        self._stream_owed = 0
         if self._stream_carry > 0:
             seconds, self._stream_carry = self._stream_carry, 0.0
             self.ledger.charge_stream(seconds, STREAM_CREDITS_PER_MINUTE)

@@ -25,9 +25,10 @@ Faults:
 Credits: the minutes connected are charged to the budget (about one credit a minute,
 whole minutes as they pass and the started one when a connection ends), the REST
 refresh like any CoinCap request. When the budget or CoinCap's allowance is spent no
-connection is made, and an open one is closed as a minute begins that leaves no credit
-for the next (the budget is never overspent); the source says it is exhausted, so the
-failover hands over.
+connection is made, and an open one is closed shortly before a minute it could not pay
+begins (the budget is never overspent: the started minute is owed from the start, so
+no other request takes its credit); the source says it is exhausted, so the failover
+hands over.
 
 The API key travels in the URL (the stream's only way to take it), so the URL is
 never logged and connection errors are reported without it.
@@ -66,6 +67,9 @@ STABLE_SESSION = 10.0
 _FRAME_LOG_EVERY = 60.0
 #: Seconds to wait for the close handshake before dropping the connection.
 _CLOSE_TIMEOUT = 1.0
+#: Seconds before a minute connected ends when the budget is asked for the next one:
+#: a stream that must stop is closed (the close handshake included) before it begins.
+_DECIDE_BEFORE = 5.0
 
 
 class StreamBroken(Exception):
@@ -170,13 +174,24 @@ class CoinCapWsSource:
     async def _session_once(self, emit: Emit) -> None:
         """One connection, read until it ends; always ends in StreamBroken or StreamEnded."""
         self.connects += 1
-        loop = asyncio.get_running_loop()
         if self._budget is not None:
             reason = self._budget.refusal("stream")
             if reason is not None:
                 self.health.spent(reason)
                 self._metrics.ws_reconnects.labels("spent").inc()
                 raise StreamBroken("spent", reason)
+            # Its first minute is owed from now: no request made during the handshake
+            # can take that credit.
+            self._budget.open_stream()
+        try:
+            await self._connection(emit)
+        finally:
+            if self._budget is not None:
+                self._budget.end_stream()  # (a connection never made costs nothing)
+
+    async def _connection(self, emit: Emit) -> NoReturn:
+        """Connect, then read until the connection ends (in StreamBroken or StreamEnded)."""
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._config.timeout):
                 ws = await self._session.ws_connect(
@@ -212,25 +227,42 @@ class CoinCapWsSource:
             self._ended("error", f"no connection within {self._config.timeout:g} s")
         except (aiohttp.ClientError, OSError) as exc:
             self._ended("error", self._key_masker.mask(f"{type(exc).__name__}: {exc}"))
-        if self._budget is not None:
-            # Connected: an allowance CoinCap said was spent (a probe got through) is not.
-            self._budget.answered()
-        started = charged = loop.time()
+        started = counted = heard = loop.time()
+        # The first minute was allowed before connecting; whether the next one may begin
+        # is asked shortly before each minute ends, frames or not.
+        decide_at = started + 60 - _DECIDE_BEFORE if self._budget is not None else math.inf
         frames = 0
         (log.info if self.connects == 1 else log.debug)(
             "ws_connected", url=self._safe_url, attempt=self.connects
         )
         try:
             while True:
-                try:
-                    msg = await ws.receive(timeout=self._silence)
-                except TimeoutError:
+                now = loop.time()
+                if self._budget is not None:
+                    self._budget.charge_stream(now - counted)
+                    counted = now
+                    if now >= decide_at:
+                        spent = self._budget.next_stream_minute()
+                        if spent is not None:
+                            self.health.spent(spent)
+                            reason, detail = "spent", spent
+                            break
+                        decide_at += 60
+                if now - heard >= self._silence:
                     reason, detail = "silent", f"no frame for {self._silence:g} s"
                     break
-                now = loop.time()
+                try:
+                    msg = await ws.receive(timeout=min(heard + self._silence, decide_at) - now)
+                except TimeoutError:
+                    continue  # the silence is too long, or a minute is about to end
+                heard = loop.time()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     if self._on_frame(msg.data, emit):
                         frames += 1
+                        if frames == 1 and self._budget is not None:
+                            # Prices: an allowance CoinCap said was spent (a probe got
+                            # through) is not.
+                            self._budget.answered()
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     self._malformed("binary", f"{len(msg.data)} bytes")
                 elif msg.type == aiohttp.WSMsgType.ERROR:
@@ -239,24 +271,16 @@ class CoinCapWsSource:
                 else:  # CLOSE, CLOSING, CLOSED
                     reason, detail = "closed", f"close code {ws.close_code}"
                     break
-                if self._budget is not None and now - charged >= 60:
-                    self._budget.charge_stream(now - charged)
-                    charged = now
-                    # A minute has begun: without a credit for the next one, stop now.
-                    spent = self._budget.refusal("stream")
-                    if spent is not None:
-                        self.health.spent(spent)
-                        reason, detail = "spent", spent
-                        break
         finally:
+            if self._budget is not None:
+                # Charged before the close, which a second cancellation may cut short.
+                self._budget.charge_stream(loop.time() - counted)
+                self._budget.end_stream()
             # A dead peer never answers the close handshake: do not wait long for it
             # (a cancelled close drops the connection).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CLOSE_TIMEOUT):
                     await ws.close()
-            if self._budget is not None:
-                self._budget.charge_stream(loop.time() - charged)
-                self._budget.end_stream()
         stable = frames > 0 and loop.time() - started >= STABLE_SESSION
         self._ended(reason, detail, frames=frames, stable=stable)
 

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import pytest
 
 from cryptostream.config import Config
+from cryptostream.credits import CreditBudget
 from cryptostream.metrics import Metrics
 from cryptostream.source.coincap_ws import CoinCapWsSource
 from cryptostream.tick import Tick
 from tests.conftest import API_KEY, ConfigFactory, wait_until
 from tests.support.fake_coincap import FakeCoinCap, Fault
 from tests.support.fake_coincap_ws import FakeCoinCapWs
+from tests.unit.test_credits import DAY, MARCH, Clock
 
 #: asyncio may run a timer up to its clock resolution early.
 _CLOCK_SLACK = 0.01
@@ -281,3 +286,281 @@ async def test_a_url_in_an_error_never_shows_the_key_in_any_encoding(
     assert "**" in error.split("apiKey=", 1)[1], error
     for spelling in (key, "cc%2BLive", "Q7vX%3D2mN9", "sR8tK%3D%3D", "Live/Q7vX"):
         assert spelling not in error, error
+
+
+# -- credits: the budget is never overspent -------------------------------------------------
+#
+# A scripted connection on a timeline of its own: the event loop's clock is moved to each
+# event of the script (a price frame, a REST refresh's budget calls, a pause) or to the
+# end of the source's receive timeout, so minutes connected pass at once and every budget
+# call happens at the second the script says. Each test runs on an event loop of its own,
+# the only one whose clock moves.
+
+#: The budget of these tests; what is left of it is set per test.
+MONTHLY = 100
+#: A REST refresh of one asset: well under 2,500 bytes, one credit.
+REFRESH_BYTES = 400
+_HOLD = "hold"
+_CLOSE = "close"
+
+Action = Callable[[], object] | str | None
+
+
+class Timeline:
+    """The running event loop's clock, moved forward by the script."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        real = loop.time
+        self.offset = 0.0
+
+        def moved() -> float:
+            return real() + self.offset
+
+        loop.time = moved  # type: ignore[method-assign]
+        self.now = moved
+
+    def move_to(self, when: float) -> None:
+        self.offset += max(0.0, when - self.now())
+
+
+class ScriptedWs:
+    """One connection: ``(seconds after it opened, action)`` events, where the action is
+    None for a price frame, :data:`_CLOSE` for CoinCap's close, :data:`_HOLD` to wait
+    there until cancelled, or a callable (made at that second)."""
+
+    close_code = 1000
+
+    def __init__(
+        self,
+        timeline: Timeline,
+        frames: Iterable[float],
+        calls: Iterable[tuple[float, Action]] = (),
+    ) -> None:
+        self._timeline = timeline
+        events: list[tuple[float, Action]] = [(t, None) for t in frames]
+        self._events = sorted([*events, *calls], key=lambda e: e[0])
+        self.opened = math.nan
+        #: Seconds connected when the source began to close the connection.
+        self.closed_after: float | None = None
+        self.holding = asyncio.Event()
+        self.closing = asyncio.Event()
+        #: A close that never completes (a peer that does not answer it).
+        self.slow_close = False
+
+    def open(self) -> None:
+        self.opened = self._timeline.now()
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
+        await asyncio.sleep(0)
+        deadline = self._timeline.now() + (timeout or math.inf)
+        while self._events and self.opened + self._events[0][0] <= deadline:
+            at, action = self._events.pop(0)
+            self._timeline.move_to(self.opened + at)
+            if action is None:
+                return aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, '{"bitcoin": "86467.40"}', None)
+            if action == _CLOSE:
+                return aiohttp.WSMessage(aiohttp.WSMsgType.CLOSE, 1000, None)
+            if action == _HOLD:
+                self.holding.set()
+                await asyncio.get_running_loop().create_future()
+            elif callable(action):
+                action()
+        self._timeline.move_to(deadline)
+        raise TimeoutError
+
+    def exception(self) -> BaseException | None:
+        return None
+
+    async def close(self) -> bool:
+        if self.closed_after is None:
+            self.closed_after = self._timeline.now() - self.opened
+        self.closing.set()
+        if self.slow_close:
+            await asyncio.get_running_loop().create_future()
+        return True
+
+
+class ScriptedSession:
+    """The HTTP session: the scripted connections, one per handshake, then refusals;
+    ``during_handshake`` runs while the first handshake is on its way. The REST refresh
+    at start never answers (the scripts make their own, as budget calls)."""
+
+    def __init__(
+        self, *connections: ScriptedWs, during_handshake: Callable[[], object] | None = None
+    ) -> None:
+        self._connections = list(connections)
+        self._during_handshake = during_handshake
+
+    async def ws_connect(self, url: str, **kwargs: object) -> ScriptedWs:
+        await asyncio.sleep(0)
+        if self._during_handshake is not None:
+            self._during_handshake()
+            self._during_handshake = None
+        if not self._connections:
+            raise aiohttp.ClientConnectionError("the script has no more connections")
+        ws = self._connections.pop(0)
+        ws.open()
+        return ws
+
+    @contextlib.asynccontextmanager
+    async def get(self, *args: object, **kwargs: object) -> AsyncIterator[None]:
+        await asyncio.get_running_loop().create_future()
+        yield
+
+
+async def settled(predicate: Callable[[], bool], what: str) -> None:
+    """wait_until on the real clock (the loop's own jumps with the script)."""
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+class Budgeted:
+    def __init__(self, make_config: ConfigFactory, tmp_path: Path, left: int) -> None:
+        self.config = make_config(
+            env={
+                "CRYPTOSTREAM_SOURCE__NAME": "coincap-ws",
+                "CRYPTOSTREAM_SOURCE__ASSETS": "bitcoin",
+                "CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS": str(MONTHLY),
+                "CRYPTOSTREAM_COINCAP__WS_SILENCE_TIMEOUT": "30",
+                "CRYPTOSTREAM_COINCAP__WS_REFRESH_INTERVAL": "86400",
+                "CRYPTOSTREAM_STORAGE__FSYNC": "false",
+            }
+        )
+        self.wall = Clock(MARCH + DAY)
+        self.metrics = Metrics()
+        self.budget = CreditBudget(self.config, self.metrics, clock=self.wall)
+        self.budget.ledger.charge("backfill", MONTHLY - left)
+        self.timeline = Timeline()
+        self.refreshes: list[bool] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def refresh(self) -> None:
+        """A REST refresh's budget calls, as the CoinCap client makes them."""
+        allowed = self.budget.refusal("refresh") is None
+        if allowed:
+            self.budget.charged("refresh", 200, REFRESH_BYTES)
+        self.refreshes.append(allowed)
+
+    def used(self) -> dict[str, int]:
+        return dict(self.budget.ledger.current().by_kind)
+
+    @contextlib.asynccontextmanager
+    async def running(self, session: ScriptedSession) -> AsyncIterator[CoinCapWsSource]:
+        source = CoinCapWsSource(
+            self.config, cast(aiohttp.ClientSession, session), self.metrics, self.budget
+        )
+        task = self.task = asyncio.create_task(source.run(Collector()))
+        try:
+            yield source
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def every(step: float, until: float, first: float | None = None) -> list[float]:
+    start = step if first is None else first
+    return [start + i * step for i in range(int((until - start) // step) + 1)]
+
+
+@pytest.mark.asyncio(loop_scope="function")
+@pytest.mark.parametrize(
+    ("left", "frames", "refresh_at", "stream", "refreshed"),
+    [
+        # One credit left: the first minute, never the second, however often frames come.
+        (1, every(0.5, 900, first=0.3), None, 1, None),
+        # A refresh in the first minute takes the credit of the second, not of the first.
+        (2, every(0.5, 900, first=0.3), 30.0, 1, True),
+        # ...nor, in the second minute, the one of the third.
+        (3, every(0.5, 900, first=0.3), 70.0, 2, True),
+        # Once the stream may go on, the next minute's credit is its own.
+        (2, every(0.5, 900, first=0.3), 57.0, 2, False),
+        # Frames far apart (the silence timeout is 30 s): no minute begins unchecked.
+        (4, every(29, 2000), None, 4, None),
+        (7, every(29, 2000), None, 7, None),
+    ],
+    ids=[
+        "1-left",
+        "refresh-1st-minute",
+        "refresh-2nd-minute",
+        "refresh-once-the-next-is-allowed",
+        "sparse-4",
+        "sparse-7",
+    ],
+)
+async def test_the_stream_stops_before_a_minute_it_cannot_pay(
+    make_config: ConfigFactory,
+    tmp_path: Path,
+    left: int,
+    frames: list[float],
+    refresh_at: float | None,
+    stream: int,
+    refreshed: bool | None,
+) -> None:
+    b = Budgeted(make_config, tmp_path, left)
+    calls = [] if refresh_at is None else [(refresh_at, b.refresh)]
+    ws = ScriptedWs(b.timeline, frames, calls)
+    async with b.running(ScriptedSession(ws)) as source:
+        await settled(lambda: ws.closed_after is not None, "the stream to stop")
+        assert source.health.exhausted
+        assert "budget is spent" in source.health.last_error
+    # It used what it could, and not a credit more: it stopped before the next minute.
+    assert b.budget.ledger.used() == MONTHLY
+    assert b.used().get("stream") == stream
+    assert ws.closed_after is not None and ws.closed_after < 60 * stream
+    assert b.refreshes == ([] if refreshed is None else [refreshed])
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_a_request_during_the_handshake_leaves_the_first_minute_its_credit(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    b = Budgeted(make_config, tmp_path, 1)
+    ws = ScriptedWs(b.timeline, every(1, 900))
+    async with b.running(ScriptedSession(ws, during_handshake=b.refresh)):
+        await settled(lambda: ws.closed_after is not None, "the stream to stop")
+    assert b.refreshes == [False]
+    assert b.used().get("stream") == 1
+    assert b.budget.ledger.used() == MONTHLY
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_a_stop_charges_the_started_minute_even_if_the_close_is_cut_short(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    b = Budgeted(make_config, tmp_path, MONTHLY)
+    ws = ScriptedWs(b.timeline, every(1, 30), [(30.5, _HOLD)])
+    ws.slow_close = True
+    async with b.running(ScriptedSession(ws)):
+        await ws.holding.wait()
+        # The shutdown cancels the source, and cancels it again while it closes.
+        task = b.task
+        assert task is not None
+        task.cancel()
+        await ws.closing.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert ws.closed_after == pytest.approx(30.5, abs=0.1)
+    assert b.used().get("stream") == 1
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_a_connection_without_prices_does_not_clear_the_spent_mark(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    """The hourly probe is let through, CoinCap accepts the handshake, then closes: that
+    says nothing about the allowance (a price would)."""
+    b = Budgeted(make_config, tmp_path, MONTHLY)
+    b.wall.now -= 2 * 3600
+    b.budget.spent_by_api("402 the allowance is spent")
+    b.wall.now += 2 * 3600
+    closes = ScriptedWs(b.timeline, [], [(5.0, _CLOSE)])
+    async with b.running(ScriptedSession(closes)) as source:
+        await settled(lambda: closes.closed_after is not None, "the connection to end")
+        await settled(lambda: source.connects >= 2, "the next attempt")
+        assert b.budget.ledger.current().spent_at is not None
+        assert b.budget.exhausted == "coincap"
