@@ -273,7 +273,7 @@ def replay(config: Config, args: argparse.Namespace) -> int:
         try:
             count = asyncio.run(do_replay(config, target, progress=args.progress))
         except ReplayError as exc:
-            return _fail(str(exc), 1)
+            return _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             return 130
         print(f"replayed {count} messages into {target}")  # noqa: T201
@@ -308,7 +308,8 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
     cost = job.estimate(windows)
     left = "no limit" if cost.left is None else f"{cost.left} of {cost.budget} left"
     print(  # noqa: T201
-        f"backfill {args.interval}: {cost.windows} windows to fetch, about {cost.credits} "
+        f"backfill {args.interval}: {cost.windows} window{'' if cost.windows == 1 else 's'} "
+        f"to fetch, about {cost.credits} "
         f"CoinCap credits ({left} this billing period)",
         file=sys.stderr,
     )

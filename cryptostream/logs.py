@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -102,6 +103,30 @@ def _drop_none(
     return {k: v for k, v in event.items() if v is not None}
 
 
+class CoordinatorWarmUp(logging.Filter):
+    """aiokafka logs each "coordinator not available" answer (Kafka error 15) as an
+    error, and the coordinator it then drops as a warning. A broker that has just
+    started gives that answer until its offsets topic is ready, so on a healthy start
+    a user would read an error: in the first :data:`WINDOW` seconds both are info.
+    Later they keep their level (a broker lost mid-run)."""
+
+    WINDOW = 60.0
+    _LOGGER = "aiokafka.consumer.group_coordinator"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._until = time.monotonic() + self.WINDOW
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == self._LOGGER and time.monotonic() < self._until:
+            text = record.getMessage()
+            if "GroupCoordinatorNotAvailable" in text or text.startswith(
+                "Marking the coordinator dead"
+            ):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure(
     level: str = "info",
     fmt: str = "auto",
@@ -139,6 +164,7 @@ def configure(
     )
     # Library loggers (aiokafka, aiohttp) go through the same renderer.
     handler = logging.StreamHandler(out)
+    handler.addFilter(CoordinatorWarmUp())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

@@ -31,7 +31,11 @@ log = get_logger(__name__)
 
 
 class ReplayError(Exception):
-    pass
+    """A replay that cannot run; ``exit_code`` 2 for a usage error, else 1."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 async def replay(config: Config, target: Path, *, progress: bool | None = None) -> int:
@@ -39,7 +43,8 @@ async def replay(config: Config, target: Path, *, progress: bool | None = None) 
     if (target / SINK_STATE_FILE).exists() or (target / DATA_FILE).exists():
         raise ReplayError(
             f"{target} already holds cryptostream files: replay into an empty directory "
-            "(--to DIR) or move the old files away"
+            "(--to DIR) or move the old files away",
+            exit_code=2,
         )
     kafka = config.kafka
     consumer = AIOKafkaConsumer(

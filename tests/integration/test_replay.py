@@ -95,7 +95,7 @@ async def test_replay_equals_live_output(
         stderr=asyncio.subprocess.PIPE,
     )
     _, err2 = await asyncio.wait_for(again.communicate(), 60)
-    assert again.returncode == 1
+    assert again.returncode == 2  # a usage error, as `cryptostream --help` says
     assert b"already holds cryptostream files" in err2
 
 
