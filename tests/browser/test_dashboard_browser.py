@@ -253,6 +253,19 @@ async def test_dashboard_history_ranges_live_tick_table_and_cards(
     assert snap["series"]["bitcoin"]["visible"] is True
     await tab.screenshot("live-usd")
 
+    # The picture in the README (docs/dashboard.png): the three seeded days, in %.
+    await page.click("#mode-pct")
+    await page.click('#legend .legend-item[data-asset="tether"]')
+    await page.fill("#custom-from", "2024-12-31T00:00:00")
+    await page.fill("#custom-to", "2025-01-03T00:00:00")
+    await page.click("#custom button[type=submit]")
+    await page.wait_for_function(
+        "n => { const s = window.cryptostreamDashboard.snapshot();"
+        " return s.mode === 'pct' && s.range.live === null && s.series.bitcoin.points === n; }",
+        arg=3 * 24,
+    )
+    await tab.screenshot("readme")
+
     assert tab.errors == []
     assert await running.stop() == 0
 
