@@ -192,6 +192,17 @@
     }
   }
 
+  // The custom From/To boxes show the range on display (a live one as of now): they
+  // never disagree with the label, and they are where a custom range starts from.
+  function renderCustom() {
+    const q = rangeQuery();
+    const totals = state.summary && state.summary.totals;
+    const to = q.to != null ? q.to : Math.ceil(Math.max(Date.now() / 1000, (totals && totals.last) || 0));
+    const from = q.from != null ? q.from : totals && totals.first != null ? totals.first : to;
+    $("#custom-from").value = toInput(from);
+    $("#custom-to").value = toInput(to);
+  }
+
   // -- legend, table, cards ----------------------------------------------------------
 
   function renderLegend() {
@@ -387,6 +398,7 @@
       renderPickers();
     }
     renderRangeLabel();
+    renderCustom();
     loadSeries().catch(lost);
   }
 
@@ -473,12 +485,7 @@
   $("#zoom-view").addEventListener("click", () => {
     const v = chart.timeScale().getVisibleRange();
     if (!v) return;
-    const from = Math.floor(v.from), to = Math.ceil(v.to);
-    $("#custom-from").value = toInput(from);
-    $("#custom-to").value = toInput(to);
-    $("#pick-year").value = "";
-    renderPickers();
-    setRange({ live: null, from, to }, true);
+    setRange({ live: null, from: Math.floor(v.from), to: Math.ceil(v.to) });
   });
   $("#custom").addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -487,9 +494,7 @@
       $("#range-label").textContent = "Custom range: 'From' must be before 'To'.";
       return;
     }
-    $("#pick-year").value = "";
-    renderPickers();
-    setRange({ live: null, from, to }, true);
+    setRange({ live: null, from, to });
   });
 
   // For tests and the curious: what the chart holds right now (read-only).
@@ -523,8 +528,7 @@
       // An old data folder: show its last day rather than an empty "last 24 hours".
       if (last != null && now - last > DAY) setRange({ live: "all" });
       else await loadSeries();
-      $("#custom-from").value = toInput(Math.floor((last || now) - 3600));
-      $("#custom-to").value = toInput(Math.ceil(last || now));
+      renderCustom();
     } catch (e) {
       lost();
     }

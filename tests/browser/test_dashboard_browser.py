@@ -400,3 +400,117 @@ async def test_without_a_key_the_page_says_how_to_add_one(
         await tab.screenshot("no-key")
         assert tab.errors == []
         assert await running.stop() == 0
+
+
+async def custom_boxes(tab: Tab) -> tuple[float, float]:
+    """The custom From/To boxes (datetime-local, read as UTC) as timestamps."""
+    values: list[str] = await tab.page.evaluate(
+        "() => ['#custom-from', '#custom-to'].map(s => document.querySelector(s).value)"
+    )
+    start, end = (dt.datetime.fromisoformat(v).replace(tzinfo=dt.UTC) for v in values)
+    return start.timestamp(), end.timestamp()
+
+
+async def assert_shows(tab: Tab, start: float, end: float) -> None:
+    """The range label and the From/To boxes both say [start, end]."""
+    assert await custom_boxes(tab) == (start, end)
+    label = await tab.page.locator("#range-label").inner_text()
+    assert label == f"{fmt_time(start)} → {fmt_time(end)} UTC"
+
+
+async def test_the_custom_boxes_always_show_the_range_on_display(
+    make_config: ConfigFactory,
+    fake_coincap: FakeCoinCap,
+    kafka_bootstrap: str,
+    run_service: Any,
+    tab: Tab,
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    seed_history(data_dir)
+    port = free_port()
+    config = service_config(make_config, fake_coincap, kafka_bootstrap, port, data_dir=data_dir)
+    running = await run_service(config)
+    seeded = 3 * 24 * len(HISTORY_ASSETS)
+    await wait_for_rows(running, 6, seeded + 6)
+    page = tab.page
+    await page.goto(f"http://127.0.0.1:{port}/")
+    await page.wait_for_function("() => window.cryptostreamDashboard.snapshot().connected")
+    _, rows = csv_rows(data_dir / "crypto_data.csv")
+    last_ts = max(float(r["timestamp"]) for r in rows)
+
+    # All, zoomed in, then the full detail of that view: the boxes say the zoom range.
+    await page.click("button[data-live=all]")
+    assert (await custom_boxes(tab))[0] == DAYS[0]
+    assert await page.locator("#range-label").inner_text() == "All data, live"
+    await page.wait_for_function(
+        "n => window.cryptostreamDashboard.snapshot().series.bitcoin.points === n",
+        arg=sum(1 for r in rows if r["id"] == "bitcoin"),
+    )
+    box = await page.locator("#chart").bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    seen = (await snapshot(tab))["visible"]
+    await page.mouse.wheel(0, -300)
+    await page.wait_for_function(
+        "w => { const v = window.cryptostreamDashboard.snapshot().visible;"
+        " return v.to - v.from < w; }",
+        arg=seen["to"] - seen["from"],
+    )
+    await page.click("#zoom-view")
+    zoom = (await snapshot(tab))["range"]
+    await assert_shows(tab, zoom["from"], zoom["to"])
+
+    # Then a year, a month, a day: the boxes follow each, as the label does.
+    end_of_2025 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp() - 1
+    await page.select_option("#pick-year", "2025")
+    await assert_shows(tab, DAYS[1], end_of_2025)
+    await page.select_option("#pick-month", "01")
+    end_of_january = dt.datetime(2025, 2, 1, tzinfo=dt.UTC).timestamp() - 1
+    await assert_shows(tab, DAYS[1], end_of_january)
+    await page.select_option("#pick-day", "02")
+    await assert_shows(tab, DAYS[2], DAYS[2] + DAY - 1)
+    await page.wait_for_function(
+        "d => { const s = window.cryptostreamDashboard.snapshot().series.bitcoin;"
+        " return s.points === 24 && s.first >= d; }",
+        arg=DAYS[2],
+    )
+
+    # A custom range, then a day, then a custom range again.
+    await page.fill("#custom-from", "2025-01-01T06:00:00")
+    await page.fill("#custom-to", "2025-01-01T18:00:00")
+    await page.click("#custom button[type=submit]")
+    await assert_shows(tab, DAYS[1] + 6 * 3600, DAYS[1] + 18 * 3600)
+    assert await page.locator("#pick-year").input_value() == ""
+    await page.select_option("#pick-year", "2024")
+    await assert_shows(tab, dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp(), DAYS[1] - 1)
+    await page.fill("#custom-from", "2024-12-31T12:00:00")
+    await page.fill("#custom-to", "2025-01-02T12:00:00")
+    await page.click("#custom button[type=submit]")
+    await assert_shows(tab, DAYS[0] + 12 * 3600, DAYS[2] + 12 * 3600)
+    assert await page.locator("#pick-year").input_value() == ""
+    await page.wait_for_function(
+        "([a, b]) => { const s = window.cryptostreamDashboard.snapshot().series.bitcoin;"
+        " return s.points === 49 && s.first === a && s.last === b; }",
+        arg=[DAYS[0] + 12 * 3600, DAYS[2] + 12 * 3600],
+    )
+
+    # Live ranges: the boxes hold the window as of now, from "now - range" to now.
+    for live, span in (("3600", 3600), ("86400", DAY), ("604800", 7 * DAY)):
+        await page.click(f"button[data-live='{live}']")
+        start, end = await custom_boxes(tab)
+        assert span <= end - start <= span + 2  # to the second, each end
+        assert end >= last_ts
+    await page.click("button[data-live=all]")
+    start, end = await custom_boxes(tab)
+    assert start == DAYS[0] and end >= last_ts
+
+    # A page opened afresh shows the last 24 hours, and its boxes say so.
+    await page.reload()
+    await page.wait_for_function("() => window.cryptostreamDashboard.snapshot().connected")
+    start, end = await custom_boxes(tab)
+    assert DAY <= end - start <= DAY + 2 and end >= last_ts
+    assert await page.locator("#range-label").inner_text() == "Last 24 hours, live"
+
+    assert tab.errors == []
+    assert await running.stop() == 0
