@@ -525,7 +525,7 @@
       const s = await loadSummary();
       const last = s.totals.last;
       const now = Date.now() / 1000;
-      // An old data folder: show its last day rather than an empty "last 24 hours".
+      // An old data folder: show its whole history rather than an empty "last 24 hours".
       if (last != null && now - last > DAY) setRange({ live: "all" });
       else await loadSeries();
       renderCustom();
