@@ -187,7 +187,8 @@ class CoinCapWsSource:
             await self._connection(emit)
         finally:
             if self._budget is not None:
-                self._budget.end_stream()  # (a connection never made costs nothing)
+                # The started minute (a connection never made costs nothing).
+                self._budget.end_stream()
 
     async def _connection(self, emit: Emit) -> NoReturn:
         """Connect, then read until the connection ends (in StreamBroken or StreamEnded)."""
@@ -273,9 +274,9 @@ class CoinCapWsSource:
                     break
         finally:
             if self._budget is not None:
-                # Charged before the close, which a second cancellation may cut short.
+                # Counted before the close, which a second cancellation may cut short;
+                # _session_once's end_stream() charges the started minute.
                 self._budget.charge_stream(loop.time() - counted)
-                self._budget.end_stream()
             # A dead peer never answers the close handshake: do not wait long for it
             # (a cancelled close drops the connection).
             with contextlib.suppress(TimeoutError):

@@ -97,6 +97,26 @@ async def wait_for_rows(running: Any, written: int, total: int) -> None:
     await wait_until(lambda: dash.state == "ready" and dash.store.records >= total, what="store")
 
 
+async def open_seeded_dashboard(
+    make_config: ConfigFactory,
+    fake_coincap: FakeCoinCap,
+    kafka_bootstrap: str,
+    run_service: Any,
+    tab: Tab,
+    data_dir: Path,
+) -> tuple[Any, Config]:
+    """The service on three seeded days of history, its page open and connected."""
+    seed_history(data_dir)
+    port = free_port()
+    config = service_config(make_config, fake_coincap, kafka_bootstrap, port, data_dir=data_dir)
+    running = await run_service(config)
+    seeded = 3 * 24 * len(HISTORY_ASSETS)
+    await wait_for_rows(running, 6, seeded + 6)  # the poll at start is in too
+    await tab.page.goto(f"http://127.0.0.1:{port}/")
+    await tab.page.wait_for_function("() => window.cryptostreamDashboard.snapshot().connected")
+    return running, config
+
+
 async def test_dashboard_history_ranges_live_tick_table_and_cards(
     make_config: ConfigFactory,
     fake_coincap: FakeCoinCap,
@@ -106,15 +126,10 @@ async def test_dashboard_history_ranges_live_tick_table_and_cards(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "data"
-    seed_history(data_dir)
-    port = free_port()
-    config = service_config(make_config, fake_coincap, kafka_bootstrap, port, data_dir=data_dir)
-    running = await run_service(config)
-    seeded = 3 * 24 * len(HISTORY_ASSETS)
-    await wait_for_rows(running, 6, seeded + 6)  # the poll at start is in too
+    running, config = await open_seeded_dashboard(
+        make_config, fake_coincap, kafka_bootstrap, run_service, tab, data_dir
+    )
     page = tab.page
-    await page.goto(f"http://127.0.0.1:{port}/")
-    await page.wait_for_function("() => window.cryptostreamDashboard.snapshot().connected")
 
     # One series per asset, with a legend entry each; "All" shows every row.
     await page.click("button[data-live=all]")
@@ -427,15 +442,10 @@ async def test_the_custom_boxes_always_show_the_range_on_display(
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "data"
-    seed_history(data_dir)
-    port = free_port()
-    config = service_config(make_config, fake_coincap, kafka_bootstrap, port, data_dir=data_dir)
-    running = await run_service(config)
-    seeded = 3 * 24 * len(HISTORY_ASSETS)
-    await wait_for_rows(running, 6, seeded + 6)
+    running, _ = await open_seeded_dashboard(
+        make_config, fake_coincap, kafka_bootstrap, run_service, tab, data_dir
+    )
     page = tab.page
-    await page.goto(f"http://127.0.0.1:{port}/")
-    await page.wait_for_function("() => window.cryptostreamDashboard.snapshot().connected")
     _, rows = csv_rows(data_dir / "crypto_data.csv")
     last_ts = max(float(r["timestamp"]) for r in rows)
 
