@@ -71,6 +71,10 @@ INTERVALS = {
 }
 
 
+#: An ``--end`` further ahead than this is refused as a mistake; a nearer one is cut at now.
+MAX_END_AHEAD = dt.timedelta(days=366)
+
+
 class BackfillError(Exception):
     pass
 
@@ -148,10 +152,39 @@ def plan(
         cursor = start
         while cursor < end:
             midnight = dt.datetime(cursor.year, cursor.month, cursor.day, tzinfo=dt.UTC)
-            stop = min(midnight + step, end)
+            # Compared as a span, so a window near the calendar's end never overflows.
+            stop = end if end - midnight <= step else midnight + step
             windows.append(Window(asset, _ms(cursor), _ms(stop)))
             cursor = stop
     return windows
+
+
+def history_range(
+    start: dt.datetime, end: dt.datetime | None, now: dt.datetime
+) -> tuple[dt.datetime, dt.datetime, str | None]:
+    """The range to fetch: ``end`` (default ``now``) cut at ``now``, since no history
+    exists after it and a window reaching past it would be marked done with rows still
+    to come. Returns the range and, when ``end`` was cut, the line that says so.
+
+    An ``end`` more than :data:`MAX_END_AHEAD` ahead is taken for a mistake (a typo in
+    the year) and is a :class:`BackfillError`, as is a ``start`` that is not in the past.
+    """
+    if start >= now:
+        raise BackfillError(
+            f"--start {_day(start)} is not in the past: there is no history after now"
+        )
+    if end is None or end <= now:
+        return start, end or now, None
+    if end - now > MAX_END_AHEAD:
+        raise BackfillError(
+            f"--end {_day(end)} is more than {MAX_END_AHEAD.days} days ahead: history ends "
+            "now; leave --end out to fetch up to now"
+        )
+    return start, now, f"--end {_day(end)} is in the future: cut at now ({_day(now)})"
+
+
+def _day(when: dt.datetime) -> str:
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _ms(when: dt.datetime) -> int:
@@ -382,6 +415,8 @@ def parse_when(text: str) -> dt.datetime:
     """``2025-03-01`` or ``2025-03-01T12:00[:00][Z|+00:00]``; naive means UTC."""
     try:
         when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
     except ValueError:
         raise BackfillError(f"not a date or date-time: {text!r} (e.g. 2025-03-01)") from None
-    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00-05:00 is past the calendar's end in UTC
+        raise BackfillError(f"not a date the calendar can hold in UTC: {text!r}") from None

@@ -146,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bf.add_argument("--assets", help="comma-separated CoinCap ids (default: source.assets)")
     bf.add_argument("--start", required=True, help="UTC date or date-time, e.g. 2025-03-01")
-    bf.add_argument("--end", help="UTC date or date-time, exclusive (default: now)")
+    bf.add_argument(
+        "--end",
+        help="UTC date or date-time, exclusive (default: now; a later one is cut at now, "
+        "one more than a year ahead is refused)",
+    )
     bf.add_argument(
         "--interval",
         default="h1",
@@ -283,7 +287,7 @@ def replay(config: Config, args: argparse.Namespace) -> int:
 def backfill(config: Config, args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from cryptostream.backfill import Backfill, BackfillError, parse_when, plan
+    from cryptostream.backfill import Backfill, BackfillError, history_range, parse_when, plan
 
     if not config.coincap.api_key:
         return _fail(f"configuration error: {API_KEY_ENV} is not set", 2)
@@ -293,11 +297,16 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
             if args.assets
             else list(config.source.assets)
         )
-        start = parse_when(args.start)
-        end = parse_when(args.end) if args.end else dt.datetime.now(tz=dt.UTC)
+        start, end, cut = history_range(
+            parse_when(args.start),
+            parse_when(args.end) if args.end else None,
+            dt.datetime.now(tz=dt.UTC),
+        )
         windows = plan(assets, start, end, args.interval)
     except BackfillError as exc:
         return _fail(str(exc), 2)
+    if cut is not None:
+        print(f"backfill: {cut}", file=sys.stderr)  # noqa: T201
     job = Backfill(
         config,
         args.interval,

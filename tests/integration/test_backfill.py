@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+import orjson
+
 from cryptostream.backfill import Backfill, parse_when, plan
 from cryptostream.csvrow import COLUMNS
 from tests.conftest import API_KEY, ConfigFactory
@@ -171,7 +173,14 @@ async def test_cli_ctrl_c_then_same_command_continues(
 
 async def test_bad_arguments_exit_2(tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "COINCAP_API_KEY": API_KEY}
-    for bad in (["--start", "yesterday"], ["--start", END, "--end", START]):
+    for bad in (
+        ["--start", "yesterday"],
+        ["--start", END, "--end", START],
+        # Far past the calendar's end for window arithmetic (was an OverflowError).
+        ["--start", "2025-01-01", "--end", "9999-12-31", "--interval", "d1"],
+        ["--start", "2025-01-01", "--end", "9999-12-31T23:00-05:00"],
+        ["--start", "9999-12-30", "--interval", "d1"],
+    ):
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -184,8 +193,37 @@ async def test_bad_arguments_exit_2(tmp_path: Path) -> None:
             stderr=asyncio.subprocess.PIPE,
         )
         _, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode == 2
-        assert len(err.decode().strip().splitlines()) == 1
+        assert proc.returncode == 2, (bad, err.decode())
+        assert len(err.decode().strip().splitlines()) == 1, (bad, err.decode())
+        assert err.decode().startswith("cryptostream: "), (bad, err.decode())
+
+
+async def test_an_end_in_the_future_is_cut_at_now_and_the_rest_fetched_later(
+    fake_coincap: FakeCoinCap, tmp_path: Path
+) -> None:
+    """--end 20 days ahead: cut at the time of the request, said once; no window that
+    reaches past now is marked done, so a later run fetches what came since."""
+    data_dir = tmp_path / "data"
+    now = dt.datetime.now(tz=dt.UTC)
+    start = (now - dt.timedelta(days=2)).date().isoformat()
+    end = (now + dt.timedelta(days=20)).date().isoformat()
+    args = ("--assets", "bitcoin", "--start", start, "--end", end, "--interval", "h1")
+    code, _, err = await cli(fake_coincap, data_dir, *args)
+    after = dt.datetime.now(tz=dt.UTC)
+    assert code == 0, err
+    cut = [line for line in err.splitlines() if "in the future" in line]
+    assert len(cut) == 1, err
+    assert cut[0].startswith(f"backfill: --end {end}T00:00:00Z is in the future: cut at now (")
+    done = orjson.loads((data_dir / ".cryptostream/backfill-h1.json").read_bytes())["done"]
+    assert done and all(int(key.rsplit(":", 1)[1]) <= after.timestamp() * 1000 for key in done)
+    history = fake_coincap.calls("/v3/assets/bitcoin/history")
+    assert history >= 1
+
+    # Later (here: a moment later): the part of the range after the first run's end is
+    # asked for again, not skipped as done.
+    code, _, err = await cli(fake_coincap, data_dir, *args)
+    assert code == 0, err
+    assert fake_coincap.calls("/v3/assets/bitcoin/history") == history + 1
 
 
 # -- credits: plan before spending, one ledger, unknown assets ------------------------------
@@ -194,15 +232,16 @@ async def test_bad_arguments_exit_2(tmp_path: Path) -> None:
 async def cli_backfill(
     fake: FakeCoinCap, data_dir: Path, *args: str, **env: str
 ) -> tuple[int, str, str]:
+    return await cli(fake, data_dir, "--start", START, "--end", END, *args, **env)
+
+
+async def cli(fake: FakeCoinCap, data_dir: Path, *args: str, **env: str) -> tuple[int, str, str]:
+    """``cryptostream backfill ARGS`` against ``fake``, on ``data_dir``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cryptostream",
         "backfill",
-        "--start",
-        START,
-        "--end",
-        END,
         "--no-progress",
         *args,
         env={

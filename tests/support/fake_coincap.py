@@ -28,12 +28,14 @@ Endpoints
 
 ``GET /v3/assets/{id}/history?interval=I&start=MS&end=MS``
     Envelope with rows ``{"priceUsd": str, "time": int, "date": "…T…Z"}`` for every
-    multiple of the interval in ``[start, end)`` (``end`` excluded).  Prices are a pure
-    function of ``(asset id, time)`` (slow ±2 % daily triangle wave plus ±0.1 % hashed
-    noise around the ``assets.json`` price), so overlapping windows and different intervals
-    agree on shared instants; bitcoin's rows at the times recorded in
-    ``history_bitcoin_m1.json`` are served exactly as recorded.  ``interval`` is required;
-    ``start`` and ``end`` go together (both missing: the largest window ending now).
+    multiple of the interval in ``[start, end)`` (``end`` excluded) up to the fake's clock
+    (no history exists after now: a window reaching past it gets the rows until now).
+    Prices are a pure function of ``(asset id, time)`` (slow ±2 % daily triangle wave
+    plus ±0.1 % hashed noise around the ``assets.json`` price), so overlapping windows
+    and different intervals agree on shared instants; bitcoin's rows at the times
+    recorded in ``history_bitcoin_m1.json`` are served exactly as recorded.
+    ``interval`` is required; ``start`` and ``end`` go together (both missing: the
+    largest window ending now).
 
     Maximum window per request (``end - start``), else 400 with an error body.  These are
     the fake's own limits, modelled on "a request covers a bounded number of rows"; they
@@ -444,7 +446,7 @@ class FakeCoinCap(FakeHttpServer):
         first = -(-start // step) * step
         rows = [
             {"priceUsd": self.history_price(asset_id, t), "time": t, "date": _iso_ms(t)}
-            for t in range(first, end, step)
+            for t in range(first, min(end, self.clock() + 1), step)
         ]
         return web.json_response({"data": rows, "timestamp": self.clock()})
 
