@@ -30,10 +30,12 @@ sink writes, under its exactly-once state); Power BI's folder connector on
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import math
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,9 +46,10 @@ from cryptostream.config import Config
 from cryptostream.credits import CreditBudget
 from cryptostream.credits.budget import history_credits_estimate, poll_credits_estimate
 from cryptostream.csvrow import HEADER, csv_line, read_rows
+from cryptostream.datadir import Held, hold
 from cryptostream.days import day_name
 from cryptostream.files import atomic_write
-from cryptostream.layout import backfill_dir, backfill_progress_file
+from cryptostream.layout import backfill_dir, backfill_lock_file, backfill_progress_file
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.progress import Progress
@@ -211,8 +214,34 @@ class Backfill:
         data_dir = config.storage.data_dir
         self._dir = data_dir / backfill_dir(interval)
         self._progress_file = data_dir / backfill_progress_file(interval)
+        self._lock_file = data_dir / backfill_lock_file(interval)
+        self._lock_fd: int | None = None
         self._names: dict[str, tuple[str, str]] = {}
         self.budget = CreditBudget(config, enforce=not allow_over_budget)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """This interval's backfill folder and progress for this process alone, for the
+        ``with`` block (held already: nothing more). Another backfill of the interval on
+        the data directory is a :class:`BackfillError`: two would rewrite each other's
+        day files and progress record."""
+        if self._lock_fd is not None:
+            yield
+            return
+        try:
+            self._lock_fd = hold(self._lock_file)
+        except Held as exc:
+            raise BackfillError(
+                f"another backfill of {self._interval} is running on this data directory"
+                f"{exc.who}: run this one when it has finished"
+            ) from None
+        except OSError as exc:
+            raise BackfillError(f"cannot lock {self._lock_file}: {exc.strerror or exc}") from None
+        try:
+            yield
+        finally:
+            os.close(self._lock_fd)  # closing the only descriptor drops the flock
+            self._lock_fd = None
 
     def estimate(self, windows: list[Window]) -> CostEstimate:
         """The credits the windows not yet done will cost (nothing is fetched)."""
@@ -242,6 +271,11 @@ class Backfill:
             return set()
 
     async def run(self, windows: list[Window], *, progress: bool | None = None) -> BackfillResult:
+        """Fetch the windows not done yet (holding :meth:`locked` while it does)."""
+        with self.locked():
+            return await self._run(windows, progress)
+
+    async def _run(self, windows: list[Window], progress: bool | None) -> BackfillResult:
         result = BackfillResult(windows=len(windows))
         done = self._load_done()
         todo = [w for w in windows if w.key not in done]

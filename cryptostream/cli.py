@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptostream import __version__, logs
 from cryptostream.config import (
@@ -45,6 +45,9 @@ from cryptostream.config import (
     ConfigError,
     load_config,
 )
+
+if TYPE_CHECKING:  # imported when the command runs, so --help stays quick
+    from cryptostream.backfill import Backfill, BackfillResult, Window
 
 Command = Callable[[Config, argparse.Namespace], int]
 
@@ -140,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch /assets/{id}/history in windows the API accepts and write "
         "history/backfill/<interval>/YYYY-MM-DD.csv (same columns as crypto_data.csv). "
         "Idempotent: the same range twice adds nothing. Resumable: finished windows are "
-        "remembered, so after Ctrl-C or a crash the same command continues.",
+        "remembered, so after Ctrl-C or a crash the same command continues. One backfill "
+        "of an interval runs on a data directory at a time (a second one is refused, "
+        "exit 2); it runs beside the service.",
         epilog="example: cryptostream backfill --assets bitcoin,ethereum "
         "--start 2025-03-01 --end 2025-04-01 --interval h1",
     )
@@ -313,7 +318,31 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         allow_over_budget=args.allow_over_budget,
     )
-    # Plan before spending: what the range costs against what is left this period.
+    try:
+        # One backfill of the interval at a time, from the plan to the last window.
+        with job.locked():
+            result = _backfill_run(job, windows, args)
+    except BackfillError as exc:  # another backfill of it runs; an asset CoinCap doesn't know
+        return _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command to continue", 130)
+    if isinstance(result, int):
+        return result
+    print(  # noqa: T201
+        f"backfill {args.interval}: {result.rows_added} rows added, "
+        f"{result.windows - len(result.incomplete)}/{result.windows} windows done, "
+        f"{result.requests} requests, {result.credits} credits"
+    )
+    if result.stopped:
+        return _fail(f"stopped: {result.stopped}", 1)
+    return 1 if result.incomplete else 0
+
+
+def _backfill_run(
+    job: Backfill, windows: list[Window], args: argparse.Namespace
+) -> BackfillResult | int:
+    """Plan before spending (what the range costs against what is left this period),
+    then fetch; an exit code when the plan says no."""
     cost = job.estimate(windows)
     left = "no limit" if cost.left is None else f"{cost.left} of {cost.budget} left"
     print(  # noqa: T201
@@ -324,20 +353,7 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
     )
     if cost.over and not args.allow_over_budget:
         return _fail(cost.refusal(), 2)
-    try:
-        result = asyncio.run(job.run(windows, progress=args.progress))
-    except BackfillError as exc:  # an asset CoinCap does not know
-        return _fail(str(exc), 2)
-    except KeyboardInterrupt:
-        return _fail("interrupted; run the same command to continue", 130)
-    print(  # noqa: T201
-        f"backfill {args.interval}: {result.rows_added} rows added, "
-        f"{result.windows - len(result.incomplete)}/{result.windows} windows done, "
-        f"{result.requests} requests, {result.credits} credits"
-    )
-    if result.stopped:
-        return _fail(f"stopped: {result.stopped}", 1)
-    return 1 if result.incomplete else 0
+    return asyncio.run(job.run(windows, progress=args.progress))
 
 
 def credits(config: Config, args: argparse.Namespace) -> int:

@@ -5,8 +5,11 @@ Two processes on one directory (a compose stack and a local run on the same
 other's state. Every command that writes the sink's files (``run``, ``replay``)
 takes an exclusive :func:`fcntl.flock` on ``.cryptostream/lock`` first; the
 second one is refused. ``backfill`` writes only its own files (and adds to the
-credit ledger under that file's own lock), so it runs beside the service. The kernel drops the
-lock when its process ends, however it ends, so a crash never leaves a stale lock.
+credit ledger under that file's own lock), so it runs beside the service; two
+backfills of one interval would rewrite each other's day files and progress, so
+each holds ``.cryptostream/backfill-<interval>.lock`` (:func:`hold`) while it runs.
+The kernel drops the lock when its process ends, however it ends, so a crash never
+leaves a stale lock.
 """
 
 from __future__ import annotations
@@ -33,29 +36,17 @@ class DataDirLock:
     @classmethod
     def acquire(cls, data_dir: Path) -> DataDirLock:
         """Raises :class:`DataDirError` when another process holds the directory."""
-        path = data_dir / LOCK_FILE
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            return cls(hold(data_dir / LOCK_FILE))
         except OSError as exc:
             raise DataDirError(
                 f"cannot use data directory {data_dir}: {exc.strerror or exc}"
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            who = f" (pid {holder})" if holder else ""
+        except Held as exc:
             raise DataDirError(
-                f"data directory {data_dir} is in use by another cryptostream process{who}: "
-                "stop it first, or set storage.data_dir to another directory"
+                f"data directory {data_dir} is in use by another cryptostream process"
+                f"{exc.who}: stop it first, or set storage.data_dir to another directory"
             ) from None
-        # The holder's pid, for the message above (the lock itself is the flock).
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return cls(fd)
 
     def __enter__(self) -> DataDirLock:
         return self
@@ -69,6 +60,38 @@ class DataDirLock:
         if self._fd >= 0:
             os.close(self._fd)  # closing the only descriptor drops the flock
             self._fd = -1
+
+
+class Held(Exception):
+    """Another process holds the lock file."""
+
+    def __init__(self, holder: int | None) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+    @property
+    def who(self) -> str:
+        """`` (pid N)`` when the holder is known, for a message."""
+        return f" (pid {self.holder})" if self.holder else ""
+
+
+def hold(path: Path) -> int:
+    """An exclusive :func:`fcntl.flock` on ``path`` (created if need be), without
+    waiting: the descriptor that holds it (close it to let go). Raises :class:`Held`
+    naming the holder's pid when another process has it, OSError when it cannot be made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_pid(fd)
+        os.close(fd)
+        raise Held(holder) from None
+    # The holder's pid, for the message of the one refused (the lock itself is the flock).
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _read_pid(fd: int) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -26,8 +27,11 @@ def replacing(path: Path, *, fsync: bool = True, sync_dir: bool = True) -> Itera
     With ``fsync`` the data is on disk before the rename, so even after a power cut
     the file is the old one or the new one; ``sync_dir`` then also makes the rename
     itself durable (skip it only for files rebuilt from durable state at start-up).
+
+    The temporary file's name is unique (pid and a random part before the name), so two
+    writers of one path never write into, rename or delete each other's.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{os.getpid()}-{secrets.token_hex(4)}.{path.name}.tmp")
     try:
         # The mode of the append-only files too (the umask still applies).
         with open(tmp, "wb", opener=lambda name, flags: os.open(name, flags, 0o644)) as fh:

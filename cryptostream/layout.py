@@ -10,7 +10,8 @@
     .cryptostream/                              the sink's state (offsets and file lengths),
                                                 ``firstValue`` of the day, ticks spooled at
                                                 shutdown, candle watermarks, the CoinCap
-                                                credit ledger, backfill progress
+                                                credit ledger, backfill progress and
+                                                the lock of each interval's backfill
 
 Names are relative to the data directory, with ``/`` separators: the sink's
 state records file lengths under them, so they are part of its format.
@@ -53,3 +54,8 @@ def backfill_dir(interval: str) -> str:
 
 def backfill_progress_file(interval: str) -> str:
     return f"{STATE_DIR}/backfill-{interval}.json"
+
+
+def backfill_lock_file(interval: str) -> str:
+    """Held by the one backfill of ``interval`` running on the data directory."""
+    return f"{STATE_DIR}/backfill-{interval}.lock"

@@ -344,3 +344,79 @@ async def test_an_unknown_asset_stops_backfill_before_its_progress_bar_shows(
     assert code == 2
     assert "unknown asset 'nosuchcoin'" in err
     assert "%|" not in err, err  # no bar left at 0 % above the error
+
+
+async def test_a_second_backfill_on_the_data_directory_is_refused_and_the_first_completes(
+    fake_coincap: FakeCoinCap, tmp_path: Path
+) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "COINCAP_API_KEY": API_KEY,
+        "CRYPTOSTREAM_COINCAP__BASE_URL": fake_coincap.base_url,
+        "CRYPTOSTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
+    }
+
+    def args(asset: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "cryptostream",
+            "backfill",
+            "--assets",
+            asset,
+            "--start",
+            START,
+            "--end",
+            END,
+            "--interval",
+            "m1",
+            "--no-progress",
+        ]
+
+    # Bitcoin's first history request is held up, so the two runs overlap (before the
+    # lock the second rewrote day files under the first: a FileNotFoundError traceback,
+    # or exit 0 with one asset's rows missing).
+    fake_coincap.inject(Fault.delay(3, path_prefix="/v3/assets/bitcoin/history", times=1))
+    first = await asyncio.create_subprocess_exec(
+        *args("bitcoin"),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await fake_coincap.wait_for_calls(1, path_prefix="/v3/assets/bitcoin/history", timeout=30)
+    second = await asyncio.create_subprocess_exec(
+        *args("ethereum"),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out2, err2 = await asyncio.wait_for(second.communicate(), 30)
+    assert second.returncode == 2, (out2 + err2).decode()[-2000:]
+    lines = err2.decode().strip().splitlines()
+    assert any(
+        f"another backfill of m1 is running on this data directory (pid {first.pid})" in line
+        for line in lines
+    ), lines
+    assert b"Traceback" not in err2
+    assert fake_coincap.calls("/v3/assets/ethereum/history") == 0, "the refused run spent nothing"
+
+    out1, err1 = await asyncio.wait_for(first.communicate(), 60)
+    assert first.returncode == 0, err1.decode()[-2000:]
+    assert b"3/3 windows done" in out1
+    assert len(day_rows(tmp_path / "data", "m1", "2025-03-08")) == 1440
+    # The lock went with the first process: the second runs now and both assets are kept.
+    again = await asyncio.create_subprocess_exec(
+        *args("ethereum"),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err3 = await asyncio.wait_for(again.communicate(), 60)
+    assert again.returncode == 0, err3.decode()[-2000:]
+    ids = {row["id"] for row in day_rows(tmp_path / "data", "m1", "2025-03-08")}
+    assert ids == {"bitcoin", "ethereum"}
+    leftovers = [p.name for p in (tmp_path / "data").rglob("*.tmp")]
+    assert leftovers == []
