@@ -80,3 +80,28 @@ def test_profile_samples_go_to_the_innermost_cost_centre(tmp_path: Path) -> None
         OTHER: 2,
     }
     assert centre_of(["main (x.py:1)"]) == OTHER
+
+
+def test_bench_help_answers_without_setting_anything_up(tmp_path: Path) -> None:
+    # A copy of the repository without .venv/: --help must print the options and
+    # create nothing (before, it created .venv/ and installed the bench extra first).
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    copy = tmp_path / "repo"
+    (copy / "scripts").mkdir(parents=True)
+    shutil.copy2(repo / "scripts" / "bench", copy / "scripts" / "bench")
+    shutil.copytree(repo / "bench", copy / "bench")
+    done = subprocess.run(
+        [str(copy / "scripts" / "bench"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ./scripts/bench")
+    assert "--baseline" in done.stdout
+    assert "==>" not in done.stderr  # no set-up step ran
+    assert not (copy / ".venv").exists()
