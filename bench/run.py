@@ -236,10 +236,12 @@ class Bench:
                 "ours_no_candles": [],
                 "kcat": [],
                 "naive": [],
+                "quix": [],
             }
             for i in range(self.plan.repeat):
                 runs["kcat"].append(self.sink_kcat(topic, n, i))
                 runs["naive"].append(self.sink_naive(topic, n, i))
+                runs["quix"].append(self.sink_quix(topic, n, i))
                 runs["ours"].append(self.sink_ours(topic, n, i))
                 runs["ours_no_candles"].append(self.sink_ours(topic, n, i, candles=False))
                 if self.args.baseline:
@@ -280,6 +282,17 @@ class Bench:
             raise proc.BenchError(f"the naive consumer wrote {rows} rows, expected {n}")
         target.unlink()
         return self._row("naive", rows, done.result["seconds"], done)
+
+    def sink_quix(self, topic: str, n: int, i: int) -> dict[str, Any]:
+        target = self.out / f"quix-{i}.csv"
+        cmd = [self.python, "-m", "bench.quix_consumer", "--bootstrap", self.bootstrap]
+        cmd += ["--topic", topic, "--out", str(target), "--end", str(n)]
+        done = proc.run("Quix Streams", cmd, log=self.out / f"quix-{i}.log", timeout=1800)
+        rows = _count_lines(target) - 1
+        if rows != n or done.result["rows"] != n:
+            raise proc.BenchError(f"Quix Streams wrote {rows} rows, expected {n}")
+        target.unlink()
+        return self._row("quix", rows, done.result["seconds"], done)
 
     def sink_ours(
         self, topic: str, n: int, i: int, *, candles: bool = True, code: Path | None = None
