@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 #: The phases of a full run, in order.
-PHASES = ("sink", "stalls", "producer", "latency", "steady")
+PHASES = ("sink", "assets", "stalls", "producer", "latency", "steady")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ PRODUCER_NAMES = {
 SINK_VS_KCAT = 0.5
 SINK_VS_NAIVE = 2.0
 SINK_VS_QUIX = 2.0
+ASSET_GROWTH_PERCENT = 20.0
 P99_MS = 50.0
 STALL_MS = 50.0
 RSS_MB = 150.0
@@ -79,6 +80,44 @@ def _loop_lag(sink: dict[str, Any]) -> list[str]:
             f"{health.get('max_ms', 0):.1f} |"
         )
     return [*lines, ""]
+
+
+def _many_assets(record: dict[str, Any]) -> tuple[list[str], tuple[str, str, bool] | None]:
+    """Rows/s and CPU per row at each number of assets; how CPU per row grows."""
+    lines = [
+        f"### 1c. Many assets: {_n(record['messages'])} ticks over "
+        f"{record['partitions']} partitions, at each number of assets",
+        "",
+        "| assets | cryptostream rows/s | naive rows/s | Quix Streams rows/s "
+        "| cryptostream / naive | cryptostream / Quix | cryptostream CPU µs per row |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    cpu: list[float] = []
+    for assets, best in record["counts"].items():
+        ours, naive, quix = best["ours"], best["naive"], best["quix"]
+        cpu.append(ours["cpu_us_per_row"])
+        lines.append(
+            f"| {_n(int(assets))} | **{_n(ours['rows_per_second'])}** "
+            f"| {_n(naive['rows_per_second'])} | {_n(quix['rows_per_second'])} "
+            f"| **{ours['rows_per_second'] / naive['rows_per_second']:.2f}** "
+            f"| {ours['rows_per_second'] / quix['rows_per_second']:.2f} "
+            f"| {ours['cpu_us_per_row']:.2f} |"
+        )
+    goal = None
+    if len(cpu) >= 2:
+        growth = (cpu[-1] / cpu[0] - 1) * 100
+        counts = list(record["counts"])
+        first, last = counts[0], counts[-1]
+        lines += [
+            "",
+            f"CPU per row from {first} to {last} assets: **{growth:+.0f} %**.",
+        ]
+        goal = (
+            f"CPU µs per row grows ≤ {ASSET_GROWTH_PERCENT:g} % from {first} to {last} assets",
+            f"{growth:+.0f} %",
+            growth <= ASSET_GROWTH_PERCENT,
+        )
+    return [*lines, ""], goal
 
 
 def render(results: dict[str, Any]) -> str:
@@ -141,6 +180,13 @@ def render(results: dict[str, Any]) -> str:
                     vs_quix >= SINK_VS_QUIX,
                 )
             )
+
+    assets = results.get("assets")
+    if assets:
+        lines, growth_goal = _many_assets(assets)
+        out += lines
+        if growth_goal is not None:
+            goals.append(growth_goal)
 
     stalls = results.get("stalls")
     if stalls:

@@ -64,6 +64,11 @@ class Plan:
     repeat: int = 1
     stall_day_rows: int = 1_000_000
     stall_trim_mb: int = 1024
+    #: The many-assets phase: the sink against the naive consumer and Quix Streams at
+    #: each number of assets, over ``asset_partitions`` partitions.
+    asset_counts: tuple[int, ...] = (6, 100, 500, 2000)
+    asset_ticks: int = 1_000_000
+    asset_partitions: int = 3
 
 
 QUICK = Plan(
@@ -76,6 +81,8 @@ QUICK = Plan(
     sample_every=0.5,
     stall_day_rows=20_000,
     stall_trim_mb=8,
+    asset_counts=(6, 500),
+    asset_ticks=20_000,
 )
 PHASES = cli.PHASES
 
@@ -129,21 +136,23 @@ class Bench:
         self._topic_no += 1
         return f"bench-{prefix}-{os.getpid()}-{self._topic_no}"
 
-    def create_topic(self, name: str) -> None:
+    def create_topic(self, name: str, partitions: int = 1) -> None:
         from cryptostream.config import KafkaConfig
         from cryptostream.topic import Topic
 
-        asyncio.run(Topic(KafkaConfig(bootstrap_servers=self.bootstrap, topic=name)).ensure())
+        kafka = KafkaConfig(bootstrap_servers=self.bootstrap, topic=name, partitions=partitions)
+        asyncio.run(Topic(kafka).ensure())
 
-    def end_offset(self, topic: str) -> int:
+    def end_offset(self, topic: str, partitions: int = 1) -> int:
+        """The messages the topic holds: its partitions' end offsets (they start at 0)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         async def query() -> int:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
             await consumer.start()
             try:
-                tp = TopicPartition(topic, 0)
-                return int((await consumer.end_offsets([tp]))[tp])
+                tps = [TopicPartition(topic, p) for p in range(partitions)]
+                return sum(int(v) for v in (await consumer.end_offsets(tps)).values())
             finally:
                 await consumer.stop()
 
@@ -180,6 +189,8 @@ class Bench:
             phases = self.args.only or PHASES
             if "sink" in phases:
                 self.sink_throughput()
+            if "assets" in phases:
+                self.many_assets()
             if "stalls" in phases:
                 self.stalls()
             if "producer" in phases:
@@ -252,6 +263,30 @@ class Bench:
             record["best"] = {
                 k: max(v, key=lambda r: r["rows_per_second"]) for k, v in runs.items()
             }
+
+    def many_assets(self) -> None:
+        """The sink, the naive consumer and Quix Streams at each number of assets."""
+        n, parts = self.plan.asset_ticks, self.plan.asset_partitions
+        with self.phase("assets") as record:
+            record.update(messages=n, partitions=parts, counts={})
+            for assets in self.plan.asset_counts:
+                payloads = self.out / f"payloads-{n}-{assets}-assets.tsv"
+                self.log(f"writing {n:,} tick messages over {assets:,} assets")
+                write_payloads(payloads, n, assets=assets)
+                topic = self.topic(f"assets-{assets}")
+                self.create_topic(topic, partitions=parts)
+                self.kcat_produce(topic, payloads)
+                if (end := self.end_offset(topic, parts)) != n:
+                    raise proc.BenchError(f"preloaded topic holds {end} messages, expected {n}")
+                payloads.unlink()
+                runs: dict[str, list[dict[str, Any]]] = {"ours": [], "naive": [], "quix": []}
+                for i in range(self.plan.repeat):
+                    runs["naive"].append(self.sink_naive(topic, n, i))
+                    runs["quix"].append(self.sink_quix(topic, n, i))
+                    runs["ours"].append(self.sink_ours(topic, n, i))
+                record["counts"][str(assets)] = {
+                    k: max(v, key=lambda r: r["rows_per_second"]) for k, v in runs.items()
+                }
 
     def sink_kcat(self, topic: str, n: int, i: int) -> dict[str, Any]:
         target = self.out / f"kcat-{i}.jsonl"

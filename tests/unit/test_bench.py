@@ -105,3 +105,28 @@ def test_bench_help_answers_without_setting_anything_up(tmp_path: Path) -> None:
     assert "--baseline" in done.stdout
     assert "==>" not in done.stderr  # no set-up step ran
     assert not (copy / ".venv").exists()
+
+
+def test_many_assets_table_reports_the_growth_of_cpu_per_row() -> None:
+    from bench.report import _many_assets
+
+    def row(rate: float, cpu: float) -> dict[str, float]:
+        return {"rows_per_second": rate, "cpu_us_per_row": cpu}
+
+    record = {
+        "messages": 1000,
+        "partitions": 3,
+        "counts": {
+            "6": {"ours": row(200.0, 10.0), "naive": row(100.0, 9.0), "quix": row(50.0, 30.0)},
+            "2000": {"ours": row(150.0, 13.0), "naive": row(100.0, 9.0), "quix": row(50.0, 30.0)},
+        },
+    }
+    lines, goal = _many_assets(record)
+    text = "\n".join(lines)
+    assert "| 6 | **200** | 100 | 50 | **2.00** | 4.00 | 10.00 |" in text
+    assert "| 2,000 | **150** | 100 | 50 | **1.50** | 3.00 | 13.00 |" in text
+    assert goal is not None
+    name, measured, met = goal
+    assert "2000 assets" in name
+    assert measured == "+30 %"
+    assert not met  # 30 % is more than the 20 % allowed
