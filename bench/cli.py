@@ -59,8 +59,9 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="also run the sink and producer contenders with the cryptostream package of "
-        "another checkout (DIR holds its cryptostream/), for before/after figures",
+        help="also run the sink, producer and service (latency, steady) runs with the "
+        "cryptostream package of another checkout (DIR holds its cryptostream/), side by "
+        "side in the same run, for before/after figures",
     )
     parser.add_argument(
         "--dashboard",

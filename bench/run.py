@@ -195,10 +195,16 @@ class Bench:
                 self.stalls()
             if "producer" in phases:
                 self.producer_throughput()
-            if "latency" in phases:
-                self.service_run("latency", self.plan.fast_rate, self.plan.fast_seconds)
-            if "steady" in phases:
-                self.service_run("steady", self.plan.slow_rate, self.plan.steady_seconds)
+            # With --baseline, each service run is followed by the same run of the other
+            # checkout, so a latency figure tells the code from the machine.
+            for name, rate, seconds in (
+                ("latency", self.plan.fast_rate, self.plan.fast_seconds),
+                ("steady", self.plan.slow_rate, self.plan.steady_seconds),
+            ):
+                if name in phases:
+                    self.service_run(name, rate, seconds)
+                    if self.args.baseline:
+                        self.service_baseline(name, rate, seconds)
             if self.args.profile or "profile" in phases:
                 self.profile()
         finally:
@@ -486,21 +492,41 @@ class Bench:
             log__format="json",
         )
 
-    def service_run(self, name: str, rate: float, seconds: float) -> None:
-        data = self.out / f"service-{int(rate)}"
+    def service_baseline(self, name: str, rate: float, seconds: float) -> None:
+        """The same service run with the ``--baseline`` checkout's package; a failure (an
+        old tree without the probe's hooks) is recorded and the run goes on."""
+        try:
+            self.service_run(f"{name}_baseline", rate, seconds, code=self.args.baseline)
+        except proc.BenchError as exc:
+            self.log(f"the --baseline service run failed: {exc}")
+            self.results[f"{name}_baseline"] = {"error": str(exc), "rate": rate}
+
+    def service_run(
+        self, name: str, rate: float, seconds: float, *, code: Path | None = None
+    ) -> None:
+        tag = f"{int(rate)}" if code is None else f"{int(rate)}-baseline"
+        data = self.out / f"service-{tag}"
         shutil.rmtree(data, ignore_errors=True)
-        latencies = self.out / f"latencies-{int(rate)}.f64"
+        latencies = self.out / f"latencies-{tag}.f64"
         port = _free_port()
-        env = self.service_env(f"e2e-{int(rate)}", rate, data, port)
+        env = self.service_env(f"e2e-{tag}", rate, data, port)
+        cwd = REPO
+        if code is not None:
+            # Run from the other checkout: its ``cryptostream`` comes first on sys.path.
+            env["PYTHONPATH"] = str(REPO)
+            cwd = code.resolve()
         topic = env["CRYPTOSTREAM_KAFKA__TOPIC"]
         cmd = [self.python, "-m", "bench.service_probe", "--latencies", str(latencies)]
         plan = self.plan
         with self.phase(name) as record:
             record.update(rate=rate, seconds=seconds, dashboard=self.args.dashboard)
+            record["code"] = "baseline" if code is not None else "this tree"
             samples: list[proc.Sample] = []
-            log_path = self.out / f"service-{int(rate)}.log"
+            log_path = self.out / f"service-{tag}.log"
             with log_path.open("wb") as log:
-                child = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+                child = subprocess.Popen(
+                    cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd
+                )
                 try:
                     self._wait_ready(child, port, log_path)
                     end = time.monotonic() + seconds
@@ -513,13 +539,13 @@ class Bench:
                     if (s := proc.sample(child.pid)) is not None:
                         samples.append(s)
                     child.send_signal(signal.SIGTERM)
-                    code = child.wait(timeout=120)
+                    status = child.wait(timeout=120)
                 finally:
                     if child.poll() is None:
                         child.kill()
                         child.wait()
-            if code != 0:
-                raise proc.BenchError(f"the service exited with {code}; see {log_path}")
+            if status != 0:
+                raise proc.BenchError(f"the service exited with {status}; see {log_path}")
             records = stats.read_latencies(latencies)
             rows = self.check_csv(data, len(records))
             published = self.end_offset(topic)
