@@ -644,6 +644,7 @@ class Bench:
         self.profile_service(profiles)
         self.results["profiles"] = profiles
         # Cost centres of the py-spy profiles (pyinstrument's text is for reading).
+        self.results["profile_rows"] = {"py-spy": n}
         self.results["cost_centres"] = {
             name: summarize(Path(path))
             for name, path in profiles.items()
