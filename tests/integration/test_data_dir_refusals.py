@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from cryptostream.cli import main
 from cryptostream.metrics import Metrics
@@ -24,6 +27,21 @@ from cryptostream.sink.csvsink import CsvSink, Record
 from cryptostream.tick import Tick
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """``main()`` points the logs at this test's captured stderr: put them back, or
+    every later test logs to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.configure(**config)
 
 
 def written_by_the_sink(data_dir: Path, topic: str) -> bytes:
