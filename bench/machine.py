@@ -71,6 +71,7 @@ def describe(data_dir: Path, kafka_version: str, kcat: str) -> dict[str, str]:
         "kcat": kcat_version(kcat),
         "aiokafka": _version("aiokafka"),
         "orjson": _version("orjson"),
+        "quixstreams": _version("quixstreams"),
     }
 
 

@@ -44,7 +44,7 @@ async def consume(args: argparse.Namespace) -> dict[str, Any]:
                 data = json.loads(message.value)
                 writer.writerow(data)
                 rows += 1
-                if message.offset + 1 >= args.end:
+                if rows >= args.end:
                     break
         fsync_file(args.out)
         done = now()
@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--end", type=int, required=True, help="offset to consume up to")
+    parser.add_argument(
+        "--end", type=int, required=True, help="messages to consume (all partitions)"
+    )
     report(asyncio.run(consume(args=parser.parse_args())))
 
 

@@ -11,16 +11,28 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cryptostream.config import Config
+import msgspec
+
+from cryptostream.config import DEFAULT_ASSETS, Config
 from cryptostream.source.demo import DemoSource
 from cryptostream.tick import Tick
 
 _CHUNK = 10_000
 
 
-def demo_ticks(count: int, seed: int = 1) -> Iterator[Tick]:
-    """``count`` demo ticks over the six default assets, each stamped with firstValue."""
-    source = DemoSource(Config(), seed=seed)
+def asset_ids(count: int) -> tuple[str, ...]:
+    """The six default assets, then ``coin-0007``, ``coin-0008``, ... up to ``count`` ids."""
+    extra = tuple(f"coin-{i:04d}" for i in range(len(DEFAULT_ASSETS) + 1, count + 1))
+    return (DEFAULT_ASSETS + extra)[:count]
+
+
+def demo_ticks(count: int, seed: int = 1, assets: int = len(DEFAULT_ASSETS)) -> Iterator[Tick]:
+    """``count`` demo ticks over ``assets`` assets, each stamped with firstValue."""
+    config = Config()
+    config = msgspec.structs.replace(
+        config, source=msgspec.structs.replace(config.source, assets=asset_ids(assets))
+    )
+    source = DemoSource(config, seed=seed)
     first: dict[str, str] = {}
     start = time.time() - 3600.0
     made = 0
@@ -34,12 +46,12 @@ def demo_ticks(count: int, seed: int = 1) -> Iterator[Tick]:
         made += n
 
 
-def write_payloads(path: Path, count: int, seed: int = 1) -> int:
-    """Write ``count`` messages to ``path``; returns the bytes of values written."""
+def write_payloads(path: Path, count: int, seed: int = 1, assets: int = len(DEFAULT_ASSETS)) -> int:
+    """Write ``count`` messages over ``assets`` assets to ``path``; returns the value bytes."""
     value_bytes = 0
     with path.open("wb") as out:
         lines: list[bytes] = []
-        for tick in demo_ticks(count, seed):
+        for tick in demo_ticks(count, seed, assets):
             value = tick.to_json()
             value_bytes += len(value)
             lines.append(tick.key() + b"\t" + value + b"\n")

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import kafkalocal
-from bench import machine, proc, stats
+from bench import cli, machine, proc, stats
 from bench.common import REPO, fsync_file
 from bench.payloads import write_payloads
 from bench.profile import summarize
@@ -64,6 +64,11 @@ class Plan:
     repeat: int = 1
     stall_day_rows: int = 1_000_000
     stall_trim_mb: int = 1024
+    #: The many-assets phase: the sink against the naive consumer and Quix Streams at
+    #: each number of assets, over ``asset_partitions`` partitions.
+    asset_counts: tuple[int, ...] = (6, 100, 500, 2000)
+    asset_ticks: int = 1_000_000
+    asset_partitions: int = 3
 
 
 QUICK = Plan(
@@ -76,8 +81,10 @@ QUICK = Plan(
     sample_every=0.5,
     stall_day_rows=20_000,
     stall_trim_mb=8,
+    asset_counts=(6, 500),
+    asset_ticks=20_000,
 )
-PHASES = ("sink", "stalls", "producer", "latency", "steady")
+PHASES = cli.PHASES
 
 
 def _free_port() -> int:
@@ -129,21 +136,23 @@ class Bench:
         self._topic_no += 1
         return f"bench-{prefix}-{os.getpid()}-{self._topic_no}"
 
-    def create_topic(self, name: str) -> None:
+    def create_topic(self, name: str, partitions: int = 1) -> None:
         from cryptostream.config import KafkaConfig
         from cryptostream.topic import Topic
 
-        asyncio.run(Topic(KafkaConfig(bootstrap_servers=self.bootstrap, topic=name)).ensure())
+        kafka = KafkaConfig(bootstrap_servers=self.bootstrap, topic=name, partitions=partitions)
+        asyncio.run(Topic(kafka).ensure())
 
-    def end_offset(self, topic: str) -> int:
+    def end_offset(self, topic: str, partitions: int = 1) -> int:
+        """The messages the topic holds: its partitions' end offsets (they start at 0)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         async def query() -> int:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
             await consumer.start()
             try:
-                tp = TopicPartition(topic, 0)
-                return int((await consumer.end_offsets([tp]))[tp])
+                tps = [TopicPartition(topic, p) for p in range(partitions)]
+                return sum(int(v) for v in (await consumer.end_offsets(tps)).values())
             finally:
                 await consumer.stop()
 
@@ -180,14 +189,22 @@ class Bench:
             phases = self.args.only or PHASES
             if "sink" in phases:
                 self.sink_throughput()
+            if "assets" in phases:
+                self.many_assets()
             if "stalls" in phases:
                 self.stalls()
             if "producer" in phases:
                 self.producer_throughput()
-            if "latency" in phases:
-                self.service_run("latency", self.plan.fast_rate, self.plan.fast_seconds)
-            if "steady" in phases:
-                self.service_run("steady", self.plan.slow_rate, self.plan.steady_seconds)
+            # With --baseline, each service run is followed by the same run of the other
+            # checkout, so a latency figure tells the code from the machine.
+            for name, rate, seconds in (
+                ("latency", self.plan.fast_rate, self.plan.fast_seconds),
+                ("steady", self.plan.slow_rate, self.plan.steady_seconds),
+            ):
+                if name in phases:
+                    self.service_run(name, rate, seconds)
+                    if self.args.baseline:
+                        self.service_baseline(name, rate, seconds)
             if self.args.profile or "profile" in phases:
                 self.profile()
         finally:
@@ -236,10 +253,12 @@ class Bench:
                 "ours_no_candles": [],
                 "kcat": [],
                 "naive": [],
+                "quix": [],
             }
             for i in range(self.plan.repeat):
                 runs["kcat"].append(self.sink_kcat(topic, n, i))
                 runs["naive"].append(self.sink_naive(topic, n, i))
+                runs["quix"].append(self.sink_quix(topic, n, i))
                 runs["ours"].append(self.sink_ours(topic, n, i))
                 runs["ours_no_candles"].append(self.sink_ours(topic, n, i, candles=False))
                 if self.args.baseline:
@@ -250,6 +269,30 @@ class Bench:
             record["best"] = {
                 k: max(v, key=lambda r: r["rows_per_second"]) for k, v in runs.items()
             }
+
+    def many_assets(self) -> None:
+        """The sink, the naive consumer and Quix Streams at each number of assets."""
+        n, parts = self.plan.asset_ticks, self.plan.asset_partitions
+        with self.phase("assets") as record:
+            record.update(messages=n, partitions=parts, counts={})
+            for assets in self.plan.asset_counts:
+                payloads = self.out / f"payloads-{n}-{assets}-assets.tsv"
+                self.log(f"writing {n:,} tick messages over {assets:,} assets")
+                write_payloads(payloads, n, assets=assets)
+                topic = self.topic(f"assets-{assets}")
+                self.create_topic(topic, partitions=parts)
+                self.kcat_produce(topic, payloads)
+                if (end := self.end_offset(topic, parts)) != n:
+                    raise proc.BenchError(f"preloaded topic holds {end} messages, expected {n}")
+                payloads.unlink()
+                runs: dict[str, list[dict[str, Any]]] = {"ours": [], "naive": [], "quix": []}
+                for i in range(self.plan.repeat):
+                    runs["naive"].append(self.sink_naive(topic, n, i))
+                    runs["quix"].append(self.sink_quix(topic, n, i))
+                    runs["ours"].append(self.sink_ours(topic, n, i))
+                record["counts"][str(assets)] = {
+                    k: max(v, key=lambda r: r["rows_per_second"]) for k, v in runs.items()
+                }
 
     def sink_kcat(self, topic: str, n: int, i: int) -> dict[str, Any]:
         target = self.out / f"kcat-{i}.jsonl"
@@ -280,6 +323,17 @@ class Bench:
             raise proc.BenchError(f"the naive consumer wrote {rows} rows, expected {n}")
         target.unlink()
         return self._row("naive", rows, done.result["seconds"], done)
+
+    def sink_quix(self, topic: str, n: int, i: int) -> dict[str, Any]:
+        target = self.out / f"quix-{i}.csv"
+        cmd = [self.python, "-m", "bench.quix_consumer", "--bootstrap", self.bootstrap]
+        cmd += ["--topic", topic, "--out", str(target), "--end", str(n)]
+        done = proc.run("Quix Streams", cmd, log=self.out / f"quix-{i}.log", timeout=1800)
+        rows = _count_lines(target) - 1
+        if rows != n or done.result["rows"] != n:
+            raise proc.BenchError(f"Quix Streams wrote {rows} rows, expected {n}")
+        target.unlink()
+        return self._row("quix", rows, done.result["seconds"], done)
 
     def sink_ours(
         self, topic: str, n: int, i: int, *, candles: bool = True, code: Path | None = None
@@ -438,21 +492,41 @@ class Bench:
             log__format="json",
         )
 
-    def service_run(self, name: str, rate: float, seconds: float) -> None:
-        data = self.out / f"service-{int(rate)}"
+    def service_baseline(self, name: str, rate: float, seconds: float) -> None:
+        """The same service run with the ``--baseline`` checkout's package; a failure (an
+        old tree without the probe's hooks) is recorded and the run goes on."""
+        try:
+            self.service_run(f"{name}_baseline", rate, seconds, code=self.args.baseline)
+        except proc.BenchError as exc:
+            self.log(f"the --baseline service run failed: {exc}")
+            self.results[f"{name}_baseline"] = {"error": str(exc), "rate": rate}
+
+    def service_run(
+        self, name: str, rate: float, seconds: float, *, code: Path | None = None
+    ) -> None:
+        tag = f"{int(rate)}" if code is None else f"{int(rate)}-baseline"
+        data = self.out / f"service-{tag}"
         shutil.rmtree(data, ignore_errors=True)
-        latencies = self.out / f"latencies-{int(rate)}.f64"
+        latencies = self.out / f"latencies-{tag}.f64"
         port = _free_port()
-        env = self.service_env(f"e2e-{int(rate)}", rate, data, port)
+        env = self.service_env(f"e2e-{tag}", rate, data, port)
+        cwd = REPO
+        if code is not None:
+            # Run from the other checkout: its ``cryptostream`` comes first on sys.path.
+            env["PYTHONPATH"] = str(REPO)
+            cwd = code.resolve()
         topic = env["CRYPTOSTREAM_KAFKA__TOPIC"]
         cmd = [self.python, "-m", "bench.service_probe", "--latencies", str(latencies)]
         plan = self.plan
         with self.phase(name) as record:
             record.update(rate=rate, seconds=seconds, dashboard=self.args.dashboard)
+            record["code"] = "baseline" if code is not None else "this tree"
             samples: list[proc.Sample] = []
-            log_path = self.out / f"service-{int(rate)}.log"
+            log_path = self.out / f"service-{tag}.log"
             with log_path.open("wb") as log:
-                child = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+                child = subprocess.Popen(
+                    cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd
+                )
                 try:
                     self._wait_ready(child, port, log_path)
                     end = time.monotonic() + seconds
@@ -465,13 +539,13 @@ class Bench:
                     if (s := proc.sample(child.pid)) is not None:
                         samples.append(s)
                     child.send_signal(signal.SIGTERM)
-                    code = child.wait(timeout=120)
+                    status = child.wait(timeout=120)
                 finally:
                     if child.poll() is None:
                         child.kill()
                         child.wait()
-            if code != 0:
-                raise proc.BenchError(f"the service exited with {code}; see {log_path}")
+            if status != 0:
+                raise proc.BenchError(f"the service exited with {status}; see {log_path}")
             records = stats.read_latencies(latencies)
             rows = self.check_csv(data, len(records))
             published = self.end_offset(topic)
@@ -570,6 +644,7 @@ class Bench:
         self.profile_service(profiles)
         self.results["profiles"] = profiles
         # Cost centres of the py-spy profiles (pyinstrument's text is for reading).
+        self.results["profile_rows"] = {"py-spy": n}
         self.results["cost_centres"] = {
             name: summarize(Path(path))
             for name, path in profiles.items()
@@ -621,63 +696,7 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="./scripts/bench",
-        description="Benchmark cryptostream against kcat and a naive consumer on a local "
-        "Apache Kafka broker; prints the table of docs/performance.md.",
-    )
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run (CI)")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="output directory (default: build/bench/<UTC time>)"
-    )
-    parser.add_argument(
-        "--bootstrap", default=None, help="use this Kafka cluster instead of starting a broker"
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help="client port of the broker started here (default: a free one)",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=None,
-        help="runs of each throughput contender; the best counts (default 1)",
-    )
-    parser.add_argument("--ticks", type=int, default=None, help="messages preloaded for the sink")
-    parser.add_argument(
-        "--steady-seconds",
-        type=float,
-        default=None,
-        help="length of the 1,000 ticks/s run (default 300)",
-    )
-    parser.add_argument(
-        "--only",
-        nargs="+",
-        choices=(*PHASES, "profile"),
-        default=None,
-        help="run only these phases",
-    )
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="also profile the sink (pyinstrument, and py-spy if installed)",
-    )
-    parser.add_argument(
-        "--baseline",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="also run the sink and producer contenders with the cryptostream package of "
-        "another checkout (DIR holds its cryptostream/), for before/after figures",
-    )
-    parser.add_argument(
-        "--dashboard",
-        action="store_true",
-        help="keep the web dashboard on in the service runs (it keeps 30 days of ticks in "
-        "memory by design, which hides the pipeline's own memory figures)",
-    )
+    parser = cli.parser()
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     overrides = {

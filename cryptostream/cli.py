@@ -66,7 +66,8 @@ examples:
   cryptostream credits --json            (CoinCap credits spent and the plan)
 
 exit codes: 0 ok, 1 runtime failure or unhealthy, 2 bad configuration or usage,
-  or the data directory in use by another cryptostream process.
+  the data directory in use by another cryptostream process, holding another
+  topic's data, or on a file system without file locks.
 """
 
 
@@ -110,11 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
         return cmd
 
-    command(
+    run_cmd = command(
         run,
         help="run the pipeline until SIGINT/SIGTERM, then drain and exit",
         description="Fetch prices, publish them to Kafka, consume them into the CSV files. "
         "Stops cleanly on SIGINT/SIGTERM (a second signal forces the exit).",
+    )
+    run_cmd.add_argument(
+        "--preflight",
+        action="store_true",
+        help="only check the configuration and the data directory (its topic), print "
+        "the CoinCap credit plan, and exit: 0 ok, 2 if the service could not start",
     )
     check_cmd = command(
         check,
@@ -240,9 +247,20 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def run(config: Config, _args: argparse.Namespace) -> int:
-    from cryptostream.datadir import DataDirError
+def run(config: Config, args: argparse.Namespace) -> int:
+    from cryptostream.datadir import DataDirError, DataDirLock, check_topic
     from cryptostream.service import Service
+
+    preflight = bool(getattr(args, "preflight", False))
+    try:
+        # Data of another topic (kafka.topic changed in .env) is a configuration error.
+        check_topic(config.storage.data_dir, config.kafka.topic)
+        if preflight:
+            DataDirLock.probe(config.storage.data_dir)
+    except DataDirError as exc:
+        return _fail(str(exc), 2)
+    if preflight:
+        return credits(config, argparse.Namespace(json=False))
 
     async def _main() -> int:
         return await Service(config).run()
@@ -252,7 +270,7 @@ def run(config: Config, _args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop_before_start)
     try:
         return asyncio.run(_main())
-    except DataDirError as exc:  # another process holds the data directory
+    except DataDirError as exc:  # another process holds the directory, or it cannot lock
         return _fail(str(exc), 2)
     except _EarlyStop:
         return 0

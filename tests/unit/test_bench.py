@@ -80,3 +80,97 @@ def test_profile_samples_go_to_the_innermost_cost_centre(tmp_path: Path) -> None
         OTHER: 2,
     }
     assert centre_of(["main (x.py:1)"]) == OTHER
+
+
+def test_bench_help_answers_without_setting_anything_up(tmp_path: Path) -> None:
+    # A copy of the repository without .venv/: --help must print the options and
+    # create nothing (before, it created .venv/ and installed the bench extra first).
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    copy = tmp_path / "repo"
+    (copy / "scripts").mkdir(parents=True)
+    shutil.copy2(repo / "scripts" / "bench", copy / "scripts" / "bench")
+    shutil.copytree(repo / "bench", copy / "bench")
+    done = subprocess.run(
+        [str(copy / "scripts" / "bench"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ./scripts/bench")
+    assert "--baseline" in done.stdout
+    assert "==>" not in done.stderr  # no set-up step ran
+    assert not (copy / ".venv").exists()
+
+
+def test_many_assets_table_reports_the_growth_of_cpu_per_row() -> None:
+    from bench.report import _many_assets
+
+    def row(rate: float, cpu: float) -> dict[str, float]:
+        return {"rows_per_second": rate, "cpu_us_per_row": cpu}
+
+    record = {
+        "messages": 1000,
+        "partitions": 3,
+        "counts": {
+            "6": {"ours": row(200.0, 10.0), "naive": row(100.0, 9.0), "quix": row(50.0, 30.0)},
+            "2000": {"ours": row(150.0, 13.0), "naive": row(100.0, 9.0), "quix": row(50.0, 30.0)},
+        },
+    }
+    lines, goal = _many_assets(record)
+    text = "\n".join(lines)
+    assert "| 6 | **200** | 100 | 50 | **2.00** | 4.00 | 10.00 |" in text
+    assert "| 2,000 | **150** | 100 | 50 | **1.50** | 3.00 | 13.00 |" in text
+    assert goal is not None
+    name, measured, met = goal
+    assert "2000 assets" in name
+    assert measured == "+30 %"
+    assert not met  # 30 % is more than the 20 % allowed
+
+
+def test_profile_charges_the_benchmarks_probes_to_themselves_and_adds_up(tmp_path: Path) -> None:
+    from bench.profile import NOT_CPU, PROBE, table
+
+    loop = "run (asyncio/runners.py:190);_run_once (asyncio/base_events.py:1922)"
+    lines = [
+        # The /healthz client and the lag probe: frames of aiohttp and asyncio under the
+        # bench's own code are the bench's, not the event loop's or the web server's.
+        f"{loop};poll_healthz (bench/lag.py:70);_request (aiohttp/client.py:600) 7",
+        f"{loop};_probe (bench/lag.py:40);sleep (asyncio/tasks.py:640) 3",
+        f"{loop};handle (aiohttp/web_protocol.py:500);healthz (cryptostream/web.py:60) 2",
+        f"{loop};select (selectors.py:468);epoll_wait (libc.so.6) 40",
+        f"{loop};CsvSink.write (cryptostream/sink/csvsink.py:330) 8",
+    ]
+    path = tmp_path / "raw.txt"
+    path.write_text("\n".join(lines) + "\n")
+    rows = summarize(path)
+    shares = {centre: n for centre, n, _ in rows}
+    assert shares[PROBE] == 10
+    assert shares["web server (aiohttp: /healthz, metrics)"] == 2
+    assert "event loop, sockets" not in shares
+    assert shares[NOT_CPU[0]] == 40
+    # 200 samples/s over 1,000 rows: one sample = 5 µs per row; idle is no CPU.
+    text = table(rows, rows_done=1000, rate=200.0)
+    assert f"| {PROBE} | 10 | " in text and "| 50.00 |" in text
+    assert "| **all CPU centres** | | | **100.00** |" in text  # (10 + 2 + 8) samples, 5 µs each
+
+
+def test_a_contenders_main_is_not_a_probe(tmp_path: Path) -> None:
+    # Every stack of the contender's event-loop thread starts in its main(): the work
+    # under it is the product's, unless it runs in a probe's own frame.
+    from bench.profile import PROBE
+
+    root = "main (bench/service_probe.py:60);run (asyncio/runners.py:190)"
+    lines = [
+        f"{root};getmany (aiokafka/consumer/consumer.py:1147) 4",
+        f"{root};record (bench/service_probe.py:47);tofile (array) 1",
+        "main (bench/sink_ours.py:106);consume (bench/sink_ours.py:80);sleep (asyncio/x.py:1) 2",
+    ]
+    path = tmp_path / "raw.txt"
+    path.write_text("\n".join(lines) + "\n")
+    shares = {centre: n for centre, n, _ in summarize(path)}
+    assert shares == {"aiokafka: fetch, decode records, ConsumerRecord": 4, PROBE: 3}
