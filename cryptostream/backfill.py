@@ -386,8 +386,12 @@ class Backfill:
             await self._fetch_name(client, window.asset)
             calls += 1
         symbol, name = self._names[window.asset]
+        # Budgeted by its expected size, not one credit: a day of m1 is about 58.
+        cost = history_credits_estimate(_rows(window, self._interval))
         response = await client.retrying(
-            lambda: client.get_history(window.asset, self._interval, window.start_ms, window.end_ms)
+            lambda: client.get_history(
+                window.asset, self._interval, window.start_ms, window.end_ms, cost=cost
+            )
         )
         calls += 1
         ticks: list[Tick] = []

@@ -183,8 +183,13 @@ class CreditBudget:
 
     # -- before and after each request -----------------------------------------------
 
-    def refusal(self, kind: str) -> str | None:
-        """Why a CoinCap request of ``kind`` must not go out now; None when it may."""
+    def refusal(self, kind: str, cost: int | None = None) -> str | None:
+        """Why a CoinCap request of ``kind`` must not go out now; None when it may.
+
+        ``cost`` is what the request is expected to be billed (a history request: its
+        rows times bytes per row); by default a poll's last cost, else one credit. A request
+        whose estimate would take the count over the budget is refused before it is sent.
+        """
         rec = self.ledger.current()
         now = self.clock()
         _, end = self.ledger.bounds()
@@ -200,14 +205,16 @@ class CreditBudget:
             log.info("coincap_allowance_probe", kind=kind)
             self.ledger.mark_spent(probe=True)
             return None
-        cost = self.poll_credits() if kind in ("poll", "refresh") else 1
+        if cost is None:
+            cost = self.poll_credits() if kind in ("poll", "refresh") else 1
         # The open stream's started minute (and the next, once allowed) is owed already.
         used = rec.credits + self._stream_owed * STREAM_CREDITS_PER_MINUTE
         if self.enforce and self.monthly and self.monthly - used < cost:
             self._set_exhausted("budget", used=used, reset=iso(end))
+            needs = f"the next request needs about {cost}; " if cost > 1 else ""
             return (
                 f"the CoinCap budget is spent: {used} of {self.monthly} credits used "
-                f"(coincap.monthly_credits); CoinCap again from {iso(end)}"
+                f"(coincap.monthly_credits); {needs}CoinCap again from {iso(end)}"
             )
         self._set_exhausted(None)
         return None

@@ -119,11 +119,13 @@ class CoinCapClient:
             slow_interval=config.auth_retry_interval,
         )
 
-    async def get(self, path: str, params: dict[str, str]) -> bytes:
-        """GET ``base_url + path``; the body of a 200, else an ApiError subclass."""
+    async def get(self, path: str, params: dict[str, str], *, cost: int | None = None) -> bytes:
+        """GET ``base_url + path``; the body of a 200, else an ApiError subclass.
+        ``cost``: the credits the answer is expected to cost, checked against the budget
+        before the request is sent (see :meth:`CreditBudget.refusal`)."""
         budget = self._budget
         if budget is not None:
-            reason = budget.refusal(self.kind)
+            reason = budget.refusal(self.kind, cost)
             if reason is not None:
                 raise AllowanceSpent(reason)
         answer = await self._http.get(self._base + path, params)
@@ -153,11 +155,12 @@ class CoinCapClient:
         return parse_envelope(await self.get("/assets", {"ids": ",".join(ids)}))
 
     async def get_history(
-        self, asset: str, interval: str, start_ms: int, end_ms: int
+        self, asset: str, interval: str, start_ms: int, end_ms: int, *, cost: int | None = None
     ) -> AssetsResponse:
-        """One ``/assets/{id}/history`` request: rows of ``{priceUsd, time, date}``."""
+        """One ``/assets/{id}/history`` request: rows of ``{priceUsd, time, date}``;
+        ``cost`` is its expected credits (by its rows), checked before it is sent."""
         params = {"interval": interval, "start": str(start_ms), "end": str(end_ms)}
-        return parse_envelope(await self.get(f"/assets/{asset}/history", params))
+        return parse_envelope(await self.get(f"/assets/{asset}/history", params, cost=cost))
 
     async def retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` under the declared retry policy; raises after ``retry_deadline``."""

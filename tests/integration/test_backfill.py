@@ -420,3 +420,23 @@ async def test_a_second_backfill_on_the_data_directory_is_refused_and_the_first_
     assert ids == {"bitcoin", "ethereum"}
     leftovers = [p.name for p in (tmp_path / "data").rglob("*.tmp")]
     assert leftovers == []
+
+
+async def test_each_history_request_is_budgeted_by_its_size_and_the_budget_holds(
+    make_config: ConfigFactory, fake_coincap: FakeCoinCap
+) -> None:
+    # The plan said yes, then the service spent 30 of the 100 credits beside it. Two
+    # days of m1 (about 58 credits each) fit no more: before, every history request was
+    # checked as 1 credit, so the second went out too and the count ended at 147 of 100.
+    config = make_config(
+        base_url=fake_coincap.base_url, env={"CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS": "100"}
+    )
+    job = Backfill(config, "m1")
+    job.budget.ledger.charge("poll", 30)
+    days = plan(["bitcoin"], parse_when("2025-03-07"), parse_when("2025-03-09"), "m1")
+    result = await job.run(days, progress=False)
+    used = job.budget.ledger.current().credits
+    assert used <= 100, f"{used} of 100 credits used"
+    assert fake_coincap.calls("/v3/assets/bitcoin/history") == 1
+    assert result.stopped is not None and "the next request needs about 58" in result.stopped
+    assert len(result.incomplete) == 1
