@@ -28,6 +28,7 @@ from cryptostream.metrics import Metrics
 from cryptostream.source.base import Emit
 from cryptostream.source.http import (
     AllowanceSpent,
+    AnswerTooLarge,
     ClientError,
     HttpClient,
     RetryPolicy,
@@ -128,7 +129,13 @@ class CoinCapClient:
             reason = budget.refusal(self.kind, cost)
             if reason is not None:
                 raise AllowanceSpent(reason)
-        answer = await self._http.get(self._base + path, params)
+        try:
+            answer = await self._http.get(self._base + path, params)
+        except AnswerTooLarge as exc:
+            # What was read is counted, as every answer is: by its decoded size.
+            if budget is not None:
+                budget.charged(self.kind, exc.status or 200, exc.nbytes)
+            raise
         if budget is not None:
             budget.charged(self.kind, answer.status, len(answer.body))
         if says_allowance_spent(answer):

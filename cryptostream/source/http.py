@@ -38,6 +38,13 @@ from cryptostream.retry import log_retries
 log = get_logger(__name__)
 
 MAX_RETRY_AFTER = 600.0
+#: The most of one answer read into memory, decoded (after gzip): a bigger one is
+#: refused as it arrives. The largest real answers are far below it (CoinCap's
+#: ``/assets`` for 2,000 ids about 0.9 MB, a day of m1 history about 140 KB), so only a
+#: broken upstream or proxy (or a gzip bomb: a few KB that decode to hundreds of MB)
+#: reaches it.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+_CHUNK = 64 * 1024
 T = TypeVar("T")
 
 
@@ -53,6 +60,17 @@ class ApiError(Exception):
 
 class TransientError(ApiError):
     kind = "transient"
+
+
+class AnswerTooLarge(TransientError):
+    """An answer bigger than :data:`MAX_ANSWER_BYTES` decoded: refused, its rest unread.
+    ``nbytes`` is what was read (and decoded) before it was refused."""
+
+    kind = "too_large"
+
+    def __init__(self, message: str, nbytes: int, status: int) -> None:
+        super().__init__(message, status)
+        self.nbytes = nbytes
 
 
 class RateLimited(ApiError):
@@ -176,7 +194,9 @@ class HttpClient:
         api: str,
         headers: Mapping[str, str] | None = None,
         auth_hint: str | None = None,
+        max_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
+        self._max_bytes = max_bytes
         self._session = session
         self._metrics = metrics
         self._source = source
@@ -198,7 +218,17 @@ class HttpClient:
             async with self._session.get(
                 url, params=params, headers=self._headers, timeout=self._timeout
             ) as resp:
-                answer = HttpAnswer(resp.status, await resp.read(), dict(resp.headers))
+                answer = HttpAnswer(resp.status, await self._read(resp), dict(resp.headers))
+        except AnswerTooLarge as exc:
+            self._count("too_large")
+            log.warning(
+                "api_answer_too_large",
+                source=self._source,
+                status=exc.status,
+                read_bytes=exc.nbytes,
+                limit_bytes=self._max_bytes,
+            )
+            raise
         except TimeoutError:
             self._count("timeout")
             raise TransientError(f"no answer within {self._timeout_s:g} s") from None
@@ -207,6 +237,23 @@ class HttpClient:
             raise TransientError(f"{type(exc).__name__}: {exc}") from None
         self._count(str(answer.status))
         return answer
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The decoded body, read a chunk at a time: :class:`AnswerTooLarge` as soon as
+        it passes ``max_bytes`` (never the whole of a huge or endless answer in memory)."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise AnswerTooLarge(
+                    f"{self._api} answered more than {self._max_bytes:,} bytes "
+                    f"(HTTP {resp.status}): refused unread past that",
+                    size,
+                    resp.status,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def check(self, answer: HttpAnswer, hints: Mapping[int, str] | None = None) -> bytes:
         """The body of a 200; any other status raised as its :class:`ApiError`
