@@ -1,8 +1,8 @@
 """The report in the PBIR format: one page laid out like the built-in dashboard.
 
 A line chart of each asset's price variation over time, a Year / Month / Day
-slicer, a table of the last price per asset and six cards, on a 1280 x 720
-(16:9) page. Every file names the JSON schema it follows; the versions are
+slicer, an Asset slicer, a table of the last price per asset and six cards, on
+a 1280 x 720 (16:9) page. Every file names the JSON schema it follows; the versions are
 those Power BI Desktop wrote in May 2025 (see powerbi/README.md).
 """
 
@@ -106,11 +106,16 @@ class Visual:
 
 
 def visuals() -> tuple[Visual, ...]:
-    """The page: a row of cards, then the slicer, the chart and the last-values table."""
+    """The page: a row of cards, then the slicers, the chart and the last-values table.
+
+    The Asset and Last price cards answer for one asset (picked in the Asset slicer
+    or the chart's legend) and say "Select one asset" otherwise; the other cards
+    count or date whatever the filter holds.
+    """
     margin, gap = 16, 12
     cards = (
-        ("card_asset", "Asset", "Last Asset"),
-        ("card_last_price", "Last price (USD)", "Last Price"),
+        ("card_asset", "Asset", "Asset"),
+        ("card_last_price", "Last price (USD)", "Last Price Card"),
         ("card_last_time", "Last time (UTC)", "Last Time"),
         ("card_records", "Records", "Records"),
         ("card_assets", "Assets tracked", "Assets"),
@@ -131,14 +136,23 @@ def visuals() -> tuple[Visual, ...]:
     top = margin + card_h + gap
     height = PAGE_HEIGHT - top - margin
     slicer_w, table_w = 220, 364
+    date_h = (height - gap) // 2
     chart_w = PAGE_WIDTH - 2 * margin - slicer_w - table_w - 2 * gap
     out += [
         Visual(
             "slicer_date",
             "slicer",
             "Date (UTC)",
-            (margin, top, slicer_w, height),
+            (margin, top, slicer_w, date_h),
             {"Values": (level("Year"), level("Month"), level("Day"))},
+            objects={"data": [{"properties": {"mode": text("Basic")}}]},
+        ),
+        Visual(
+            "slicer_asset",
+            "slicer",
+            "Asset",
+            (margin, top + date_h + gap, slicer_w, height - date_h - gap),
+            {"Values": (Field(TICKS, "name"),)},
             objects={"data": [{"properties": {"mode": text("Basic")}}]},
         ),
         Visual(

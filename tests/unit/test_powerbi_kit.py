@@ -93,8 +93,9 @@ def test_every_column_a_dax_measure_names_exists() -> None:
         "Assets",
         "Days Tracked",
         "Last Time",
+        "Asset",
         "Last Price",
-        "Last Asset",
+        "Last Price Card",
         "Price Variation %",
     }
     queries = set(m_scripts())
