@@ -74,15 +74,18 @@ class Field:
             }
         return {self.kind: {"Expression": source, "Property": self.prop}}
 
-    def projection(self) -> Json:
+    def projection(self, active: bool = False) -> Json:
         parts = (
             [self.table, self.hierarchy, self.prop] if self.hierarchy else [self.table, self.prop]
         )
-        return {
+        out: Json = {
             "field": self.expression(),
             "queryRef": ".".join(parts),
             "nativeQueryRef": f"{self.hierarchy} {self.prop}" if self.hierarchy else self.prop,
         }
+        if active:
+            out["active"] = True
+        return out
 
 
 def measure(prop: str) -> Field:
@@ -103,6 +106,9 @@ class Visual:
     roles: dict[str, tuple[Field, ...]]
     objects: Json | None = None
     sort: Field | None = None
+    #: Roles whose fields group the visual (a slicer's values, a chart's X axis): Power BI
+    #: Desktop saves their projections with ``"active": true``.
+    grouping: tuple[str, ...] = ()
 
 
 def visuals() -> tuple[Visual, ...]:
@@ -146,6 +152,7 @@ def visuals() -> tuple[Visual, ...]:
             (margin, top, slicer_w, date_h),
             {"Values": (level("Year"), level("Month"), level("Day"))},
             objects={"data": [{"properties": {"mode": text("Basic")}}]},
+            grouping=("Values",),
         ),
         Visual(
             "slicer_asset",
@@ -154,6 +161,7 @@ def visuals() -> tuple[Visual, ...]:
             (margin, top + date_h + gap, slicer_w, height - date_h - gap),
             {"Values": (Field(TICKS, "name"),)},
             objects={"data": [{"properties": {"mode": text("Basic")}}]},
+            grouping=("Values",),
         ),
         Visual(
             "chart_variation",
@@ -165,6 +173,7 @@ def visuals() -> tuple[Visual, ...]:
                 "Y": (measure("Price Variation %"),),
                 "Series": (Field(TICKS, "symbol"),),
             },
+            grouping=("Category",),
         ),
         Visual(
             "table_last_values",
@@ -186,7 +195,7 @@ def visuals() -> tuple[Visual, ...]:
 def visual_json(v: Visual, z: int) -> Json:
     query: Json = {
         "queryState": {
-            role: {"projections": [f.projection() for f in fields]}
+            role: {"projections": [f.projection(role in v.grouping) for f in fields]}
             for role, fields in v.roles.items()
         }
     }
@@ -280,7 +289,9 @@ def report_files() -> dict[str, Json]:
             "height": PAGE_HEIGHT,
             "width": PAGE_WIDTH,
         },
-        f"StaticResources/SharedResources/BaseThemes/{BASE_THEME}.json": theme(BASE_THEME),
+        # Desktop resolves a base theme by its name (CY24SU10 is one of its built-in
+        # themes): the file only names it; our colours are in the custom theme.
+        f"StaticResources/SharedResources/BaseThemes/{BASE_THEME}.json": {"name": BASE_THEME},
         f"StaticResources/RegisteredResources/{CUSTOM_THEME}": theme(CUSTOM_THEME),
     }
     for z, v in enumerate(visuals()):

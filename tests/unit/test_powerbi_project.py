@@ -152,7 +152,12 @@ def test_the_themes_report_json_names_exist(project: Path) -> None:
         path = rdir / "StaticResources" / theme["type"] / item["path"]
         content = json.loads(path.read_text(encoding="utf-8"))
         assert content["name"] == theme["name"]
-        assert all(re.fullmatch(r"#[0-9a-fA-F]{6}", c) for c in content["dataColors"])
+        if slot == "customTheme":
+            assert content["dataColors"] == report.COLORS
+            assert all(re.fullmatch(r"#[0-9a-fA-F]{6}", c) for c in content["dataColors"])
+        else:
+            # Desktop resolves the base theme by its built-in name: the file only names it.
+            assert content == {"name": "CY24SU10"}
 
 
 def test_the_page_is_16_9_and_every_visual_fits_without_overlap(project: Path) -> None:
@@ -188,6 +193,25 @@ def test_the_page_has_the_classic_visuals(project: Path) -> None:
         if d["visual"]["visualType"] == "card"
     }
     assert cards == {"Asset", "Last Price Card", "Last Time", "Records", "Assets", "Days Tracked"}
+
+
+def test_grouping_fields_are_active_as_desktop_saves_them(project: Path) -> None:
+    """The slicers' fields and the chart's X axis carry "active": true; nothing else does."""
+    active = set()
+    for name, doc in visual_docs(project).items():
+        for role, state in doc["visual"]["query"]["queryState"].items():
+            for projection in state["projections"]:
+                if projection.get("active") is True:
+                    active.add((name, role, projection["nativeQueryRef"]))
+                else:
+                    assert "active" not in projection, (name, role)
+    assert active == {
+        ("slicer_date", "Values", "Date Year"),
+        ("slicer_date", "Values", "Date Month"),
+        ("slicer_date", "Values", "Date Day"),
+        ("slicer_asset", "Values", "name"),
+        ("chart_variation", "Category", "TimeUTC"),
+    }
 
 
 # --- the model --------------------------------------------------------------------
