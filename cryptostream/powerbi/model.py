@@ -78,34 +78,78 @@ def tick_columns() -> tuple[Column, ...]:
     )
 
 
+#: What the asset cards say when the filter holds several assets.
+SELECT_ONE = "Select one asset"
+
+
 def measures() -> tuple[Measure, ...]:
-    """The report's measures (the kit's measures.dax is written from these)."""
+    """The report's measures (the kit's measures.dax is written from these).
+
+    Every asset of one poll has the same timestamp, so "the newest tick" names one
+    asset only once the filter holds one asset: the per-asset measures answer
+    then, and say :data:`SELECT_ONE` (or nothing) otherwise, never a mix of two
+    assets' values.
+    """
     t = TICKS
+    one_asset = f"HASONEVALUE ( {t}[id] )"
+    # Rows of the newest timestamp, within the current filter (KEEPFILTERS keeps it).
+    newest = f"KEEPFILTERS ( {t}[timestamp] = LastTimestamp )"
     return (
         Measure("Records", f"COUNTROWS ( {t} )", "#,0", "Ticks in the current filter."),
-        Measure("Assets", f"DISTINCTCOUNT ( {t}[id] )", "0", "Assets tracked."),
+        Measure("Assets", f"DISTINCTCOUNT ( {t}[id] )", "0", "Assets in the current filter."),
         Measure("Days Tracked", f"DISTINCTCOUNT ( {t}[DateUTC] )", "0", "UTC days with ticks."),
-        Measure("Last Time", f"MAX ( {t}[TimeUTC] )", "yyyy-mm-dd hh:nn:ss", "Newest tick, UTC."),
         Measure(
-            "Last Price",
-            f"VAR LastTimestamp = MAX ( {t}[timestamp] )\nRETURN\n"
-            f"    CALCULATE ( MAX ( {t}[priceUsd] ), {t}[timestamp] = LastTimestamp )",
-            _PRICE_FORMAT,
-            "The price of the newest tick in the current filter (an asset picked in a "
-            "slicer or a table row gives that asset's last price).",
+            "Last Time",
+            f"MAX ( {t}[TimeUTC] )",
+            "yyyy-mm-dd hh:nn:ss",
+            "Time of the newest tick in the current filter, UTC (one asset picked: its "
+            "newest tick; every asset: the newest poll).",
         ),
         Measure(
-            "Last Asset",
-            f"VAR LastTimestamp = MAX ( {t}[timestamp] )\nRETURN\n"
-            f"    CALCULATE ( MAX ( {t}[name] ), {t}[timestamp] = LastTimestamp )",
+            "Asset",
+            f"VAR AssetCount = DISTINCTCOUNT ( {t}[id] )\n"
+            f"VAR LastTimestamp = MAX ( {t}[timestamp] )\n"
+            "RETURN\n"
+            "    SWITCH (\n"
+            "        TRUE (),\n"
+            "        AssetCount = 0, BLANK (),\n"
+            f'        AssetCount > 1, "{SELECT_ONE}",\n'
+            f"        CALCULATE ( MAX ( {t}[name] ), {newest} )\n"
+            "    )",
             "",
-            "The asset of the newest tick in the current filter.",
+            "The name of the one asset in the current filter (picked in the Asset slicer, "
+            f'a chart legend or a row); "{SELECT_ONE}" when the filter holds several.',
+        ),
+        Measure(
+            "Last Price",
+            f"VAR LastTimestamp = MAX ( {t}[timestamp] )\n"
+            "RETURN\n"
+            "    IF (\n"
+            f"        {one_asset},\n"
+            f"        CALCULATE ( MAX ( {t}[priceUsd] ), {newest} )\n"
+            "    )",
+            _PRICE_FORMAT,
+            "The price of the newest tick of the one asset in the current filter (a slicer, "
+            "a chart legend or a table row picks it); blank when the filter holds several "
+            "assets.",
+        ),
+        Measure(
+            "Last Price Card",
+            "IF (\n"
+            f"    {one_asset},\n"
+            f'    FORMAT ( [Last Price], "{_PRICE_FORMAT}" ),\n'
+            f'    IF ( NOT ISEMPTY ( {t} ), "{SELECT_ONE}" )\n'
+            ")",
+            "",
+            f'Last Price as the card shows it: "{SELECT_ONE}" when the filter holds several '
+            "assets.",
         ),
         Measure(
             "Price Variation %",
-            f"AVERAGE ( {t}[PriceVariation] )",
+            f"IF ( {one_asset}, AVERAGE ( {t}[PriceVariation] ) )",
             "0.00%",
-            "The price variation against the day's first price, for a line chart's values.",
+            "The price variation of one asset against its day's first price (the mean over "
+            "the ticks of a chart point); blank when the filter holds several assets.",
         ),
     )
 

@@ -149,11 +149,26 @@ let
 in
     WithVariation"""
 
+FN_FILE = """\
+(folder as text, file as text) as table =>
+let
+    // A file that is not there yet (a project written before the first tick, or
+    // moved to another machine) gives no rows instead of a refresh error. The
+    // folder's listing (names only: no file is opened) is counted inside try, so
+    // a missing folder is no error either.
+    Matches = (name as text) => Text.Lower(name) = Text.Lower(file),
+    Present =
+        (try Table.RowCount(Table.SelectRows(Folder.Contents(folder), each Matches([Name])))
+            otherwise 0) > 0,
+    Rows = if Present then fnCryptoCsv(File.Contents(folder & "\\" & file)) else #table({}, {})
+in
+    Rows"""
+
 TICKS = """\
 let
     Rows =
         if TicksFrom = "crypto_data" then
-            fnCryptoCsv(File.Contents(DataFolder & "\\crypto_data.csv"))
+            fnCryptoFile(DataFolder, "crypto_data.csv")
         else
             fnCryptoFolder(DataFolder & "\\history\\ticks"),
     Ticks = fnCryptoTicks(Rows)
@@ -162,7 +177,7 @@ in
 
 LAST_VALUES = """\
 let
-    Source = fnCryptoTicks(fnCryptoCsv(File.Contents(DataFolder & "\\crypto_last_values.csv")))
+    Source = fnCryptoTicks(fnCryptoFile(DataFolder, "crypto_last_values.csv"))
 in
     Source"""
 
@@ -216,6 +231,13 @@ def queries(
             "every daily CSV file of a folder, combined (Folder connector); no rows when the "
             "folder does not exist.",
             FN_FOLDER,
+        ),
+        Query(
+            "fnCryptoFile",
+            "function",
+            "one CSV file of a folder (fnCryptoCsv); no rows, not an error, when the file "
+            "or the folder is not there yet.",
+            FN_FILE,
         ),
         Query(
             "fnCryptoTicks",

@@ -1,8 +1,8 @@
 """The report in the PBIR format: one page laid out like the built-in dashboard.
 
 A line chart of each asset's price variation over time, a Year / Month / Day
-slicer, a table of the last price per asset and six cards, on a 1280 x 720
-(16:9) page. Every file names the JSON schema it follows; the versions are
+slicer, an Asset slicer, a table of the last price per asset and six cards, on
+a 1280 x 720 (16:9) page. Every file names the JSON schema it follows; the versions are
 those Power BI Desktop wrote in May 2025 (see powerbi/README.md).
 """
 
@@ -74,15 +74,18 @@ class Field:
             }
         return {self.kind: {"Expression": source, "Property": self.prop}}
 
-    def projection(self) -> Json:
+    def projection(self, active: bool = False) -> Json:
         parts = (
             [self.table, self.hierarchy, self.prop] if self.hierarchy else [self.table, self.prop]
         )
-        return {
+        out: Json = {
             "field": self.expression(),
             "queryRef": ".".join(parts),
             "nativeQueryRef": f"{self.hierarchy} {self.prop}" if self.hierarchy else self.prop,
         }
+        if active:
+            out["active"] = True
+        return out
 
 
 def measure(prop: str) -> Field:
@@ -103,14 +106,22 @@ class Visual:
     roles: dict[str, tuple[Field, ...]]
     objects: Json | None = None
     sort: Field | None = None
+    #: Roles whose fields group the visual (a slicer's values, a chart's X axis): Power BI
+    #: Desktop saves their projections with ``"active": true``.
+    grouping: tuple[str, ...] = ()
 
 
 def visuals() -> tuple[Visual, ...]:
-    """The page: a row of cards, then the slicer, the chart and the last-values table."""
+    """The page: a row of cards, then the slicers, the chart and the last-values table.
+
+    The Asset and Last price cards answer for one asset (picked in the Asset slicer
+    or the chart's legend) and say "Select one asset" otherwise; the other cards
+    count or date whatever the filter holds.
+    """
     margin, gap = 16, 12
     cards = (
-        ("card_asset", "Asset", "Last Asset"),
-        ("card_last_price", "Last price (USD)", "Last Price"),
+        ("card_asset", "Asset", "Asset"),
+        ("card_last_price", "Last price (USD)", "Last Price Card"),
         ("card_last_time", "Last time (UTC)", "Last Time"),
         ("card_records", "Records", "Records"),
         ("card_assets", "Assets tracked", "Assets"),
@@ -131,15 +142,26 @@ def visuals() -> tuple[Visual, ...]:
     top = margin + card_h + gap
     height = PAGE_HEIGHT - top - margin
     slicer_w, table_w = 220, 364
+    date_h = (height - gap) // 2
     chart_w = PAGE_WIDTH - 2 * margin - slicer_w - table_w - 2 * gap
     out += [
         Visual(
             "slicer_date",
             "slicer",
             "Date (UTC)",
-            (margin, top, slicer_w, height),
+            (margin, top, slicer_w, date_h),
             {"Values": (level("Year"), level("Month"), level("Day"))},
             objects={"data": [{"properties": {"mode": text("Basic")}}]},
+            grouping=("Values",),
+        ),
+        Visual(
+            "slicer_asset",
+            "slicer",
+            "Asset",
+            (margin, top + date_h + gap, slicer_w, height - date_h - gap),
+            {"Values": (Field(TICKS, "name"),)},
+            objects={"data": [{"properties": {"mode": text("Basic")}}]},
+            grouping=("Values",),
         ),
         Visual(
             "chart_variation",
@@ -151,6 +173,7 @@ def visuals() -> tuple[Visual, ...]:
                 "Y": (measure("Price Variation %"),),
                 "Series": (Field(TICKS, "symbol"),),
             },
+            grouping=("Category",),
         ),
         Visual(
             "table_last_values",
@@ -172,7 +195,7 @@ def visuals() -> tuple[Visual, ...]:
 def visual_json(v: Visual, z: int) -> Json:
     query: Json = {
         "queryState": {
-            role: {"projections": [f.projection() for f in fields]}
+            role: {"projections": [f.projection(role in v.grouping) for f in fields]}
             for role, fields in v.roles.items()
         }
     }
@@ -266,7 +289,9 @@ def report_files() -> dict[str, Json]:
             "height": PAGE_HEIGHT,
             "width": PAGE_WIDTH,
         },
-        f"StaticResources/SharedResources/BaseThemes/{BASE_THEME}.json": theme(BASE_THEME),
+        # Desktop resolves a base theme by its name (CY24SU10 is one of its built-in
+        # themes): the file only names it; our colours are in the custom theme.
+        f"StaticResources/SharedResources/BaseThemes/{BASE_THEME}.json": {"name": BASE_THEME},
         f"StaticResources/RegisteredResources/{CUSTOM_THEME}": theme(CUSTOM_THEME),
     }
     for z, v in enumerate(visuals()):

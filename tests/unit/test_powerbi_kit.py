@@ -67,10 +67,10 @@ def test_m_scripts_use_only_queries_of_the_kit_and_the_right_files() -> None:
     for name in ("crypto_ticks", "crypto_last_values", "crypto_backfill"):
         code = scripts[name]
         assert "DataFolder" in code and "fnCryptoTicks(" in code, name
-    assert '"\\crypto_data.csv"' in scripts["crypto_ticks"]
+    assert 'fnCryptoFile(DataFolder, "crypto_data.csv")' in scripts["crypto_ticks"]
     assert '"\\history\\ticks"' in scripts["crypto_ticks"]
     assert "fnCryptoFolder(" in scripts["crypto_ticks"]
-    assert '"\\crypto_last_values.csv"' in scripts["crypto_last_values"]
+    assert 'fnCryptoFile(DataFolder, "crypto_last_values.csv")' in scripts["crypto_last_values"]
     assert '"\\history\\backfill\\"' in scripts["crypto_backfill"]
     assert "Folder.Files" in scripts["fnCryptoFolder"]
     # Every name a query calls is a query of the kit (or M's standard library).
@@ -93,8 +93,9 @@ def test_every_column_a_dax_measure_names_exists() -> None:
         "Assets",
         "Days Tracked",
         "Last Time",
+        "Asset",
         "Last Price",
-        "Last Asset",
+        "Last Price Card",
         "Price Variation %",
     }
     queries = set(m_scripts())

@@ -85,8 +85,8 @@ def test_every_json_file_matches_the_schema_it_names(project: Path) -> None:
         errors = pbip.schema_errors(doc, registry)
         assert not errors, f"{path.relative_to(project)}: {errors}"
         checked += 1
-    # .pbip, 2 x .platform, .pbism, .pbir, version, report, pages, page, 9 visuals
-    assert checked == 18
+    # .pbip, 2 x .platform, .pbism, .pbir, version, report, pages, page, 10 visuals
+    assert checked == 19
 
 
 def test_the_schema_check_fails_on_a_broken_file(project: Path) -> None:
@@ -152,7 +152,12 @@ def test_the_themes_report_json_names_exist(project: Path) -> None:
         path = rdir / "StaticResources" / theme["type"] / item["path"]
         content = json.loads(path.read_text(encoding="utf-8"))
         assert content["name"] == theme["name"]
-        assert all(re.fullmatch(r"#[0-9a-fA-F]{6}", c) for c in content["dataColors"])
+        if slot == "customTheme":
+            assert content["dataColors"] == report.COLORS
+            assert all(re.fullmatch(r"#[0-9a-fA-F]{6}", c) for c in content["dataColors"])
+        else:
+            # Desktop resolves the base theme by its built-in name: the file only names it.
+            assert content == {"name": "CY24SU10"}
 
 
 def test_the_page_is_16_9_and_every_visual_fits_without_overlap(project: Path) -> None:
@@ -172,12 +177,14 @@ def test_the_page_is_16_9_and_every_visual_fits_without_overlap(project: Path) -
 def test_the_page_has_the_classic_visuals(project: Path) -> None:
     docs = visual_docs(project)
     kinds = sorted(d["visual"]["visualType"] for d in docs.values())
-    assert kinds == ["card"] * 6 + ["lineChart", "slicer", "tableEx"]
+    assert kinds == ["card"] * 6 + ["lineChart", "slicer", "slicer", "tableEx"]
     chart = docs["chart_variation"]["visual"]["query"]["queryState"]
     assert chart["Y"]["projections"][0]["field"]["Measure"]["Property"] == "Price Variation %"
     assert chart["Series"]["projections"][0]["field"]["Column"]["Property"] == "symbol"
     slicer = docs["slicer_date"]["visual"]["query"]["queryState"]["Values"]["projections"]
     assert [p["field"]["HierarchyLevel"]["Level"] for p in slicer] == ["Year", "Month", "Day"]
+    assets = docs["slicer_asset"]["visual"]["query"]["queryState"]["Values"]["projections"]
+    assert [p["field"]["Column"]["Property"] for p in assets] == ["name"]
     cards = {
         d["visual"]["query"]["queryState"]["Values"]["projections"][0]["field"]["Measure"][
             "Property"
@@ -185,7 +192,26 @@ def test_the_page_has_the_classic_visuals(project: Path) -> None:
         for d in docs.values()
         if d["visual"]["visualType"] == "card"
     }
-    assert cards == {"Last Asset", "Last Price", "Last Time", "Records", "Assets", "Days Tracked"}
+    assert cards == {"Asset", "Last Price Card", "Last Time", "Records", "Assets", "Days Tracked"}
+
+
+def test_grouping_fields_are_active_as_desktop_saves_them(project: Path) -> None:
+    """The slicers' fields and the chart's X axis carry "active": true; nothing else does."""
+    active = set()
+    for name, doc in visual_docs(project).items():
+        for role, state in doc["visual"]["query"]["queryState"].items():
+            for projection in state["projections"]:
+                if projection.get("active") is True:
+                    active.add((name, role, projection["nativeQueryRef"]))
+                else:
+                    assert "active" not in projection, (name, role)
+    assert active == {
+        ("slicer_date", "Values", "Date Year"),
+        ("slicer_date", "Values", "Date Month"),
+        ("slicer_date", "Values", "Date Day"),
+        ("slicer_asset", "Values", "name"),
+        ("chart_variation", "Category", "TimeUTC"),
+    }
 
 
 # --- the model --------------------------------------------------------------------
@@ -234,8 +260,9 @@ def test_every_column_a_measure_names_exists(model: pbip.Model) -> None:
         "Assets",
         "Days Tracked",
         "Last Time",
+        "Asset",
         "Last Price",
-        "Last Asset",
+        "Last Price Card",
         "Price Variation %",
     }
     for name, m in measures.items():
