@@ -516,7 +516,16 @@ class Bench:
             env["PYTHONPATH"] = str(REPO)
             cwd = code.resolve()
         topic = env["CRYPTOSTREAM_KAFKA__TOPIC"]
-        cmd = [self.python, "-m", "bench.service_probe", "--latencies", str(latencies)]
+        transactions = self.out / f"transactions-{tag}.f64"
+        cmd = [
+            self.python,
+            "-m",
+            "bench.service_probe",
+            "--latencies",
+            str(latencies),
+            "--transactions",
+            str(transactions),
+        ]
         plan = self.plan
         with self.phase(name) as record:
             record.update(rate=rate, seconds=seconds, dashboard=self.args.dashboard)
@@ -557,7 +566,9 @@ class Bench:
                 stats.steady(samples, records, plan.steady_warmup)
             )
             record["samples"] = [dataclasses.astuple(s) for s in samples]
+            record["transactions"] = dataclasses.asdict(stats.transactions(transactions))
         latencies.unlink()
+        transactions.unlink()
         shutil.rmtree(data)
 
     @staticmethod
