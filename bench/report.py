@@ -247,6 +247,25 @@ def render(results: dict[str, Any]) -> str:
                 f"{lat['p50_ms']:.1f} | **{lat['p99_ms']:.1f}** | {lat['max_ms']:.1f} | "
                 f"{lat['startup_max_ms']:.0f} | {run['load_before']} → {run['load_after']} |"
             )
+        timed = [run for run in runs if run.get("transactions")]
+        if timed:
+            out += [
+                "",
+                "The sink's transactions in the same runs (each `write` the consumer waits "
+                "for, timed by the probe, with the fsyncs its thread made):",
+                "",
+                "| rate | code | transactions | mean ms | p50 ms | p99 ms | max ms "
+                "| fsyncs per transaction |",
+                "|---|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for run in timed:
+                tx = run["transactions"]
+                out.append(
+                    f"| {_n(run['rate'])} ticks/s | {run.get('code', 'this tree')} "
+                    f"| {_n(tx['count'])} | {tx['mean_ms']:.2f} | {tx['p50_ms']:.2f} "
+                    f"| {tx['p99_ms']:.2f} | {tx['max_ms']:.1f} "
+                    f"| **{tx['fsyncs_per_transaction']:.2f}** |"
+                )
         out += [
             "",
             "### 3. Steady state of the whole service process (fetch → Kafka → CSV)",

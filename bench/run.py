@@ -511,12 +511,24 @@ class Bench:
         port = _free_port()
         env = self.service_env(f"e2e-{tag}", rate, data, port)
         cwd = REPO
+        probe = ["-m", "bench.service_probe"]
         if code is not None:
-            # Run from the other checkout: its ``cryptostream`` comes first on sys.path.
-            env["PYTHONPATH"] = str(REPO)
-            cwd = code.resolve()
+            # This tree's probe (run as a script: it imports only ``cryptostream``) with
+            # the other checkout's ``cryptostream`` first on sys.path, so both trees are
+            # timed and counted by the same probe.
+            env["PYTHONPATH"] = str(code.resolve())
+            probe = [str(REPO / "bench" / "service_probe.py")]
+            cwd = code.resolve()  # and its config.toml
         topic = env["CRYPTOSTREAM_KAFKA__TOPIC"]
-        cmd = [self.python, "-m", "bench.service_probe", "--latencies", str(latencies)]
+        transactions = self.out / f"transactions-{tag}.f64"
+        cmd = [
+            self.python,
+            *probe,
+            "--latencies",
+            str(latencies),
+            "--transactions",
+            str(transactions),
+        ]
         plan = self.plan
         with self.phase(name) as record:
             record.update(rate=rate, seconds=seconds, dashboard=self.args.dashboard)
@@ -557,7 +569,9 @@ class Bench:
                 stats.steady(samples, records, plan.steady_warmup)
             )
             record["samples"] = [dataclasses.astuple(s) for s in samples]
+            record["transactions"] = dataclasses.asdict(stats.transactions(transactions))
         latencies.unlink()
+        transactions.unlink()
         shutil.rmtree(data)
 
     @staticmethod

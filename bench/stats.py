@@ -36,6 +36,37 @@ class Latency:
     startup_max_ms: float
 
 
+@dataclass
+class Transactions:
+    """The sink's ``write`` calls as the service probe timed them."""
+
+    count: int
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    fsyncs_per_transaction: float
+
+
+def transactions(path: Path) -> Transactions:
+    """Summary of the probe's (seconds, fsyncs) pairs; calls that wrote nothing (an idle
+    fetch's empty batch, no fsync) are left out."""
+    raw = array("d")
+    raw.frombytes(path.read_bytes())
+    pairs = [(sec, n) for sec, n in zip(raw[0::2], raw[1::2], strict=True) if n > 0]
+    if not pairs:
+        return Transactions(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    times = sorted(sec for sec, _ in pairs)
+    return Transactions(
+        count=len(pairs),
+        mean_ms=sum(times) / len(times) * 1000,
+        p50_ms=percentile(times, 50) * 1000,
+        p99_ms=percentile(times, 99) * 1000,
+        max_ms=times[-1] * 1000,
+        fsyncs_per_transaction=sum(n for _, n in pairs) / len(pairs),
+    )
+
+
 def latency(records: list[tuple[float, float]], warmup: float) -> Latency:
     """Latency percentiles of the ticks observed ``warmup`` seconds or more after the first.
 

@@ -10,9 +10,11 @@ once and remembered.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cryptostream.tick import Tick
 
@@ -66,13 +68,40 @@ def csv_line(tick: Tick) -> str:
     )
 
 
-def read_rows(path: Path) -> Iterator[list[str]]:
-    """The rows of a tick CSV file, without the header and rows of another width."""
+def read_rows(path: Path, limit: int | None = None) -> Iterator[list[str]]:
+    """The rows of a tick CSV file, without the header and rows of another width;
+    with ``limit``, of its first ``limit`` bytes only (a committed length: the rows
+    appended after it are not read)."""
     try:
-        fh = path.open(newline="", encoding="utf-8")
+        raw = path.open("rb", buffering=0)
     except FileNotFoundError:
         return
-    with fh:
+    reader: io.RawIOBase = raw if limit is None else _Prefix(raw, limit)
+    with io.TextIOWrapper(io.BufferedReader(reader), encoding="utf-8", newline="") as fh:
         rows = csv.reader(fh)
         next(rows, None)
         yield from (row for row in rows if len(row) == len(COLUMNS))
+
+
+class _Prefix(io.RawIOBase):
+    """The first ``limit`` bytes of a raw file."""
+
+    def __init__(self, raw: io.FileIO, limit: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._left = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._left)
+        if n <= 0:
+            return 0
+        got = self._raw.readinto(memoryview(buffer)[:n]) or 0
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()

@@ -19,13 +19,20 @@ the length of the tick file they were computed from (a watermark per day, for
 every level at once). On start, every day whose watermark is not its tick
 file's committed length is rebuilt — so a kill between the 1m, 1h and 1d
 replacements, or before the watermark, costs a rebuild, never a stale level.
+
+Off the commit path: driven by the service (:mod:`cryptostream.sink.worker`) the
+book is fed on a thread of its own after each commit, and may lag behind the
+sink by a few batches. So each feed carries the committed length of the days it
+touches (``sizes``): a day read back from its tick file is read up to that length
+only, and a watermark is the length the candles were folded from, not the
+file's length at the time of the flush.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from operator import attrgetter
@@ -35,7 +42,7 @@ import orjson
 
 from cryptostream.csvrow import read_rows, text_cell
 from cryptostream.days import Days, day_start
-from cryptostream.files import atomic_write
+from cryptostream.files import atomic_write, fsync_dir
 from cryptostream.layout import CANDLE_WATERMARKS_FILE, TICKS_DIR, candle_file, daily_file
 from cryptostream.logs import get_logger
 from cryptostream.tick import Tick
@@ -148,6 +155,8 @@ class CandleBook:
         self._days: dict[str, _Day] = {}
         self._dirty: set[str] = set()
         self._watermarks: dict[str, int] = {}
+        #: Per day in memory: the committed length of its tick file folded in so far.
+        self._folded: dict[str, int] = {}
         self._last_flush = 0.0
         self._day_of = Days().name
 
@@ -159,8 +168,12 @@ class CandleBook:
 
     # -- feeding -------------------------------------------------------------------
 
-    def add(self, ticks: Iterable[Tick]) -> None:
+    def add(self, ticks: Iterable[Tick], sizes: Mapping[str, int] | None = None) -> None:
         """Account for durable ticks; rewrites changed days at most every FLUSH_EVERY s.
+
+        ``sizes``: each day's committed tick-file length with these ticks in it (by
+        default the committed length now, right for a caller that feeds each batch as
+        it commits).
 
         The ticks are grouped per (asset, minute) first, in arrival order, and each
         group is folded into its candle at once (:func:`_fold`): the same candle as
@@ -178,13 +191,18 @@ class CandleBook:
                 touched.add(day)
                 if day in loaded:
                     continue
+                size = sizes.get(day) if sizes is not None else self._committed_size(day)
                 candles = self._days.get(day)
                 if candles is None:
-                    # Not in memory: the day's tick file already holds this batch's ticks.
-                    self._days[day] = self._load_day(self._data_dir / daily_file(day))
+                    # Not in memory: the day's tick file already holds this batch's ticks
+                    # (up to ``size``; later batches are fed later).
+                    path = self._data_dir / daily_file(day)
+                    self._days[day] = self._load_day(path, size)
                     loaded.add(day)
                 else:
                     _fold(candles, (text_cell(asset), minute), group)
+                if size is not None:
+                    self._folded[day] = size
                 self._dirty.add(day)
         except BaseException:
             # Part of the batch may be folded in: forget those days, so each is read
@@ -192,6 +210,7 @@ class CandleBook:
             # behind, makes a restart rebuild it too).
             for day in touched:
                 self._days.pop(day, None)
+                self._folded.pop(day, None)
                 self._dirty.discard(day)
             raise
         now = time.monotonic()
@@ -204,8 +223,11 @@ class CandleBook:
         self._watermarks = self._load_watermarks()
         days = {p.stem for p in self._ticks_dir.glob("*.csv")}
         for day in sorted(days):
-            if self._watermarks.get(day) != self._committed_size(day) or not self._files_exist(day):
-                self._days[day] = self._load_day(self._ticks_dir / f"{day}.csv")
+            size = self._committed_size(day)
+            if self._watermarks.get(day) != size or not self._files_exist(day):
+                self._days[day] = self._load_day(self._ticks_dir / f"{day}.csv", size)
+                if size is not None:
+                    self._folded[day] = size
                 self._dirty.add(day)
         # A day without its tick file has no candles to vouch for.
         gone = set(self._watermarks) - days
@@ -239,10 +261,11 @@ class CandleBook:
         data = orjson.dumps({"days": dict(sorted(self._watermarks.items()))})
         atomic_write(self._watermark_path, data, fsync=self._fsync)
 
-    def _load_day(self, tick_file: Path) -> _Day:
+    def _load_day(self, tick_file: Path, size: int | None = None) -> _Day:
+        """A day's candles from its tick file (its first ``size`` bytes, if given)."""
         candles: _Day = {}
         cells: dict[str, str] = {}
-        for ts, asset, symbol, price, vwap in _read_ticks(tick_file):
+        for ts, asset, symbol, price, vwap in _read_ticks(tick_file, size):
             cell = cells.get(asset)
             if cell is None:
                 cell = cells[asset] = text_cell(asset)
@@ -254,22 +277,32 @@ class CandleBook:
     def flush(self) -> None:
         if not self._dirty:
             return
+        written: list[tuple[str, int | None]] = []
+        dirs: set[Path] = set()
         for day in sorted(self._dirty):
-            # Read before writing: the candles in memory hold every committed tick of
-            # the day, which is exactly this length of its tick file.
-            size = self._committed_size(day)
+            # The candles in memory hold the ticks of exactly this length of the day's
+            # tick file (the sink may have committed more since: a later feed).
+            size = self._folded.get(day, self._committed_size(day))
             self._watermarks.pop(day, None)
-            self._write_day(day, self._days[day])
+            dirs |= self._write_day(day, self._days[day])
+            written.append((day, size))
+            self._dirty.discard(day)
+        # Each directory once, for all the renames in it, before any watermark says so.
+        if self._fsync:
+            for directory in sorted(dirs):
+                fsync_dir(directory)
+        for day, size in written:
             if size is not None:
                 self._watermarks[day] = size
-            self._dirty.discard(day)
         # Last: a kill before this line leaves a watermark behind, which means a rebuild.
         self._save_watermarks()
         # Keep only the newest days in memory; an older one is reloaded if needed.
         for day in sorted(self._days)[: -self._keep_days]:
             del self._days[day]
+            self._folded.pop(day, None)
 
-    def _write_day(self, day: str, minutes: _Day) -> None:
+    def _write_day(self, day: str, minutes: _Day) -> set[Path]:
+        """Replace the day's three levels; the directories to fsync for the renames."""
         lines_1m, hours = _roll_up(minutes, 3600)
         lines_1h, daily = _roll_up(hours, 86400)
         self._replace(self._data_dir / candle_file("1m", day), lines_1m)
@@ -281,10 +314,12 @@ class CandleBook:
         lines = [line for line in _read_lines(year_file) if _start(line) != start_of_day]
         lines += (candle.row(start, asset) for (asset, start), candle in daily.items())
         self._replace(year_file, sorted(lines, key=lambda line: (_start(line), line)))
+        return {(self._data_dir / candle_file(p, day)).parent for p in ("1m", "1h", "1d")}
 
     def _replace(self, path: Path, lines: list[str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, (HEADER + "".join(lines)).encode(), fsync=self._fsync)
+        data = (HEADER + "".join(lines)).encode()
+        atomic_write(path, data, fsync=self._fsync, sync_dir=False)
 
 
 def _roll_up(candles: _Day, period: int) -> tuple[list[str], _Day]:
@@ -361,8 +396,10 @@ def _fold(candles: _Day, key: tuple[str, int], group: list[Tick]) -> None:
     candle.vwap_n += len(vwaps)
 
 
-def _read_ticks(path: Path) -> Iterator[tuple[float, str, str, str, str | None]]:
-    for row in read_rows(path):
+def _read_ticks(
+    path: Path, size: int | None = None
+) -> Iterator[tuple[float, str, str, str, str | None]]:
+    for row in read_rows(path, size):
         try:
             Decimal(row[4])
             yield float(row[0]), row[1], row[2], row[4], row[7] or None

@@ -8,8 +8,13 @@ beside the CSV files, not only in Kafka. Each batch is one transaction:
    dead-letter file), fsync each;
 2. atomically replace the state: next offset per partition, the durable length
    of every append-only file, and the last row per asset;
-3. after that commit point, atomically replace ``crypto_last_values.csv`` from
-   the committed state (derived: a failure is logged, the batch still counts).
+3. after that commit point (and the ``last_write`` stamp), atomically replace
+   ``crypto_last_values.csv`` from the committed state (derived and rebuilt at
+   start, so written without fsync: a failure is logged, the batch still counts).
+
+That is four fsyncs a transaction (the two appends, the state file and its
+directory). The candles are not on this path when the service drives the sink:
+:class:`~cryptostream.sink.worker.SinkWorker` feeds them on a thread of their own.
 
 **The rename of the state file is the commit point.** A failure before it rolls
 the batch back (every file cut to its committed length) and the batch is
@@ -43,6 +48,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -165,6 +171,10 @@ class CsvSink:
         # A rollback could not cut the files back: recover from the state before writing.
         self._broken = False
         self._candles_error: str | None = None
+        #: The candles are fed by :meth:`add_candles` (the worker's second thread), not
+        #: by :meth:`write`; the lock keeps a recovery and a feed from overlapping.
+        self.defer_candles = False
+        self._candles_lock = threading.Lock()
         #: Seconds since the epoch of the last durable batch (for readiness).
         self.last_write = 0.0
         self._observers: list[Callable[[list[Tick]], None]] = []
@@ -481,6 +491,8 @@ class CsvSink:
         self._first_values.commit()
         if self._fsync:
             self._sync_state_dir()
+        # Durable now: the stamp is the rows' end-to-end latency, derived files follow.
+        self.last_write = result.committed_at = time.time()
         if last_updates:
             # After the commit point, from the committed state: a reader never sees a row
             # that did not commit. It is derived: on failure open() or the next batch
@@ -503,8 +515,8 @@ class CsvSink:
             if evicted > 0:
                 known.difference_update(islice(chain(window, order), evicted))
             window.extend(order)
-        self.last_write = result.committed_at = time.time()
         result.ticks = written
+        result.day_sizes = {day: sizes[daily_file(day)] for day in by_day}
         if written:
             self._after_commit(written)
         return result
@@ -530,7 +542,7 @@ class CsvSink:
 
     def _after_commit(self, written: list[Tick]) -> None:
         """Derived work; failures here never undo or block the committed batch."""
-        if self.candles is not None:
+        if self.candles is not None and not self.defer_candles:
             self._candles_do(self.candles.add, written)
         if self._retention_days:
             self._maybe_trim()
@@ -540,12 +552,19 @@ class CsvSink:
             except Exception:
                 log.exception("sink_observer_failed")
 
+    def add_candles(self, ticks: list[Tick], day_sizes: dict[str, int]) -> None:
+        """Feed a committed batch's ticks to the candles (with :attr:`defer_candles`);
+        ``day_sizes`` is the batch's :attr:`BatchResult.day_sizes`."""
+        if self.candles is not None:
+            self._candles_do(self.candles.add, ticks, day_sizes)
+
     def _candles_do(self, step: Callable[..., None], *args: Any) -> None:
         """Run a step of the derived candles: whatever it raises (a full disk, a value
         its arithmetic cannot hold) never stops the sink, at start or after a batch;
         the candles are rebuilt from the daily files later."""
         try:
-            step(*args)
+            with self._candles_lock:
+                step(*args)
         except Exception as exc:  # noqa: BLE001 - derived files never stop the sink
             self.metrics.sink_errors.labels("candles").inc()
             error = (exc.strerror if isinstance(exc, OSError) else None) or repr(exc)
@@ -608,12 +627,10 @@ class CsvSink:
     def _write_last_values(self) -> None:
         rows = self._state.last
         data = HEADER + "".join(rows[k] for k in sorted(rows))
-        # No directory fsync: a lost rename leaves the previous file (whole), and open()
-        # writes this file again from the state, which is what makes a batch durable.
-        # It saves one of the six fsyncs of every batch (measured in docs/performance.md).
-        atomic_write(
-            self.data_dir / LAST_VALUES_FILE, data.encode(), fsync=self._fsync, sync_dir=False
-        )
+        # No fsync at all: it is derived from the state, and open() writes it again from
+        # there after a crash or a power cut, whatever this write left behind. That
+        # saves two of the six fsyncs a batch once had (see docs/performance.md).
+        atomic_write(self.data_dir / LAST_VALUES_FILE, data.encode(), fsync=False)
 
     # -- retention -----------------------------------------------------------------
 

@@ -174,3 +174,19 @@ def test_a_contenders_main_is_not_a_probe(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
     shares = {centre: n for centre, n, _ in summarize(path)}
     assert shares == {"aiokafka: fetch, decode records, ConsumerRecord": 4, PROBE: 3}
+
+
+def test_transactions_summarise_the_probes_pairs_without_idle_calls(tmp_path: Path) -> None:
+    from array import array
+
+    from bench.stats import transactions
+
+    path = tmp_path / "tx.f64"
+    # (seconds, fsyncs): three transactions of 4 or 5 fsyncs, and an empty batch.
+    with path.open("wb") as fh:
+        array("d", [0.004, 4, 0.006, 4, 0.0001, 0, 0.020, 5]).tofile(fh)
+    tx = transactions(path)
+    assert tx.count == 3
+    assert tx.max_ms == pytest.approx(20.0)
+    assert tx.mean_ms == pytest.approx(10.0)
+    assert tx.fsyncs_per_transaction == pytest.approx(13 / 3)

@@ -98,7 +98,6 @@ POINTS: dict[str, tuple[str, Callable[[str], bool]]] = {
     "fsync daily file": ("fsync_file", _daily),
     "fsync new daily file's directory": ("fsync_dir", ends_with("/history/ticks")),
     "fsync dead letters": ("fsync_file", ends_with("dead_letters.jsonl")),
-    "fsync last values": ("fsync_file", ends_with(".crypto_last_values.csv.tmp")),
     "rename last values": ("replace", ends_with("/crypto_last_values.csv")),
     "fsync state": ("fsync_file", ends_with(".sink_state.json.tmp")),
     "rename state": ("replace", ends_with("/sink_state.json")),

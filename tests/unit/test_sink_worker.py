@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +134,70 @@ def test_latencies_counted_per_batch_expose_what_one_observe_per_row_does() -> N
 
     assert histogram(batched) == histogram(per_row)
     assert any('le="+Inf"} 10.0' in line for line in histogram(batched))
+
+
+def candle_files(data_dir: Path) -> dict[str, bytes]:
+    root = data_dir / "history" / "candles"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.csv"))}
+
+
+async def test_candles_are_fed_off_the_commit_path_and_match_candles_fed_inline(
+    tmp_path: Path,
+) -> None:
+    batches = [records(0, 100), records(100, 100), records(200, 100)]
+    lagging = CsvSink(tmp_path / "lagging", TOPIC, Metrics())
+    worker = SinkWorker(lagging)
+    await worker.open()
+    assert lagging.defer_candles
+    book = lagging.candles
+    assert book is not None
+    release = threading.Event()
+    fed: list[int] = []
+    real_add = book.add
+
+    def held_add(ticks: list[Tick], sizes: dict[str, int] | None = None) -> None:
+        if not fed:
+            release.wait(30)  # the first feed is held: the candle thread lags
+        fed.append(len(ticks))
+        real_add(ticks, sizes)
+
+    book.add = held_add  # type: ignore[method-assign]
+    for batch in batches:
+        result = await worker.write(batch)
+        assert result.written == 100
+    # Every transaction returned while the candles of the first were still held.
+    assert not release.is_set() and fed == []
+    release.set()
+    await asyncio.to_thread(worker.close)
+    assert fed == [100, 100, 100]
+
+    # The same batches with the candles fed inline, batch by batch (the old way): the
+    # lagging feed read the new day's tick file only up to its first batch, so
+    # nothing is counted twice.
+    inline = CsvSink(tmp_path / "inline", TOPIC, Metrics())
+    inline.open()
+    for batch in batches:
+        inline.write(batch)
+    inline.close()
+    assert candle_files(tmp_path / "lagging") == candle_files(tmp_path / "inline") != {}
+
+
+def test_a_transaction_is_four_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = CsvSink(tmp_path, TOPIC, Metrics())
+    sink.open()
+    sink.defer_candles = True  # as the worker drives it: candles on their own thread
+    sink.write(records(0, 10))  # creates the day's file (and fsyncs its directory)
+    real_fsync = os.fsync
+    count = 0
+
+    def counting(fd: int) -> None:
+        nonlocal count
+        count += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    sink.write(records(10, 10))
+    # crypto_data.csv, the day's file, the state file and its directory; the last
+    # values file is derived and rewritten at start, so it is not fsynced (was 5).
+    assert count == 4
+    sink.close()
