@@ -199,6 +199,12 @@ class CandleBook:
             self.flush()
             self._last_flush = now
 
+    def forget(self, day: str) -> None:
+        """The day's tick file was set aside: its candles are computed again from the new
+        one (its watermark no longer matches, so a restart rebuilds them too)."""
+        self._days.pop(day, None)
+        self._dirty.discard(day)
+
     def recover(self) -> None:
         """Rebuild every day whose candles do not match its committed tick file."""
         self._watermarks = self._load_watermarks()

@@ -43,6 +43,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -61,10 +62,12 @@ from cryptostream.layout import (
     DEAD_LETTER_FILE,
     ERRORS_DIR,
     LAST_VALUES_FILE,
+    SINK_PENDING_FILE,
     SINK_STATE_FILE,
     STATE_DIR,
     TICKS_DIR,
     daily_file,
+    set_aside_file,
 )
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
@@ -87,6 +90,12 @@ _OPEN_DAILY = 3
 # (~60,000 rows: RECENT_KEYS for each of ~30 assets).
 _WINDOW_TAIL_BYTES = 8 << 20
 _HEADER = HEADER.encode()
+_DAILY = TICKS_DIR + "/"
+#: A daily file's name: a UTC date. Other names in history/ticks are not the sink's.
+_DAY_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\.csv")
+#: Bytes of each append recorded in the pending file, to know the sink's own tail again
+#: (a new daily file's header and the start of its first row).
+_HEAD = 160
 _INF = float("inf")
 _Key = tuple[float, str]  # (timestamp, priceUsd): a tick's identity within its asset
 
@@ -154,6 +163,8 @@ class CsvSink:
         self._files: OrderedDict[str, AppendFile] = OrderedDict()
         self._days = Days()
         self._trimmed_on = ""
+        # A file was set aside while opening: the state on disk is written at the end.
+        self._state_changed = False
         self.candles = (
             CandleBook(data_dir, fsync=fsync, committed_size=self._committed_daily_size)
             if candles
@@ -192,22 +203,29 @@ class CsvSink:
         have_state = state_path.exists()
         if have_state:
             self._state = self._load_state(state_path)
+        # Without a state the sink never wrote here: nothing on disk is its own tail.
+        pending = self._load_pending() if have_state else {}
+        self._state_changed = False
         names = {DATA_FILE, DEAD_LETTER_FILE, *self._state.sizes}
-        daily_on_disk = {f"{TICKS_DIR}/{p.name}" for p in (self.data_dir / TICKS_DIR).glob("*.csv")}
+        daily_on_disk = {
+            f"{TICKS_DIR}/{p.name}"
+            for p in (self.data_dir / TICKS_DIR).glob("*.csv")
+            if _DAY_NAME.fullmatch(p.name)
+        }
         if not have_state:
             names |= daily_on_disk
         for name in sorted(daily_on_disk - names):
-            # Created by a batch whose transaction never completed.
-            log.warning("sink_uncommitted_file_removed", file=name)
-            (self.data_dir / name).unlink()
+            self._unknown_daily(name, pending.get(name))
         for name in sorted(names):
-            self._recover(name, have_state)
-        self._check_header(self._file(DATA_FILE))
-        if not have_state:
+            self._recover(name, have_state, pending.get(name))
+        self._check_header(self._file(DATA_FILE), have_state)
+        if not have_state or self._state_changed:
             # Adopt what is on disk now, before any batch: without a state, a batch
             # that never committed could not be told from rows that did (its dead
             # letters would be written again when Kafka delivers it again).
             atomic_write(state_path, self._state.to_json(), fsync=self._fsync)
+        # Every tail it described is cut or committed now.
+        (self.data_dir / SINK_PENDING_FILE).unlink(missing_ok=True)
         self._rebuild_window()
         self._write_last_values()
         if self.candles is not None:
@@ -222,18 +240,30 @@ class CsvSink:
             rows_bytes=self._file(DATA_FILE).size,
         )
 
-    def _recover(self, name: str, have_state: bool) -> None:
+    def _recover(self, name: str, have_state: bool, pending: dict[str, Any] | None) -> None:
+        """Bring ``name`` back to its committed length: only the sink's own uncommitted
+        tail is cut; a file a person changed is set aside (see :meth:`_set_aside`)."""
         path = self.data_dir / name
         recorded = self._state.sizes.get(name)
-        if not path.exists() and name not in (DATA_FILE, DEAD_LETTER_FILE):
+        if not path.exists():
             if recorded:
-                log.warning("sink_file_missing", file=name, committed_size=recorded)
-            self._state.sizes.pop(name, None)
-            return
+                # It held committed rows: a person deleted it while the sink was stopped.
+                self._report(name, "deleted", None)
+            if name.startswith(_DAILY):
+                self._state.sizes.pop(name, None)
+                return
+            recorded = None  # crypto_data.csv and the dead letters start afresh
         f = self._file(name)
         if recorded is None:
-            recorded = self._complete_lines_length(f)
-        if f.size > recorded:
+            # Not written by the sink (no state yet): a last line without its newline
+            # is a person's, and the next row would be glued onto it.
+            if self._complete_lines_length(f) != f.size:
+                self._set_aside(name, "unterminated")
+                return
+        elif f.size > recorded:
+            if not self._own_tail(f, recorded, pending):
+                self._set_aside(name, "appended")
+                return
             log.warning(
                 "sink_uncommitted_tail_removed",
                 file=name,
@@ -241,12 +271,60 @@ class CsvSink:
                 committed_size=recorded,
             )
             f.truncate(recorded)
-        elif f.size < recorded and have_state:
-            # Someone shortened or replaced the file; keep appending from here.
-            log.warning(
-                "sink_file_shorter_than_state", file=name, size=f.size, committed_size=recorded
-            )
+        elif f.size < recorded and not (pending and pending.get("trimmed_to") == f.size):
+            # (A retention trim whose state was not written yet left it shorter: fine.)
+            self._set_aside(name, "emptied" if f.size == 0 else "shortened")
+            return
         self._state.sizes[name] = f.size
+
+    def _unknown_daily(self, name: str, pending: dict[str, Any] | None) -> None:
+        """A daily file the state does not know: a batch that never committed created it
+        (removed), or a person put it there (set aside)."""
+        f = self._file(name)
+        if f.size == 0 or self._own_tail(f, 0, pending):
+            log.warning("sink_uncommitted_file_removed", file=name)
+            self._files.pop(name).close()
+            (self.data_dir / name).unlink()
+        else:
+            self._set_aside(name, "not_in_state")
+
+    @staticmethod
+    def _own_tail(f: AppendFile, start: int, pending: dict[str, Any] | None) -> bool:
+        """Are the bytes of ``f`` from ``start`` on the sink's own uncommitted append (the
+        whole of it, or the beginning of it when a kill tore it)?"""
+        if not pending or pending.get("start") != start:
+            return False
+        end, head = pending.get("end"), pending.get("head")
+        if not isinstance(end, int) or not isinstance(head, str) or f.size > end:
+            return False
+        try:
+            expected = bytes.fromhex(head)
+        except ValueError:
+            return False
+        return expected.startswith(f.read_at(start, min(len(expected), f.size - start)))
+
+    def _load_pending(self) -> dict[str, dict[str, Any]]:
+        """The appends of the last batch, as it recorded them before appending."""
+        try:
+            raw = orjson.loads((self.data_dir / SINK_PENDING_FILE).read_bytes())
+            files = raw["files"]
+            return {str(k): v for k, v in files.items() if isinstance(v, dict)}
+        except FileNotFoundError:
+            return {}
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            # Torn by a kill while it was written: before any append, so no tail is ours.
+            return {}
+
+    def _write_pending(self, files: dict[str, dict[str, Any]]) -> None:
+        # No fsync: a kill keeps what the page cache holds, in order, so the record is
+        # there whenever its appends are. After a power cut it may be missing while an
+        # append survived: that tail is then set aside like a person's (nothing lost).
+        atomic_write(
+            self.data_dir / SINK_PENDING_FILE,
+            orjson.dumps({"files": files}),
+            fsync=False,
+            sync_dir=False,
+        )
 
     def _load_state(self, path: Path) -> _State:
         try:
@@ -298,13 +376,16 @@ class CsvSink:
         # Without a newline in the tail, rfind() gives -1: the whole tail is torn.
         return f.size - len(tail) + tail.rfind(b"\n") + 1
 
-    def _check_header(self, f: AppendFile) -> None:
+    def _check_header(self, f: AppendFile, have_state: bool) -> None:
         if f.size == 0:
             f.append(_HEADER)
             self._state.sizes[DATA_FILE] = f.size
             return
         head = f.read_head(len(_HEADER))
-        if head != _HEADER:
+        if head != _HEADER and have_state:
+            # The sink's own file, saved over with other columns (or a BOM, CRLF ...).
+            self._set_aside(DATA_FILE, "other_columns")
+        elif head != _HEADER:
             first = head.split(b"\n", 1)[0].decode(errors="replace")
             raise SinkError(
                 f"{f.path} has other columns ({first!r}); expected {HEADER.strip()!r}. "
@@ -322,6 +403,79 @@ class CsvSink:
         for old in daily[: max(0, len(daily) - _OPEN_DAILY)]:
             self._files.pop(old).close()
         return f
+
+    # -- files a person changed -----------------------------------------------------
+
+    def _check(self, name: str) -> None:
+        """Before appending to ``name``: is it still the file the sink writes, as long as
+        the state records? If a person changed it, it is set aside first."""
+        f = self._file(name)
+        reason = f.change(self._state.sizes.get(name, 0))
+        if reason is not None:
+            self._set_aside(name, reason)
+
+    def _set_aside(self, name: str, reason: str) -> None:
+        """Keep the file a person changed untouched under an ``.edited-`` name and start
+        a fresh one (crypto_data.csv with its header; a daily file with the next row).
+
+        The rows are not lost: the daily files (for crypto_data.csv) and the topic hold
+        them, and ``replay`` rebuilds the files from the topic. A deleted or emptied file
+        holds nothing of the person's: it is only started afresh.
+        """
+        f = self._files.pop(name, None)
+        if f is not None:
+            f.close()
+        path = self.data_dir / name
+        kept: str | None = None
+        if reason not in ("deleted", "emptied"):
+            kept = self._set_aside_name(name)
+            target = self.data_dir / kept
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+            if self._fsync:
+                fsync_dir(target.parent)
+                fsync_dir(path.parent)
+        if name.startswith(_DAILY):
+            # Created again by the next append, header first, like a new day's file.
+            self._state.sizes.pop(name, None)
+            day = name[len(_DAILY) : -len(".csv")]
+            self._first_values.forget_day(day)
+            if self.candles is not None:
+                self.candles.forget(day)
+        else:
+            fresh = self._file(name)
+            if name == DATA_FILE and fresh.size == 0:
+                fresh.append(_HEADER)
+            self._state.sizes[name] = fresh.size
+        if self.opened:
+            atomic_write(self.data_dir / SINK_STATE_FILE, self._state.to_json(), fsync=self._fsync)
+        else:
+            self._state_changed = True
+        self._report(name, reason, kept)
+
+    def _set_aside_name(self, name: str) -> str:
+        """``…edited-<UTC time>…``; unique even for two in one second."""
+        when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        kept = set_aside_file(name, when)
+        n = 1
+        while (self.data_dir / kept).exists():
+            n += 1
+            kept = set_aside_file(name, f"{when}-{n}")
+        return kept
+
+    def _report(self, name: str, reason: str, kept: str | None) -> None:
+        label = "daily" if name.startswith(_DAILY) else name.rpartition("/")[2]
+        self.metrics.files_set_aside.labels(label, reason).inc()
+        log.error(
+            "file_set_aside",
+            file=name,
+            reason=reason,
+            kept_as=kept,
+            fresh_file=name,
+            note="a person changed the file under the sink: it is kept as it was under "
+            "kept_as and a fresh one continues; no row is lost (the daily files and the "
+            "topic hold them; replay rebuilds)",
+        )
 
     # -- the transaction ----------------------------------------------------------
 
@@ -358,6 +512,12 @@ class CsvSink:
         """Make one batch durable. Raises :class:`SinkWriteError`; then nothing counts."""
         if self._broken:
             self._recover_from_state()
+        try:
+            # A person may have changed a file since the last batch (see _set_aside).
+            self._check(DATA_FILE)
+            self._check(DEAD_LETTER_FILE)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
         state = self._state
         result = BatchResult()
         offsets = dict(state.offsets)
@@ -378,6 +538,7 @@ class CsvSink:
         day = ""
         day_begin = day_end = 0.0
         stamp = self._first_values.stamp
+        checked: set[str] = set()
         # The loop below runs once per message: locals, no per-row calls it can avoid.
         try:
             for rec in records:
@@ -412,6 +573,11 @@ class CsvSink:
                         dead_reasons.append("unwritable")
                         continue
                     day_rows = by_day.setdefault(day, [])
+                    if day not in checked:
+                        # Before its rows get their firstValue from the day's file.
+                        checked.add(day)
+                        if daily_file(day) in state.sizes:
+                            self._check(daily_file(day))
                     day_begin = day_start(day)
                     day_end = day_begin + 86400
                 keys[1].add(key)
@@ -440,30 +606,36 @@ class CsvSink:
             self._first_values.discard()
             return result
 
-        sizes = dict(state.sizes)
         touched: list[str] = []
         try:
             data = "".join(rows).encode()
+            plan: list[tuple[str, bytes]] = []
             if rows:
-                touched.append(DATA_FILE)
-                f = self._file(DATA_FILE)
-                f.append(data)
-                sizes[DATA_FILE] = f.size
+                plan.append((DATA_FILE, data))
             for day, day_rows in by_day.items():
-                name = daily_file(day)
+                # One day (the usual case) holds every row of the batch: the same bytes.
+                chunk = data if len(by_day) == 1 else "".join(day_rows).encode()
+                plan.append((daily_file(day), chunk))
+            if dead:
+                plan.append((DEAD_LETTER_FILE, b"".join(dead)))
+            for name, _ in plan:
+                self._check(name)  # the last look before appending
+            sizes = dict(state.sizes)
+            pending: dict[str, dict[str, Any]] = {}
+            for i, (name, chunk) in enumerate(plan):
+                start = sizes.get(name, 0)
+                if start == 0 and name.startswith(_DAILY):
+                    plan[i] = (name, chunk := _HEADER + chunk)
+                end = start + len(chunk)
+                pending[name] = {"start": start, "end": end, "head": chunk[:_HEAD].hex()}
+            self._write_pending(pending)
+            for name, chunk in plan:
                 touched.append(name)
                 # Opening a day's file may close the least recently used one (a batch
                 # can span any number of days): its size is taken now, not at the end.
                 f = self._file(name)
-                # One day (the usual case) holds every row of the batch: the same bytes.
-                chunk = data if len(by_day) == 1 else "".join(day_rows).encode()
-                f.append(_HEADER + chunk if f.size == 0 else chunk)
+                f.append(chunk)
                 sizes[name] = f.size
-            if dead:
-                touched.append(DEAD_LETTER_FILE)
-                f = self._file(DEAD_LETTER_FILE)
-                f.append(b"".join(dead))
-                sizes[DEAD_LETTER_FILE] = f.size
             last = {**state.last, **last_updates} if last_updates else state.last
             new_state = _State(state.topic, offsets, sizes, last, state.identity)
             # The commit point: once this rename is done, the batch counts.
@@ -661,6 +833,9 @@ class CsvSink:
                         removed += 1
                     else:
                         dst.write(line)
+                dst.flush()
+                # Shorter than the state says until the state is written: not a person's.
+                self._write_pending({DATA_FILE: {"trimmed_to": dst.tell()}})
                 self._files.pop(DATA_FILE).close()
         # A crash before the next line leaves a file shorter than the state records:
         # start-up accepts that (nothing uncommitted can be in it at this point).

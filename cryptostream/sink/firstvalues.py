@@ -75,6 +75,13 @@ class FirstValueBook:
         """The batch was rolled back: none of its rows counts."""
         self._pending.clear()
 
+    def forget_day(self, day: str) -> None:
+        """The day's file was set aside: its first rows are read from the new one."""
+        self._firsts.pop(day, None)
+        self._pending.pop(day, None)
+        if day == self._newest:
+            self._newest = ""
+
     def forget(self) -> None:
         """Drop everything in memory (the files may have changed under us)."""
         self._firsts.clear()
