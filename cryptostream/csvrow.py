@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptostream.tick import Tick
@@ -66,13 +66,35 @@ def csv_line(tick: Tick) -> str:
     )
 
 
-def read_rows(path: Path) -> Iterator[list[str]]:
-    """The rows of a tick CSV file, without the header and rows of another width."""
+def _ignore(reason: str) -> None:
+    pass
+
+
+def read_rows(path: Path, skipped: Callable[[str], None] = _ignore) -> Iterator[list[str]]:
+    """The rows of a tick CSV file, without the header and rows of another width.
+
+    Whatever a person put in the file never raises: a byte that is not UTF-8 reads
+    as U+FFFD, and a line no CSV reader takes (a cell over the reader's size limit)
+    is skipped; both, and rows of another width, are told to ``skipped`` by reason."""
     try:
-        fh = path.open(newline="", encoding="utf-8")
+        fh = path.open(newline="", encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return
+    width = len(COLUMNS)
     with fh:
         rows = csv.reader(fh)
-        next(rows, None)
-        yield from (row for row in rows if len(row) == len(COLUMNS))
+        first = True
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error:
+                skipped("unparsable")  # the reader goes on with the next line
+                continue
+            if first:
+                first = False  # the header
+            elif len(row) == width:
+                yield row
+            else:
+                skipped("wrong_column_count")

@@ -73,6 +73,7 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.candles import CandleBook
 from cryptostream.sink.firstvalues import FirstValueBook
+from cryptostream.sink.readback import Unreadable
 from cryptostream.sinkport import BatchResult, KafkaRecord, SinkWriteError, TopicIdentity
 from cryptostream.tick import InvalidTick, Tick, latest_timestamp, tick_from_json
 
@@ -163,15 +164,23 @@ class CsvSink:
         self._files: OrderedDict[str, AppendFile] = OrderedDict()
         self._days = Days()
         self._trimmed_on = ""
+        self._unreadable = Unreadable(metrics)
         # A file was set aside while opening: the state on disk is written at the end.
         self._state_changed = False
         self.candles = (
-            CandleBook(data_dir, fsync=fsync, committed_size=self._committed_daily_size)
+            CandleBook(
+                data_dir,
+                fsync=fsync,
+                committed_size=self._committed_daily_size,
+                skipped=self._skipped("candles"),
+            )
             if candles
             else None
         )
         # firstValue of every row, from the committed daily files (see sink.firstvalues).
-        self._first_values = FirstValueBook(data_dir / TICKS_DIR, self._committed_daily_size)
+        self._first_values = FirstValueBook(
+            data_dir / TICKS_DIR, self._committed_daily_size, self._skipped("first_value")
+        )
         self.opened = False
         # A rollback could not cut the files back: recover from the state before writing.
         self._broken = False
@@ -179,6 +188,14 @@ class CsvSink:
         #: Seconds since the epoch of the last durable batch (for readiness).
         self.last_write = 0.0
         self._observers: list[Callable[[list[Tick]], None]] = []
+
+    def _skipped(self, reader: str) -> Callable[[str, str], None]:
+        """Where ``reader`` reports a line of a file it skipped (see sink.readback)."""
+
+        def skipped(reason: str, file: str) -> None:
+            self._unreadable.skip(reader, reason, file)
+
+        return skipped
 
     def _committed_daily_size(self, day: str) -> int | None:
         return self._state.sizes.get(daily_file(day))
@@ -358,7 +375,15 @@ class CsvSink:
         if len(tail) < f.size - len(_HEADER):
             tail = tail[tail.find(b"\n") + 1 :]  # the first line may be cut
         window: dict[str, deque[_Key]] = {}
-        for row in csv.reader(io.StringIO(tail.decode("utf-8", errors="replace"))):
+        reader = csv.reader(io.StringIO(tail.decode("utf-8", errors="replace")))
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error:  # a cell over the reader's limit: a person's line
+                self._unreadable.skip("recovery", "unparsable", DATA_FILE)
+                continue
             if len(row) != len(COLUMNS):
                 continue
             try:
@@ -600,6 +625,9 @@ class CsvSink:
             # batch fails whole and is retried like any disk error.
             self._first_values.discard()
             raise self._write_error(exc) from exc
+        except Exception as exc:  # a batch fails, never the consumer task
+            self._first_values.discard()
+            raise self._unexpected(exc) from exc
         result.written = len(rows)
         result.dead_letters = len(dead)
         if offsets == state.offsets:
@@ -645,10 +673,12 @@ class CsvSink:
                 fsync=self._fsync,
                 sync_dir=False,
             )
-        except OSError as exc:
+        except Exception as exc:  # a batch fails, never the consumer task
             self._first_values.discard()
             self._rollback(touched, state.sizes)
-            raise self._write_error(exc) from exc
+            if isinstance(exc, OSError):
+                raise self._write_error(exc) from exc
+            raise self._unexpected(exc) from exc
         self._state = new_state
         self._first_values.commit()
         if self._fsync:
@@ -680,6 +710,13 @@ class CsvSink:
         if written:
             self._after_commit(written)
         return result
+
+    def _unexpected(self, exc: Exception) -> SinkWriteError:
+        """An error no one foresaw, before the commit point: the batch fails (rolled
+        back, retried, counted in sink_errors{kind="unexpected"}), the consumer goes on."""
+        self.metrics.sink_errors.labels("unexpected").inc()
+        log.error("sink_batch_failed", error=repr(exc)[:200], exc_info=exc)
+        return SinkWriteError("unexpected", f"{type(exc).__name__}: {exc}"[:300])
 
     def _write_error(self, exc: OSError) -> SinkWriteError:
         kind = "disk_full" if exc.errno == errno.ENOSPC else "io_error"
@@ -796,9 +833,10 @@ class CsvSink:
         cutoff = day_start(today) - (self._retention_days - 1) * 86400
         try:
             removed = self._trim(cutoff)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - derived work never stops the sink
             self.metrics.sink_errors.labels("retention").inc()
-            log.error("retention_trim_failed", error=exc.strerror or str(exc))
+            error = (exc.strerror if isinstance(exc, OSError) else None) or repr(exc)
+            log.error("retention_trim_failed", error=error)
             return
         self._trimmed_on = today
         if removed:
@@ -818,10 +856,11 @@ class CsvSink:
         rows' firstValue (see :mod:`cryptostream.sink.firstvalues`).
         """
         path = self.data_dir / DATA_FILE
+        unreadable = 0
         with path.open("rb") as src:
             src.readline()
             # Rewrite only when some row is older (found at the top on most days).
-            if not any(_line_ts(line.decode()) < cutoff for line in src):
+            if not any(_bytes_ts(line) < cutoff for line in src):
                 return 0
             src.seek(0)
             src.readline()
@@ -829,9 +868,12 @@ class CsvSink:
             with replacing(path, fsync=self._fsync) as dst:
                 dst.write(_HEADER)
                 for line in src:
-                    if _line_ts(line.decode()) < cutoff:
+                    ts = _bytes_ts(line)
+                    if ts < cutoff:
                         removed += 1
                     else:
+                        # A line without a time (a person's) is kept where it was.
+                        unreadable += ts == _INF
                         dst.write(line)
                 dst.flush()
                 # Shorter than the state says until the state is written: not a person's.
@@ -841,6 +883,7 @@ class CsvSink:
         # start-up accepts that (nothing uncommitted can be in it at this point).
         self._state.sizes[DATA_FILE] = self._file(DATA_FILE).size
         atomic_write(self.data_dir / SINK_STATE_FILE, self._state.to_json(), fsync=self._fsync)
+        self._unreadable.skip("retention", "not_a_number", DATA_FILE, unreadable)
         return removed
 
     def close(self) -> None:
@@ -855,3 +898,13 @@ class CsvSink:
 
 def _line_ts(line: str) -> float:
     return float(line.split(",", 1)[0])
+
+
+def _bytes_ts(line: bytes) -> float:
+    """The time of a line of crypto_data.csv; +inf (newer than any cutoff: kept) for
+    a line that has none a number can be read from."""
+    try:
+        ts = float(line.split(b",", 1)[0])
+    except ValueError:
+        return _INF
+    return ts if ts == ts else _INF  # NaN: kept too
