@@ -23,9 +23,21 @@ On start the sink truncates every append-only file to the length in the state
 (cutting off a torn line or rows whose batch never committed), removes a daily
 file the state does not know (created by a batch that never committed), and
 the consumer seeks to the state's offsets, so rows after a crash are written
-again exactly once. A data directory without a state gets one at once, before
-its first batch. A record below the state's offset for its partition is
-ignored: a rewind of the consumer can never duplicate a row.
+again exactly once. Only the sink's own write is ever cut: each batch records
+what it appends (start, expected end, first bytes) in
+``.cryptostream/sink_pending.json`` before appending, and a tail that is not
+exactly that is a person's.
+
+The files belong to the user. Before each append (and on start) the sink
+compares the file at the path with the one it has open and its length with the
+recorded one; a file a person appended to, saved over, shortened, emptied or
+deleted is kept untouched under an ``.edited-<UTC time>`` name and a fresh one
+is started (:meth:`CsvSink._set_aside`): one error event, one metric, no row
+lost (the daily files and the topic hold them; ``replay`` rebuilds).
+
+A data directory without a state gets one at once, before its first batch. A
+record below the state's offset for its partition is ignored: a rewind of the
+consumer can never duplicate a row.
 
 The state also records which topic the offsets belong to (:class:`TopicIdentity`:
 the cluster id and the log's start and end), so the consumer can tell a topic
