@@ -278,6 +278,7 @@ class CsvSink:
             if recorded:
                 # It held committed rows: a person deleted it while the sink was stopped.
                 self._report(name, "deleted", None)
+                self._state_changed = True
             if name.startswith(_DAILY):
                 self._state.sizes.pop(name, None)
                 return

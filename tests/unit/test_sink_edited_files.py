@@ -286,3 +286,21 @@ def test_an_unknown_file_in_history_ticks_is_left_alone(tmp_path: Path) -> None:
     again = open_sink(tmp_path)
     again.close()
     assert copy.read_bytes() == (tmp_path / DAILY).read_bytes()
+
+
+def test_a_file_deleted_while_stopped_is_started_afresh_and_recorded(tmp_path: Path) -> None:
+    sink = open_sink(tmp_path)
+    sink.write(batch(0, 3))
+    sink.close()
+    (tmp_path / DATA_FILE).unlink()
+    again = open_sink(tmp_path)
+    again.close()
+    # The state on disk already knows the fresh file: a crash now sets nothing aside.
+    state = orjson.loads((tmp_path / SINK_STATE_FILE).read_bytes())
+    assert state["files"][DATA_FILE] == len(HEADER)
+    third = open_sink(tmp_path)
+    third.write(batch(3, 1))
+    third.close()
+    assert prices(tmp_path / DATA_FILE) == ["103.5"]
+    assert set_aside(again, "crypto_data.csv", "deleted") == 1
+    assert edited(tmp_path, "**/*.edited-*") == []
