@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,19 +68,44 @@ def csv_line(tick: Tick) -> str:
     )
 
 
-def read_rows(path: Path, limit: int | None = None) -> Iterator[list[str]]:
-    """The rows of a tick CSV file, without the header and rows of another width;
-    with ``limit``, of its first ``limit`` bytes only (a committed length: the rows
-    appended after it are not read)."""
+def _ignore(reason: str) -> None:
+    pass
+
+
+def read_rows(
+    path: Path, skipped: Callable[[str], None] = _ignore, limit: int | None = None
+) -> Iterator[list[str]]:
+    """The rows of a tick CSV file, without the header and rows of another width; with
+    ``limit``, of its first ``limit`` bytes only (a committed length: the rows appended
+    after it are not read).
+
+    Whatever a person put in the file never raises: a byte that is not UTF-8 reads
+    as U+FFFD, and a line no CSV reader takes (a cell over the reader's size limit)
+    is skipped; both, and rows of another width, are told to ``skipped`` by reason."""
     try:
         raw = path.open("rb", buffering=0)
     except FileNotFoundError:
         return
     reader: io.RawIOBase = raw if limit is None else _Prefix(raw, limit)
-    with io.TextIOWrapper(io.BufferedReader(reader), encoding="utf-8", newline="") as fh:
+    fh = io.TextIOWrapper(io.BufferedReader(reader), encoding="utf-8", errors="replace", newline="")
+    width = len(COLUMNS)
+    with fh:
         rows = csv.reader(fh)
-        next(rows, None)
-        yield from (row for row in rows if len(row) == len(COLUMNS))
+        first = True
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error:
+                skipped("unparsable")  # the reader goes on with the next line
+                continue
+            if first:
+                first = False  # the header
+            elif len(row) == width:
+                yield row
+            else:
+                skipped("wrong_column_count")
 
 
 class _Prefix(io.RawIOBase):

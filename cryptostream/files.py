@@ -74,6 +74,9 @@ class AppendFile:
     def read_head(self, n: int) -> bytes:
         return os.pread(self._fd, n, 0)
 
+    def read_at(self, offset: int, n: int) -> bytes:
+        return os.pread(self._fd, n, offset)
+
     def read_tail(self, n: int) -> bytes:
         start = max(0, self.size - n)
         return os.pread(self._fd, self.size - start, start)
@@ -96,6 +99,23 @@ class AppendFile:
 
     def actual_size(self) -> int:
         return os.fstat(self._fd).st_size
+
+    def change(self, expected: int) -> str | None:
+        """How the file at :attr:`path` differs from the one open here, ``expected`` bytes
+        long: ``deleted``, ``replaced`` (another file renamed over it: a "Save"),
+        ``appended``, ``shortened``, ``emptied``; None when it is the same file and length."""
+        try:
+            named = self.path.stat()
+        except FileNotFoundError:
+            return "deleted"
+        own = os.fstat(self._fd)
+        if (named.st_dev, named.st_ino) != (own.st_dev, own.st_ino):
+            return "replaced"
+        if own.st_size > expected:
+            return "appended"
+        if own.st_size < expected:
+            return "emptied" if own.st_size == 0 else "shortened"
+        return None
 
     def close(self) -> None:
         if self._fd >= 0:

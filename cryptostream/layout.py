@@ -7,6 +7,9 @@
     history/candles/1d/YYYY.csv                 daily files (1d: one file per UTC year)
     history/backfill/<interval>/YYYY-MM-DD.csv  price history from ``cryptostream backfill``
     errors/dead_letters.jsonl                   messages on the topic that are not valid ticks
+    crypto_data.edited-<UTC time>.csv           a file a person changed under the running
+    errors/dead_letters.edited-<UTC time>.jsonl sink (appended to, saved over, shortened),
+    history/edited/YYYY-MM-DD.edited-<UTC>.csv  kept as it was; a fresh one took its place
     .cryptostream/                              the sink's state (offsets and file lengths),
                                                 ``firstValue`` of the day, ticks spooled at
                                                 shutdown, candle watermarks, the CoinCap
@@ -26,6 +29,12 @@ ERRORS_DIR = "errors"
 DEAD_LETTER_FILE = f"{ERRORS_DIR}/dead_letters.jsonl"
 STATE_DIR = ".cryptostream"
 SINK_STATE_FILE = f"{STATE_DIR}/sink_state.json"
+#: What the batch in flight appends (each file's start, end and first bytes): on start,
+#: a tail that is exactly this is the sink's own uncommitted write, anything else a person's.
+SINK_PENDING_FILE = f"{STATE_DIR}/sink_pending.json"
+#: Daily files a person changed are kept here, outside history/ticks: every reader of that
+#: folder (Power BI, the candles, the dashboard) would count their rows twice.
+EDITED_DIR = "history/edited"
 FIRST_VALUES_FILE = f"{STATE_DIR}/first_values.json"
 SPOOL_FILE = f"{STATE_DIR}/unpublished.jsonl"
 SPOOL_PROGRESS_FILE = f"{STATE_DIR}/unpublished.progress"
@@ -39,6 +48,18 @@ CREDITS_LOCK_FILE = f"{STATE_DIR}/coincap-credits.lock"
 def daily_file(day: str) -> str:
     """The tick file of UTC day ``day`` (``YYYY-MM-DD``)."""
     return f"{TICKS_DIR}/{day}.csv"
+
+
+def set_aside_file(name: str, when: str) -> str:
+    """Where a file a person changed is kept: ``crypto_data.csv`` ->
+    ``crypto_data.edited-<when>.csv``; a daily file ->
+    ``history/edited/<day>.edited-<when>.csv``."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if folder == TICKS_DIR:
+        folder = EDITED_DIR
+    kept = f"{stem}.edited-{when}{dot}{ext}"
+    return f"{folder}/{kept}" if folder else kept
 
 
 def candle_file(period: str, day: str) -> str:

@@ -112,6 +112,21 @@ class Metrics:
             "the stored offset, log start moved back), by reason",
             "reason",
         )
+        self.files_set_aside = counter(
+            "files_set_aside",
+            "Files a person changed under the sink (appended to, replaced, shortened, "
+            "emptied, deleted): kept under an .edited- name, a fresh one started; by file "
+            "(crypto_data.csv, daily, dead_letters.jsonl) and reason",
+            "file",
+            "reason",
+        )
+        self.rows_unreadable = counter(
+            "rows_unreadable",
+            "Lines the sink could not parse when reading its files back (skipped, bytes "
+            "kept), by reader (retention, first_value, candles, recovery) and reason",
+            "reader",
+            "reason",
+        )
         self.records_skipped_below_offset = counter(
             "records_skipped_below_offset",
             "Records delivered below the sink's stored offset and ignored (already written)",

@@ -403,7 +403,14 @@ def load_file(
             # Chunk by chunk, so a year of history never sits in memory at full detail.
             store.compact(compact_before)
         for line in lines:
-            row = next(csv.reader((line,))) if '"' in line else line.split(",")
+            if '"' in line:
+                try:
+                    row = next(csv.reader((line,)))
+                except csv.Error:  # a cell over the reader's limit: a person's line
+                    skipped["unparsable"] += 1
+                    continue
+            else:
+                row = line.split(",")
             if len(row) != width:
                 skipped["wrong_column_count"] += 1
                 continue

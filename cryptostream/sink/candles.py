@@ -30,6 +30,8 @@ file's length at the time of the flush.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -54,6 +56,14 @@ COLUMNS = tuple(HEADER.rstrip().split(","))
 #: Seconds between rewrites of the candle files of the days that changed.
 FLUSH_EVERY = 5.0
 _MEAN = Decimal("1e-16")
+#: A daily tick file's stem: a UTC date (other files in history/ticks are not days).
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+#: Told of a line of a tick file that gives no tick: (reason, file).
+Skipped = Callable[[str, str], None]
+
+
+def _ignore(reason: str, file: str) -> None:
+    pass
 
 
 @dataclass(slots=True)
@@ -143,8 +153,10 @@ class CandleBook:
         fsync: bool = True,
         keep_days: int = 2,
         committed_size: Callable[[str], int | None] | None = None,
+        skipped: Skipped = _ignore,
     ) -> None:
         self._data_dir = data_dir
+        self._skipped = skipped
         self._ticks_dir = data_dir / TICKS_DIR
         self._watermark_path = data_dir / CANDLE_WATERMARKS_FILE
         self._fsync = fsync
@@ -218,10 +230,17 @@ class CandleBook:
             self.flush()
             self._last_flush = now
 
+    def forget(self, day: str) -> None:
+        """The day's tick file was set aside: its candles are computed again from the new
+        one (its watermark no longer matches, so a restart rebuilds them too)."""
+        self._days.pop(day, None)
+        self._folded.pop(day, None)
+        self._dirty.discard(day)
+
     def recover(self) -> None:
         """Rebuild every day whose candles do not match its committed tick file."""
         self._watermarks = self._load_watermarks()
-        days = {p.stem for p in self._ticks_dir.glob("*.csv")}
+        days = {p.stem for p in self._ticks_dir.glob("*.csv") if _DAY.fullmatch(p.stem)}
         for day in sorted(days):
             size = self._committed_size(day)
             if self._watermarks.get(day) != size or not self._files_exist(day):
@@ -265,7 +284,7 @@ class CandleBook:
         """A day's candles from its tick file (its first ``size`` bytes, if given)."""
         candles: _Day = {}
         cells: dict[str, str] = {}
-        for ts, asset, symbol, price, vwap in _read_ticks(tick_file, size):
+        for ts, asset, symbol, price, vwap in _read_ticks(tick_file, self._skipped, size):
             cell = cells.get(asset)
             if cell is None:
                 cell = cells[asset] = text_cell(asset)
@@ -397,19 +416,35 @@ def _fold(candles: _Day, key: tuple[str, int], group: list[Tick]) -> None:
 
 
 def _read_ticks(
-    path: Path, size: int | None = None
+    path: Path, skipped: Skipped = _ignore, size: int | None = None
 ) -> Iterator[tuple[float, str, str, str, str | None]]:
-    for row in read_rows(path, size):
+    def skip(reason: str) -> None:
+        skipped(reason, path.name)
+
+    for row in read_rows(path, skip, size):
         try:
-            Decimal(row[4])
-            yield float(row[0]), row[1], row[2], row[4], row[7] or None
+            finite = Decimal(row[4]).is_finite() and (not row[7] or Decimal(row[7]).is_finite())
+            ts = float(row[0])
         except (ValueError, InvalidOperation):
+            finite = False
+        if not finite or not math.isfinite(ts):
+            skip("not_a_number")
             continue
+        yield ts, row[1], row[2], row[4], row[7] or None
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The rows of a candle file (derived: rewritten whole), those that have a start."""
     try:
-        with path.open(encoding="utf-8") as fh:
-            return fh.readlines()[1:]
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            lines = fh.readlines()[1:]
     except FileNotFoundError:
         return []
+    return [line for line in lines if line.endswith("\n") and _start_or_none(line) is not None]
+
+
+def _start_or_none(line: str) -> int | None:
+    try:
+        return _start(line)
+    except ValueError:
+        return None

@@ -28,9 +28,21 @@ On start the sink truncates every append-only file to the length in the state
 (cutting off a torn line or rows whose batch never committed), removes a daily
 file the state does not know (created by a batch that never committed), and
 the consumer seeks to the state's offsets, so rows after a crash are written
-again exactly once. A data directory without a state gets one at once, before
-its first batch. A record below the state's offset for its partition is
-ignored: a rewind of the consumer can never duplicate a row.
+again exactly once. Only the sink's own write is ever cut: each batch records
+what it appends (start, expected end, first bytes) in
+``.cryptostream/sink_pending.json`` before appending, and a tail that is not
+exactly that is a person's.
+
+The files belong to the user. Before each append (and on start) the sink
+compares the file at the path with the one it has open and its length with the
+recorded one; a file a person appended to, saved over, shortened, emptied or
+deleted is kept untouched under an ``.edited-<UTC time>`` name and a fresh one
+is started (:meth:`CsvSink._set_aside`): one error event, one metric, no row
+lost (the daily files and the topic hold them; ``replay`` rebuilds).
+
+A data directory without a state gets one at once, before its first batch. A
+record below the state's offset for its partition is ignored: a rewind of the
+consumer can never duplicate a row.
 
 The state also records which topic the offsets belong to (:class:`TopicIdentity`:
 the cluster id and the log's start and end), so the consumer can tell a topic
@@ -48,6 +60,7 @@ from __future__ import annotations
 import csv
 import errno
 import io
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -67,15 +80,18 @@ from cryptostream.layout import (
     DEAD_LETTER_FILE,
     ERRORS_DIR,
     LAST_VALUES_FILE,
+    SINK_PENDING_FILE,
     SINK_STATE_FILE,
     STATE_DIR,
     TICKS_DIR,
     daily_file,
+    set_aside_file,
 )
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.sink.candles import CandleBook
 from cryptostream.sink.firstvalues import FirstValueBook
+from cryptostream.sink.readback import Unreadable
 from cryptostream.sinkport import BatchResult, KafkaRecord, SinkWriteError, TopicIdentity
 from cryptostream.tick import InvalidTick, Tick, latest_timestamp, tick_from_json
 
@@ -93,6 +109,12 @@ _OPEN_DAILY = 3
 # (~60,000 rows: RECENT_KEYS for each of ~30 assets).
 _WINDOW_TAIL_BYTES = 8 << 20
 _HEADER = HEADER.encode()
+_DAILY = TICKS_DIR + "/"
+#: A daily file's name: a UTC date. Other names in history/ticks are not the sink's.
+_DAY_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\.csv")
+#: Bytes of each append recorded in the pending file, to know the sink's own tail again
+#: (a new daily file's header and the start of its first row).
+_HEAD = 160
 _INF = float("inf")
 _Key = tuple[float, str]  # (timestamp, priceUsd): a tick's identity within its asset
 
@@ -160,13 +182,23 @@ class CsvSink:
         self._files: OrderedDict[str, AppendFile] = OrderedDict()
         self._days = Days()
         self._trimmed_on = ""
+        self._unreadable = Unreadable(metrics)
+        # A file was set aside while opening: the state on disk is written at the end.
+        self._state_changed = False
         self.candles = (
-            CandleBook(data_dir, fsync=fsync, committed_size=self._committed_daily_size)
+            CandleBook(
+                data_dir,
+                fsync=fsync,
+                committed_size=self._committed_daily_size,
+                skipped=self._skipped("candles"),
+            )
             if candles
             else None
         )
         # firstValue of every row, from the committed daily files (see sink.firstvalues).
-        self._first_values = FirstValueBook(data_dir / TICKS_DIR, self._committed_daily_size)
+        self._first_values = FirstValueBook(
+            data_dir / TICKS_DIR, self._committed_daily_size, self._skipped("first_value")
+        )
         self.opened = False
         # A rollback could not cut the files back: recover from the state before writing.
         self._broken = False
@@ -174,10 +206,20 @@ class CsvSink:
         #: The candles are fed by :meth:`add_candles` (the worker's second thread), not
         #: by :meth:`write`; the lock keeps a recovery and a feed from overlapping.
         self.defer_candles = False
+        #: Returns once every candle feed handed out so far is done (set by the worker).
+        self.candles_barrier: Callable[[], None] = _nothing
         self._candles_lock = threading.Lock()
         #: Seconds since the epoch of the last durable batch (for readiness).
         self.last_write = 0.0
         self._observers: list[Callable[[list[Tick]], None]] = []
+
+    def _skipped(self, reader: str) -> Callable[[str, str], None]:
+        """Where ``reader`` reports a line of a file it skipped (see sink.readback)."""
+
+        def skipped(reason: str, file: str) -> None:
+            self._unreadable.skip(reader, reason, file)
+
+        return skipped
 
     def _committed_daily_size(self, day: str) -> int | None:
         return self._state.sizes.get(daily_file(day))
@@ -202,22 +244,29 @@ class CsvSink:
         have_state = state_path.exists()
         if have_state:
             self._state = self._load_state(state_path)
+        # Without a state the sink never wrote here: nothing on disk is its own tail.
+        pending = self._load_pending() if have_state else {}
+        self._state_changed = False
         names = {DATA_FILE, DEAD_LETTER_FILE, *self._state.sizes}
-        daily_on_disk = {f"{TICKS_DIR}/{p.name}" for p in (self.data_dir / TICKS_DIR).glob("*.csv")}
+        daily_on_disk = {
+            f"{TICKS_DIR}/{p.name}"
+            for p in (self.data_dir / TICKS_DIR).glob("*.csv")
+            if _DAY_NAME.fullmatch(p.name)
+        }
         if not have_state:
             names |= daily_on_disk
         for name in sorted(daily_on_disk - names):
-            # Created by a batch whose transaction never completed.
-            log.warning("sink_uncommitted_file_removed", file=name)
-            (self.data_dir / name).unlink()
+            self._unknown_daily(name, pending.get(name))
         for name in sorted(names):
-            self._recover(name, have_state)
-        self._check_header(self._file(DATA_FILE))
-        if not have_state:
+            self._recover(name, have_state, pending.get(name))
+        self._check_header(self._file(DATA_FILE), have_state)
+        if not have_state or self._state_changed:
             # Adopt what is on disk now, before any batch: without a state, a batch
             # that never committed could not be told from rows that did (its dead
             # letters would be written again when Kafka delivers it again).
             atomic_write(state_path, self._state.to_json(), fsync=self._fsync)
+        # Every tail it described is cut or committed now.
+        (self.data_dir / SINK_PENDING_FILE).unlink(missing_ok=True)
         self._rebuild_window()
         self._write_last_values()
         if self.candles is not None:
@@ -232,18 +281,31 @@ class CsvSink:
             rows_bytes=self._file(DATA_FILE).size,
         )
 
-    def _recover(self, name: str, have_state: bool) -> None:
+    def _recover(self, name: str, have_state: bool, pending: dict[str, Any] | None) -> None:
+        """Bring ``name`` back to its committed length: only the sink's own uncommitted
+        tail is cut; a file a person changed is set aside (see :meth:`_set_aside`)."""
         path = self.data_dir / name
         recorded = self._state.sizes.get(name)
-        if not path.exists() and name not in (DATA_FILE, DEAD_LETTER_FILE):
+        if not path.exists():
             if recorded:
-                log.warning("sink_file_missing", file=name, committed_size=recorded)
-            self._state.sizes.pop(name, None)
-            return
+                # It held committed rows: a person deleted it while the sink was stopped.
+                self._report(name, "deleted", None)
+                self._state_changed = True
+            if name.startswith(_DAILY):
+                self._state.sizes.pop(name, None)
+                return
+            recorded = None  # crypto_data.csv and the dead letters start afresh
         f = self._file(name)
         if recorded is None:
-            recorded = self._complete_lines_length(f)
-        if f.size > recorded:
+            # Not written by the sink (no state yet): a last line without its newline
+            # is a person's, and the next row would be glued onto it.
+            if self._complete_lines_length(f) != f.size:
+                self._set_aside(name, "unterminated")
+                return
+        elif f.size > recorded:
+            if not self._own_tail(f, recorded, pending):
+                self._set_aside(name, "appended")
+                return
             log.warning(
                 "sink_uncommitted_tail_removed",
                 file=name,
@@ -251,12 +313,60 @@ class CsvSink:
                 committed_size=recorded,
             )
             f.truncate(recorded)
-        elif f.size < recorded and have_state:
-            # Someone shortened or replaced the file; keep appending from here.
-            log.warning(
-                "sink_file_shorter_than_state", file=name, size=f.size, committed_size=recorded
-            )
+        elif f.size < recorded and not (pending and pending.get("trimmed_to") == f.size):
+            # (A retention trim whose state was not written yet left it shorter: fine.)
+            self._set_aside(name, "emptied" if f.size == 0 else "shortened")
+            return
         self._state.sizes[name] = f.size
+
+    def _unknown_daily(self, name: str, pending: dict[str, Any] | None) -> None:
+        """A daily file the state does not know: a batch that never committed created it
+        (removed), or a person put it there (set aside)."""
+        f = self._file(name)
+        if f.size == 0 or self._own_tail(f, 0, pending):
+            log.warning("sink_uncommitted_file_removed", file=name)
+            self._files.pop(name).close()
+            (self.data_dir / name).unlink()
+        else:
+            self._set_aside(name, "not_in_state")
+
+    @staticmethod
+    def _own_tail(f: AppendFile, start: int, pending: dict[str, Any] | None) -> bool:
+        """Are the bytes of ``f`` from ``start`` on the sink's own uncommitted append (the
+        whole of it, or the beginning of it when a kill tore it)?"""
+        if not pending or pending.get("start") != start:
+            return False
+        end, head = pending.get("end"), pending.get("head")
+        if not isinstance(end, int) or not isinstance(head, str) or f.size > end:
+            return False
+        try:
+            expected = bytes.fromhex(head)
+        except ValueError:
+            return False
+        return expected.startswith(f.read_at(start, min(len(expected), f.size - start)))
+
+    def _load_pending(self) -> dict[str, dict[str, Any]]:
+        """The appends of the last batch, as it recorded them before appending."""
+        try:
+            raw = orjson.loads((self.data_dir / SINK_PENDING_FILE).read_bytes())
+            files = raw["files"]
+            return {str(k): v for k, v in files.items() if isinstance(v, dict)}
+        except FileNotFoundError:
+            return {}
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            # Torn by a kill while it was written: before any append, so no tail is ours.
+            return {}
+
+    def _write_pending(self, files: dict[str, dict[str, Any]]) -> None:
+        # No fsync: a kill keeps what the page cache holds, in order, so the record is
+        # there whenever its appends are. After a power cut it may be missing while an
+        # append survived: that tail is then set aside like a person's (nothing lost).
+        atomic_write(
+            self.data_dir / SINK_PENDING_FILE,
+            orjson.dumps({"files": files}),
+            fsync=False,
+            sync_dir=False,
+        )
 
     def _load_state(self, path: Path) -> _State:
         try:
@@ -290,7 +400,15 @@ class CsvSink:
         if len(tail) < f.size - len(_HEADER):
             tail = tail[tail.find(b"\n") + 1 :]  # the first line may be cut
         window: dict[str, deque[_Key]] = {}
-        for row in csv.reader(io.StringIO(tail.decode("utf-8", errors="replace"))):
+        reader = csv.reader(io.StringIO(tail.decode("utf-8", errors="replace")))
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error:  # a cell over the reader's limit: a person's line
+                self._unreadable.skip("recovery", "unparsable", DATA_FILE)
+                continue
             if len(row) != len(COLUMNS):
                 continue
             try:
@@ -308,13 +426,16 @@ class CsvSink:
         # Without a newline in the tail, rfind() gives -1: the whole tail is torn.
         return f.size - len(tail) + tail.rfind(b"\n") + 1
 
-    def _check_header(self, f: AppendFile) -> None:
+    def _check_header(self, f: AppendFile, have_state: bool) -> None:
         if f.size == 0:
             f.append(_HEADER)
             self._state.sizes[DATA_FILE] = f.size
             return
         head = f.read_head(len(_HEADER))
-        if head != _HEADER:
+        if head != _HEADER and have_state:
+            # The sink's own file, saved over with other columns (or a BOM, CRLF ...).
+            self._set_aside(DATA_FILE, "other_columns")
+        elif head != _HEADER:
             first = head.split(b"\n", 1)[0].decode(errors="replace")
             raise SinkError(
                 f"{f.path} has other columns ({first!r}); expected {HEADER.strip()!r}. "
@@ -332,6 +453,82 @@ class CsvSink:
         for old in daily[: max(0, len(daily) - _OPEN_DAILY)]:
             self._files.pop(old).close()
         return f
+
+    # -- files a person changed -----------------------------------------------------
+
+    def _check(self, name: str) -> None:
+        """Before appending to ``name``: is it still the file the sink writes, as long as
+        the state records? If a person changed it, it is set aside first."""
+        f = self._file(name)
+        reason = f.change(self._state.sizes.get(name, 0))
+        if reason is not None:
+            self._set_aside(name, reason)
+
+    def _set_aside(self, name: str, reason: str) -> None:
+        """Keep the file a person changed untouched under an ``.edited-`` name and start
+        a fresh one (crypto_data.csv with its header; a daily file with the next row).
+
+        The rows are not lost: the daily files (for crypto_data.csv) and the topic hold
+        them, and ``replay`` rebuilds the files from the topic. A deleted or emptied file
+        holds nothing of the person's: it is only started afresh.
+        """
+        f = self._files.pop(name, None)
+        if f is not None:
+            f.close()
+        path = self.data_dir / name
+        kept: str | None = None
+        if reason not in ("deleted", "emptied"):
+            kept = self._set_aside_name(name)
+            target = self.data_dir / kept
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+            if self._fsync:
+                fsync_dir(target.parent)
+                fsync_dir(path.parent)
+        if name.startswith(_DAILY):
+            # Created again by the next append, header first, like a new day's file.
+            self._state.sizes.pop(name, None)
+            day = name[len(_DAILY) : -len(".csv")]
+            self._first_values.forget_day(day)
+            if self.candles is not None:
+                # Feeds still queued for the candles' thread carry lengths of the old file:
+                # they are folded first, then the day is forgotten.
+                self.candles_barrier()
+                self._candles_do(self.candles.forget, day)
+        else:
+            fresh = self._file(name)
+            if name == DATA_FILE and fresh.size == 0:
+                fresh.append(_HEADER)
+            self._state.sizes[name] = fresh.size
+        if self.opened:
+            atomic_write(self.data_dir / SINK_STATE_FILE, self._state.to_json(), fsync=self._fsync)
+        else:
+            self._state_changed = True
+        self._report(name, reason, kept)
+
+    def _set_aside_name(self, name: str) -> str:
+        """``…edited-<UTC time>…``; unique even for two in one second."""
+        when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        kept = set_aside_file(name, when)
+        n = 1
+        while (self.data_dir / kept).exists():
+            n += 1
+            kept = set_aside_file(name, f"{when}-{n}")
+        return kept
+
+    def _report(self, name: str, reason: str, kept: str | None) -> None:
+        label = "daily" if name.startswith(_DAILY) else name.rpartition("/")[2]
+        self.metrics.files_set_aside.labels(label, reason).inc()
+        log.error(
+            "file_set_aside",
+            file=name,
+            reason=reason,
+            kept_as=kept,
+            fresh_file=name,
+            note="a person changed the file under the sink: it is kept as it was under "
+            "kept_as and a fresh one continues; no row is lost (the daily files and the "
+            "topic hold them; replay rebuilds)",
+        )
 
     # -- the transaction ----------------------------------------------------------
 
@@ -368,6 +565,12 @@ class CsvSink:
         """Make one batch durable. Raises :class:`SinkWriteError`; then nothing counts."""
         if self._broken:
             self._recover_from_state()
+        try:
+            # A person may have changed a file since the last batch (see _set_aside).
+            self._check(DATA_FILE)
+            self._check(DEAD_LETTER_FILE)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
         state = self._state
         result = BatchResult()
         offsets = dict(state.offsets)
@@ -388,6 +591,7 @@ class CsvSink:
         day = ""
         day_begin = day_end = 0.0
         stamp = self._first_values.stamp
+        checked: set[str] = set()
         # The loop below runs once per message: locals, no per-row calls it can avoid.
         try:
             for rec in records:
@@ -422,6 +626,11 @@ class CsvSink:
                         dead_reasons.append("unwritable")
                         continue
                     day_rows = by_day.setdefault(day, [])
+                    if day not in checked:
+                        # Before its rows get their firstValue from the day's file.
+                        checked.add(day)
+                        if daily_file(day) in state.sizes:
+                            self._check(daily_file(day))
                     day_begin = day_start(day)
                     day_end = day_begin + 86400
                 keys[1].add(key)
@@ -444,36 +653,45 @@ class CsvSink:
             # batch fails whole and is retried like any disk error.
             self._first_values.discard()
             raise self._write_error(exc) from exc
+        except Exception as exc:  # a batch fails, never the consumer task
+            self._first_values.discard()
+            raise self._unexpected(exc) from exc
         result.written = len(rows)
         result.dead_letters = len(dead)
         if offsets == state.offsets:
             self._first_values.discard()
             return result
 
-        sizes = dict(state.sizes)
         touched: list[str] = []
         try:
             data = "".join(rows).encode()
+            plan: list[tuple[str, bytes]] = []
             if rows:
-                touched.append(DATA_FILE)
-                f = self._file(DATA_FILE)
-                f.append(data)
-                sizes[DATA_FILE] = f.size
+                plan.append((DATA_FILE, data))
             for day, day_rows in by_day.items():
-                name = daily_file(day)
+                # One day (the usual case) holds every row of the batch: the same bytes.
+                chunk = data if len(by_day) == 1 else "".join(day_rows).encode()
+                plan.append((daily_file(day), chunk))
+            if dead:
+                plan.append((DEAD_LETTER_FILE, b"".join(dead)))
+            for name, _ in plan:
+                self._check(name)  # the last look before appending
+            sizes = dict(state.sizes)
+            pending: dict[str, dict[str, Any]] = {}
+            for i, (name, chunk) in enumerate(plan):
+                start = sizes.get(name, 0)
+                if start == 0 and name.startswith(_DAILY):
+                    plan[i] = (name, chunk := _HEADER + chunk)
+                end = start + len(chunk)
+                pending[name] = {"start": start, "end": end, "head": chunk[:_HEAD].hex()}
+            self._write_pending(pending)
+            for name, chunk in plan:
                 touched.append(name)
                 # Opening a day's file may close the least recently used one (a batch
                 # can span any number of days): its size is taken now, not at the end.
                 f = self._file(name)
-                # One day (the usual case) holds every row of the batch: the same bytes.
-                chunk = data if len(by_day) == 1 else "".join(day_rows).encode()
-                f.append(_HEADER + chunk if f.size == 0 else chunk)
+                f.append(chunk)
                 sizes[name] = f.size
-            if dead:
-                touched.append(DEAD_LETTER_FILE)
-                f = self._file(DEAD_LETTER_FILE)
-                f.append(b"".join(dead))
-                sizes[DEAD_LETTER_FILE] = f.size
             last = {**state.last, **last_updates} if last_updates else state.last
             new_state = _State(state.topic, offsets, sizes, last, state.identity)
             # The commit point: once this rename is done, the batch counts.
@@ -483,10 +701,12 @@ class CsvSink:
                 fsync=self._fsync,
                 sync_dir=False,
             )
-        except OSError as exc:
+        except Exception as exc:  # a batch fails, never the consumer task
             self._first_values.discard()
             self._rollback(touched, state.sizes)
-            raise self._write_error(exc) from exc
+            if isinstance(exc, OSError):
+                raise self._write_error(exc) from exc
+            raise self._unexpected(exc) from exc
         self._state = new_state
         self._first_values.commit()
         if self._fsync:
@@ -520,6 +740,13 @@ class CsvSink:
         if written:
             self._after_commit(written)
         return result
+
+    def _unexpected(self, exc: Exception) -> SinkWriteError:
+        """An error no one foresaw, before the commit point: the batch fails (rolled
+        back, retried, counted in sink_errors{kind="unexpected"}), the consumer goes on."""
+        self.metrics.sink_errors.labels("unexpected").inc()
+        log.error("sink_batch_failed", error=repr(exc)[:200], exc_info=exc)
+        return SinkWriteError("unexpected", f"{type(exc).__name__}: {exc}"[:300])
 
     def _write_error(self, exc: OSError) -> SinkWriteError:
         kind = "disk_full" if exc.errno == errno.ENOSPC else "io_error"
@@ -641,9 +868,10 @@ class CsvSink:
         cutoff = day_start(today) - (self._retention_days - 1) * 86400
         try:
             removed = self._trim(cutoff)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - derived work never stops the sink
             self.metrics.sink_errors.labels("retention").inc()
-            log.error("retention_trim_failed", error=exc.strerror or str(exc))
+            error = (exc.strerror if isinstance(exc, OSError) else None) or repr(exc)
+            log.error("retention_trim_failed", error=error)
             return
         self._trimmed_on = today
         if removed:
@@ -663,10 +891,11 @@ class CsvSink:
         rows' firstValue (see :mod:`cryptostream.sink.firstvalues`).
         """
         path = self.data_dir / DATA_FILE
+        unreadable = 0
         with path.open("rb") as src:
             src.readline()
             # Rewrite only when some row is older (found at the top on most days).
-            if not any(_line_ts(line.decode()) < cutoff for line in src):
+            if not any(_bytes_ts(line) < cutoff for line in src):
                 return 0
             src.seek(0)
             src.readline()
@@ -674,15 +903,22 @@ class CsvSink:
             with replacing(path, fsync=self._fsync) as dst:
                 dst.write(_HEADER)
                 for line in src:
-                    if _line_ts(line.decode()) < cutoff:
+                    ts = _bytes_ts(line)
+                    if ts < cutoff:
                         removed += 1
                     else:
+                        # A line without a time (a person's) is kept where it was.
+                        unreadable += ts == _INF
                         dst.write(line)
+                dst.flush()
+                # Shorter than the state says until the state is written: not a person's.
+                self._write_pending({DATA_FILE: {"trimmed_to": dst.tell()}})
                 self._files.pop(DATA_FILE).close()
         # A crash before the next line leaves a file shorter than the state records:
         # start-up accepts that (nothing uncommitted can be in it at this point).
         self._state.sizes[DATA_FILE] = self._file(DATA_FILE).size
         atomic_write(self.data_dir / SINK_STATE_FILE, self._state.to_json(), fsync=self._fsync)
+        self._unreadable.skip("retention", "not_a_number", DATA_FILE, unreadable)
         return removed
 
     def close(self) -> None:
@@ -697,3 +933,17 @@ class CsvSink:
 
 def _line_ts(line: str) -> float:
     return float(line.split(",", 1)[0])
+
+
+def _bytes_ts(line: bytes) -> float:
+    """The time of a line of crypto_data.csv; +inf (newer than any cutoff: kept) for
+    a line that has none a number can be read from."""
+    try:
+        ts = float(line.split(b",", 1)[0])
+    except ValueError:
+        return _INF
+    return ts if ts == ts else _INF  # NaN: kept too
+
+
+def _nothing() -> None:
+    pass

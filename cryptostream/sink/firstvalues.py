@@ -18,6 +18,7 @@ the sink's transaction commits; a failed batch leaves nothing behind.
 from __future__ import annotations
 
 import csv
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from itertools import islice
@@ -30,12 +31,26 @@ from cryptostream.tick import Tick
 _BLOCK = 1 << 20
 #: Days whose first prices stay in memory (a late tick for an older one reads its file).
 KEEP_DAYS = 8
+#: A price cell as the sink writes it (a plain, non-negative decimal in ASCII digits).
+_PRICE = re.compile(rb"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: Told of a line that cannot give a first price: (reason, file).
+Skipped = Callable[[str, str], None]
+
+
+def _ignore(reason: str, file: str) -> None:
+    pass
 
 
 class FirstValueBook:
-    def __init__(self, ticks_dir: Path, committed_size: Callable[[str], int | None]) -> None:
+    def __init__(
+        self,
+        ticks_dir: Path,
+        committed_size: Callable[[str], int | None],
+        skipped: Skipped = _ignore,
+    ) -> None:
         self._ticks_dir = ticks_dir
         self._committed_size = committed_size
+        self._skipped = skipped
         # day -> id cell -> priceUsd of the day's first committed row of that asset.
         self._firsts: OrderedDict[str, dict[str, str]] = OrderedDict()
         # The same for rows of the batch being written, until it commits.
@@ -75,6 +90,13 @@ class FirstValueBook:
         """The batch was rolled back: none of its rows counts."""
         self._pending.clear()
 
+    def forget_day(self, day: str) -> None:
+        """The day's file was set aside: its first rows are read from the new one."""
+        self._firsts.pop(day, None)
+        self._pending.pop(day, None)
+        if day == self._newest:
+            self._newest = ""
+
     def forget(self) -> None:
         """Drop everything in memory (the files may have changed under us)."""
         self._firsts.clear()
@@ -82,7 +104,9 @@ class FirstValueBook:
         self._newest = ""
 
     def _load(self, day: str) -> dict[str, str]:
-        firsts = _first_prices(self._ticks_dir / f"{day}.csv", self._committed_size(day) or 0)
+        firsts = _first_prices(
+            self._ticks_dir / f"{day}.csv", self._committed_size(day) or 0, self._skipped
+        )
         self._firsts[day] = firsts
         self._newest = day
         while len(self._firsts) > KEEP_DAYS:
@@ -111,8 +135,12 @@ def _lines(path: Path, size: int) -> Iterator[bytes]:
             yield from lines
 
 
-def _first_prices(path: Path, size: int) -> dict[str, str]:
-    """Id cell -> priceUsd of its first row, in the first ``size`` bytes of a daily file."""
+def _first_prices(path: Path, size: int, skipped: Skipped = _ignore) -> dict[str, str]:
+    """Id cell -> priceUsd of its first row, in the first ``size`` bytes of a daily file.
+
+    A line a person changed (a price cell that is not a number, a byte that is not
+    UTF-8, a cell no CSV reader takes) is skipped and reported, never raised: the
+    first row of the asset that can be read counts."""
     firsts: dict[str, str] = {}
     if size <= 0:
         return firsts
@@ -120,20 +148,33 @@ def _first_prices(path: Path, size: int) -> dict[str, str]:
         for raw in islice(_lines(path, size), 1, None):  # after the header
             if b'"' in raw:
                 # A quoted text cell (a comma or quote in it): the slow, exact path.
-                row = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
+                try:
+                    row = next(csv.reader([raw.decode("utf-8", errors="replace")]), [])
+                except csv.Error:
+                    skipped("unparsable", path.name)
+                    continue
                 if len(row) < 5:
                     continue
                 # The cell as the sink wrote it, from its parsed text.
                 cell = quoted(row[1])
-                price = row[4]
+                price_cell = row[4].encode("utf-8", errors="replace")
             else:
                 parts = raw.split(b",", 5)
                 if len(parts) < 6:
                     continue
                 cell = parts[1].decode("utf-8", errors="replace")
-                price = parts[4].decode()
-            if cell not in firsts:
-                firsts[cell] = price
+                price_cell = parts[4]
+            if cell in firsts:
+                continue
+            if _PRICE.fullmatch(price_cell) is None:
+                reason = "not_utf8" if b"\xef\xbf\xbd" in price_cell else "not_a_number"
+                try:
+                    price_cell.decode()
+                except UnicodeDecodeError:
+                    reason = "not_utf8"
+                skipped(reason, path.name)
+                continue
+            firsts[cell] = price_cell.decode()
     except FileNotFoundError:
         pass
     return firsts

@@ -83,6 +83,7 @@ class SinkWorker:
         self._executor: ThreadPoolExecutor | None = None
         self._observers: list[Callable[[list[Tick]], None]] = []
         sink.defer_candles = sink.candles is not None
+        sink.candles_barrier = self._candles_barrier
         self._candles: ThreadPoolExecutor | None = None
         self._feeds: deque[Future[None]] = deque()
 
@@ -147,15 +148,24 @@ class SinkWorker:
             await asyncio.shield(asyncio.wrap_future(feeds.popleft()))
         feeds.append(self._candles.submit(self.sink.add_candles, result.ticks, result.day_sizes))
 
+    def _candles_barrier(self) -> None:
+        """On the sink's thread: wait until the candles' thread has done every feed
+        submitted so far (it runs them in order; it never waits for the sink)."""
+        candles = self._candles
+        if candles is not None:
+            candles.submit(_nothing).result()
+
     def close(self) -> None:
         """Wait for the call in flight (a transaction is never cut short) and the
         candles' feeds, then close the sink on its thread (which flushes the candles).
         Blocks: it is the last step of a shutdown."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.submit(_nothing).result()  # the call in flight, which may feed candles
         candles, self._candles = self._candles, None
         if candles is not None:
             candles.shutdown(wait=True)
         self._feeds.clear()
-        executor, self._executor = self._executor, None
         if executor is None:
             self.sink.close()
             return
@@ -163,3 +173,7 @@ class SinkWorker:
             executor.submit(self.sink.close).result()
         finally:
             executor.shutdown(wait=True)
+
+
+def _nothing() -> None:
+    pass

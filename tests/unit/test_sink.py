@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import resource
 import signal
 from collections.abc import Iterator
@@ -107,10 +108,13 @@ def test_torn_tail_is_cut_on_start(tmp_path: Path) -> None:
     s = CsvSink(tmp_path, TOPIC, Metrics())
     s.open()
     s.write([rec(0, 0, tick("bitcoin", 1.0, "10"))])
-    s.close()
     good = (tmp_path / DATA_FILE).read_bytes()
-    with (tmp_path / DATA_FILE).open("ab") as fh:  # a crash mid-write of the next batch
-        fh.write(b"2.0,bitcoin,BTC,Bitc")
+    state = (tmp_path / ".cryptostream/sink_state.json").read_bytes()
+    s.write([rec(0, 1, tick("bitcoin", 2.0, "11"))])
+    s.close()
+    # A kill mid-write of that batch: its state never landed, its row is half written.
+    (tmp_path / ".cryptostream/sink_state.json").write_bytes(state)
+    os.truncate(tmp_path / DATA_FILE, len(good) + 20)
     again = CsvSink(tmp_path, TOPIC, Metrics())
     again.open()
     assert (tmp_path / DATA_FILE).read_bytes() == good

@@ -286,11 +286,11 @@ def test_a_daily_file_that_cannot_be_read_back_fails_the_batch_not_the_sink(
     real = firstvalues._first_prices
     calls = {"n": 0}
 
-    def failing(path: Path, size: int) -> dict[str, str]:
+    def failing(path: Path, size: int, *rest: firstvalues.Skipped) -> dict[str, str]:
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError(errno.EIO, "Input/output error", str(path))
-        return real(path, size)
+        return real(path, size, *rest)
 
     monkeypatch.setattr(firstvalues, "_first_prices", failing)
     with pytest.raises(SinkWriteError):
