@@ -201,3 +201,61 @@ def test_a_transaction_is_four_fsyncs(tmp_path: Path, monkeypatch: pytest.Monkey
     # values file is derived and rewritten at start, so it is not fsynced (was 5).
     assert count == 4
     sink.close()
+
+
+async def test_a_daily_file_saved_over_while_candles_lag_gives_the_same_candles_as_inline(
+    tmp_path: Path,
+) -> None:
+    day_file = "history/ticks/2025-03-07.csv"
+
+    def save_over(data_dir: Path) -> None:
+        # A person's "Save": a new file, with a row less, renamed over the day's file.
+        path = data_dir / day_file
+        tmp = path.with_name("saved.tmp")
+        tmp.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+        tmp.replace(path)
+
+    lagging = CsvSink(tmp_path / "lagging", TOPIC, Metrics())
+    worker = SinkWorker(lagging)
+    await worker.open()
+    book = lagging.candles
+    assert book is not None
+    release = threading.Event()
+    forgotten = threading.Event()
+    real_add, real_forget = lagging.add_candles, book.forget
+    calls: list[int] = []
+
+    def held_add(ticks: list[Tick], sizes: dict[str, int]) -> None:
+        calls.append(len(ticks))
+        if len(calls) == 1:
+            release.wait(30)
+        elif len(calls) == 2:
+            # The interleaving that went wrong: the day forgotten before this feed of the
+            # old file ran (it then read the new file). With the barrier, the forget
+            # waits for this feed instead, and this wait times out.
+            forgotten.wait(1.0)
+        real_add(ticks, sizes)
+
+    def forget(day: str) -> None:
+        real_forget(day)
+        forgotten.set()
+
+    lagging.add_candles = held_add  # type: ignore[method-assign]
+    book.forget = forget  # type: ignore[method-assign]
+    await worker.write(records(0, 50))
+    await worker.write(records(50, 50))
+    save_over(tmp_path / "lagging")
+    # The next batch sets the day's file aside; its candles wait for the queued feeds
+    # (which carry the old file's lengths) before the day is forgotten.
+    threading.Timer(0.3, release.set).start()
+    await worker.write(records(100, 50))
+    await asyncio.to_thread(worker.close)
+
+    inline = CsvSink(tmp_path / "inline", TOPIC, Metrics())
+    inline.open()
+    inline.write(records(0, 50))
+    inline.write(records(50, 50))
+    save_over(tmp_path / "inline")
+    inline.write(records(100, 50))
+    inline.close()
+    assert candle_files(tmp_path / "lagging") == candle_files(tmp_path / "inline") != {}
