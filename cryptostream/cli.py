@@ -147,7 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch /assets/{id}/history in windows the API accepts and write "
         "history/backfill/<interval>/YYYY-MM-DD.csv (same columns as crypto_data.csv). "
         "Idempotent: the same range twice adds nothing. Resumable: finished windows are "
-        "remembered, so after Ctrl-C or a crash the same command continues.",
+        "remembered, so after Ctrl-C or a crash the same command continues. Credits: the "
+        "range's cost is estimated first and a range over what is left of "
+        "coincap.monthly_credits this billing period is refused (exit 2); each answer's "
+        "credits go into the ledger shared with the service. After CoinCap said the "
+        "allowance is spent it starts only once the hourly probe is due (else exit 2, "
+        "saying when), and its first request is that probe; CoinCap still saying so "
+        "stops it (exit 1).",
         epilog="example: cryptostream backfill --assets bitcoin,ethereum "
         "--start 2025-03-01 --end 2025-04-01 --interval h1",
     )

@@ -188,13 +188,13 @@ class CreditBudget:
         rec = self.ledger.current()
         now = self.clock()
         _, end = self.ledger.bounds()
-        if rec.spent_at is not None:
-            last = max(rec.spent_at, rec.probed_at or 0.0)
-            if now - last < PROBE_EVERY:
+        probe = self.next_probe()
+        if probe is not None:
+            if now < probe:
                 self._set_exhausted("coincap")
                 return (
                     f"CoinCap said the allowance is spent; next probe at "
-                    f"{iso(_utc(last + PROBE_EVERY))}, new period from {iso(end)}"
+                    f"{iso(_utc(probe))}, new period from {iso(end)}"
                 )
             # One request an hour asks whether it still is (a bigger plan, a reset).
             log.info("coincap_allowance_probe", kind=kind)
@@ -211,6 +211,14 @@ class CreditBudget:
             )
         self._set_exhausted(None)
         return None
+
+    def next_probe(self) -> float | None:
+        """While CoinCap's "spent" answer holds this period: when the hourly probe is
+        due (Unix seconds; due now when it is past). None without such an answer."""
+        rec = self.ledger.current()
+        if rec.spent_at is None:
+            return None
+        return max(rec.spent_at, rec.probed_at or 0.0) + PROBE_EVERY
 
     def charged(self, kind: str, status: int, nbytes: int) -> int:
         """Count one answer; returns its credits (0 for an answer that is not billed)."""
