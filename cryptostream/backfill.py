@@ -23,7 +23,8 @@ sink writes, under its exactly-once state); Power BI's folder connector on
 * Credits: :meth:`Backfill.estimate` says what the windows still to fetch will cost
   before anything is spent; the command refuses (exit 2, with the numbers) when that
   is more than what is left of ``coincap.monthly_credits`` this billing period, unless
-  ``--allow-over-budget``. What it spends goes into the same ledger as the service's.
+  ``--allow-over-budget``. What it spends goes into the same ledger as the service's,
+  written after every answer (a ``kill -9`` loses at most one request's credits).
   When CoinCap says the allowance is spent, the run stops (the rest stays undone).
   After that answer a backfill starts only once the hourly probe is due (else exit 2,
   saying when it is), and its first request is that probe: the same single request an
@@ -187,7 +188,10 @@ class Backfill:
         self._dir = data_dir / backfill_dir(interval)
         self._progress_file = data_dir / backfill_progress_file(interval)
         self._names: dict[str, tuple[str, str]] = {}
-        self.budget = CreditBudget(config, enforce=not allow_over_budget)
+        # Every answer's credits are in the file before the next request (and every
+        # request's check reads the file, so the service's spend is seen at once): a
+        # killed backfill loses at most the one answer it had not written yet.
+        self.budget = CreditBudget(config, enforce=not allow_over_budget, flush_every=0.0)
 
     def estimate(self, windows: list[Window]) -> CostEstimate:
         """The credits the windows not yet done will cost (nothing is fetched)."""

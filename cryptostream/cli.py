@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "remembered, so after Ctrl-C or a crash the same command continues. Credits: the "
         "range's cost is estimated first and a range over what is left of "
         "coincap.monthly_credits this billing period is refused (exit 2); each answer's "
-        "credits go into the ledger shared with the service. After CoinCap said the "
+        "credits go into the ledger shared with the service as soon as it arrives (a "
+        "kill loses at most one request's count). After CoinCap said the "
         "allowance is spent it starts only once the hourly probe is due (else exit 2, "
         "saying when), and its first request is that probe; CoinCap still saying so "
         "stops it (exit 1).",

@@ -137,6 +137,7 @@ class CreditBudget:
         *,
         clock: Clock = time.time,
         enforce: bool = True,
+        flush_every: float | None = None,
     ) -> None:
         cc = config.coincap
         self._config = config
@@ -144,7 +145,11 @@ class CreditBudget:
         self.enforce = enforce
         self.monthly = cc.monthly_credits
         self.ledger = Ledger(
-            config.storage.data_dir, cc.billing_day, clock=clock, fsync=config.storage.fsync
+            config.storage.data_dir,
+            cc.billing_day,
+            clock=clock,
+            fsync=config.storage.fsync,
+            flush_every=flush_every,
         )
         chain = source_chain(config) if config.source.name != "demo" else ()
         self.key = bool(cc.api_key)

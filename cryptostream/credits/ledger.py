@@ -7,8 +7,9 @@ since its last flush as a *delta* in memory and adds it to the file by
 read-modify-write under a short exclusive ``fcntl.flock`` on a lock file beside it,
 replacing the file atomically. So no process overwrites another's spend, a reader
 never sees half a file, and a crash loses at most the delta not yet flushed (a flush
-happens at least every :data:`FLUSH_EVERY` seconds while credits are spent, and at
-shutdown) — it never resets the count.
+happens at least every :data:`FLUSH_EVERY` seconds while credits are spent — after
+every charge for a ledger with ``flush_every=0``, as backfill's — and at shutdown) — it
+never resets the count.
 
 The ``run`` service calls :meth:`Ledger.start`: from then on its file I/O runs on a
 worker thread, never on the event loop, so a ``backfill`` suspended while it holds
@@ -207,8 +208,11 @@ class Ledger:
         *,
         clock: Clock = time.time,
         fsync: bool = True,
+        flush_every: float | None = None,
     ) -> None:
         self.path = data_dir / LEDGER_FILE
+        #: Seconds between flushes (None: :data:`FLUSH_EVERY`); 0 flushes every charge.
+        self.flush_every = flush_every
         self._lock_path = data_dir / CREDITS_LOCK_FILE
         self.billing_day = billing_day
         self.clock = clock
@@ -306,9 +310,10 @@ class Ledger:
     # -- the file ------------------------------------------------------------------------
 
     def maybe_sync(self) -> None:
-        """Flush (and re-read) when the last sync is older than :data:`FLUSH_EVERY`."""
+        """Flush (and re-read) when the last sync is older than ``flush_every``."""
         now = self.clock()
-        if self._synced_at is None or now - self._synced_at >= FLUSH_EVERY or now < self._synced_at:
+        every = FLUSH_EVERY if self.flush_every is None else self.flush_every
+        if self._synced_at is None or now - self._synced_at >= every or now < self._synced_at:
             self.sync()
 
     def sync(self) -> None:
