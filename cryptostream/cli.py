@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preflight",
         action="store_true",
         help="only check the configuration and the data directory (its topic), print "
-        "the CoinCap credit plan, and exit: 0 ok, 2 if the service could not start",
+        "the CoinCap credit plan, and exit: 0 ok, 2 if the service could not start, 1 if "
+        "the credit ledger cannot be read (nothing is changed)",
     )
     check_cmd = command(
         check,
@@ -184,7 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the CoinCap credit ledger and the plan for the current configuration",
         description="What this data directory spent on CoinCap in the current billing period, "
         "the budget (coincap.monthly_credits), and what the configured poll rate needs until "
-        "the reset. Reads the ledger only; safe while the service runs.",
+        "the reset. Reads the ledger only (it never moves or rewrites it; one it cannot read "
+        "is exit 1 with a line saying what to do); safe while the service runs. The count "
+        "is kept per UTC day, so a changed coincap.billing_day counts every credit spent "
+        "in the period it defines.",
     )
     cr.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     pbi = command(
@@ -329,6 +333,10 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         allow_over_budget=args.allow_over_budget,
     )
+    try:
+        job.budget.ledger.load()  # an unreadable ledger: no budget to keep, no start
+    except OSError as exc:
+        return _fail(str(exc), 1)
     # Plan before spending: what the range costs against what is left this period.
     cost = job.estimate(windows)
     left = "no limit" if cost.left is None else f"{cost.left} of {cost.budget} left"
@@ -361,6 +369,10 @@ def credits(config: Config, args: argparse.Namespace) -> int:
     from cryptostream.credits.report import report_json, report_text
 
     budget = CreditBudget(config)
+    try:
+        budget.ledger.load()  # reads only: an unreadable file is said, never touched
+    except OSError as exc:
+        return _fail(str(exc), 1)
     print(json.dumps(report_json(budget), indent=2) if args.json else report_text(budget))  # noqa: T201
     return 0
 
