@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -135,7 +134,7 @@ class CreditBudget:
         config: Config,
         metrics: Metrics | None = None,
         *,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         enforce: bool = True,
         flush_every: float | None = None,
     ) -> None:

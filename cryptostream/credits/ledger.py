@@ -292,7 +292,7 @@ class Ledger:
         data_dir: Path,
         billing_day: int = 1,
         *,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         fsync: bool = True,
         flush_every: float | None = None,
     ) -> None:
@@ -301,7 +301,8 @@ class Ledger:
         self.flush_every = flush_every
         self._lock_path = data_dir / CREDITS_LOCK_FILE
         self.billing_day = billing_day
-        self.clock = clock
+        #: ``time.time`` when not given (looked up now, not when this module loaded).
+        self.clock: Clock = clock or time.time
         self._fsync = fsync
         #: day -> record, as last read from the file.
         self._disk: Records = {}
