@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "kill loses at most one request's count). After CoinCap said the "
         "allowance is spent it starts only once the hourly probe is due (else exit 2, "
         "saying when), and its first request is that probe; CoinCap still saying so "
-        "stops it (exit 1).",
+        "stops it (exit 1). A credit ledger it cannot read stops it before any request "
+        "(exit 1).",
         epilog="example: cryptostream backfill --assets bitcoin,ethereum "
         "--start 2025-03-01 --end 2025-04-01 --interval h1",
     )
