@@ -23,8 +23,12 @@ sink writes, under its exactly-once state); Power BI's folder connector on
 * Credits: :meth:`Backfill.estimate` says what the windows still to fetch will cost
   before anything is spent; the command refuses (exit 2, with the numbers) when that
   is more than what is left of ``coincap.monthly_credits`` this billing period, unless
-  ``--allow-over-budget``. What it spends goes into the same ledger as the service's.
+  ``--allow-over-budget``. What it spends goes into the same ledger as the service's,
+  written after every answer (a ``kill -9`` loses at most one request's credits).
   When CoinCap says the allowance is spent, the run stops (the rest stays undone).
+  After that answer a backfill starts only once the hourly probe is due (else exit 2,
+  saying when it is), and its first request is that probe: the same single request an
+  hour the service sends.
 * An asset CoinCap does not know is an error naming it, before any history request.
 """
 
@@ -94,8 +98,10 @@ class CostEstimate:
     #: None without a limit.
     left: int | None
     period_end: dt.datetime
-    #: CoinCap said this period's allowance is spent.
+    #: CoinCap said this period's allowance is spent and the hourly probe is not due.
     spent_by_coincap: bool
+    #: When CoinCap is asked again (the hourly probe), while its "spent" answer holds.
+    next_probe: dt.datetime | None = None
 
     @property
     def over(self) -> bool:
@@ -105,9 +111,12 @@ class CostEstimate:
         """The one line that says why the backfill does not start, with the numbers."""
         reset = self.period_end.date().isoformat()
         if self.spent_by_coincap:
+            probe = f" at {self.next_probe:%Y-%m-%dT%H:%M:%SZ}" if self.next_probe else ""
             return (
                 f"CoinCap said this billing period's allowance is spent; the backfill needs "
-                f"about {self.credits} credits: run it after the reset on {reset}"
+                f"about {self.credits} credits: run it again after the next hourly probe is "
+                f"due{probe} (its first request asks CoinCap whether it still is), or after "
+                f"the reset on {reset}"
             )
         return (
             f"the backfill needs about {self.credits} CoinCap credits ({self.requests} "
@@ -217,7 +226,10 @@ class Backfill:
         self._lock_file = data_dir / backfill_lock_file(interval)
         self._lock_fd: int | None = None
         self._names: dict[str, tuple[str, str]] = {}
-        self.budget = CreditBudget(config, enforce=not allow_over_budget)
+        # Every answer's credits are in the file before the next request (and every
+        # request's check reads the file, so the service's spend is seen at once): a
+        # killed backfill loses at most the one answer it had not written yet.
+        self.budget = CreditBudget(config, enforce=not allow_over_budget, flush_every=0.0)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -251,6 +263,9 @@ class Backfill:
         credits = sum(history_credits_estimate(_rows(w, self._interval)) for w in todo)
         credits += len(assets) * poll_credits_estimate(1)  # one /assets/{id} each
         plan = self.budget.plan()
+        # After CoinCap's "spent" answer, the hourly probe: once due, the run's first
+        # request is that probe (the same single request the service would send).
+        probe = self.budget.next_probe()
         return CostEstimate(
             windows=len(todo),
             requests=len(todo) + len(assets),
@@ -258,7 +273,8 @@ class Backfill:
             budget=plan.budget,
             left=plan.left,
             period_end=plan.period_end,
-            spent_by_coincap=self.budget.ledger.current().spent_at is not None,
+            spent_by_coincap=probe is not None and probe > self.budget.clock(),
+            next_probe=dt.datetime.fromtimestamp(probe, tz=dt.UTC) if probe else None,
         )
 
     def _load_done(self) -> set[str]:

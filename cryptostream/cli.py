@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preflight",
         action="store_true",
         help="only check the configuration and the data directory (its topic), print "
-        "the CoinCap credit plan, and exit: 0 ok, 2 if the service could not start",
+        "the CoinCap credit plan, and exit: 0 ok, 2 if the service could not start, 1 if "
+        "the credit ledger cannot be read (nothing is changed)",
     )
     check_cmd = command(
         check,
@@ -152,7 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Idempotent: the same range twice adds nothing. Resumable: finished windows are "
         "remembered, so after Ctrl-C or a crash the same command continues. One backfill "
         "of an interval runs on a data directory at a time (a second one is refused, "
-        "exit 2); it runs beside the service.",
+        "exit 2); it runs beside the service. Credits: the "
+        "range's cost is estimated first and a range over what is left of "
+        "coincap.monthly_credits this billing period is refused (exit 2); each request is "
+        "checked again by its expected size just before it is sent; each answer's "
+        "credits go into the ledger shared with the service as soon as it arrives (a "
+        "kill loses at most one request's count). After CoinCap said the "
+        "allowance is spent it starts only once the hourly probe is due (else exit 2, "
+        "saying when), and its first request is that probe; CoinCap still saying so "
+        "stops it (exit 1). A credit ledger it cannot read stops it before any request "
+        "(exit 1).",
         epilog="example: cryptostream backfill --assets bitcoin,ethereum "
         "--start 2025-03-01 --end 2025-04-01 --interval h1",
     )
@@ -186,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the CoinCap credit ledger and the plan for the current configuration",
         description="What this data directory spent on CoinCap in the current billing period, "
         "the budget (coincap.monthly_credits), and what the configured poll rate needs until "
-        "the reset. Reads the ledger only; safe while the service runs.",
+        "the reset. Reads the ledger only (it never moves or rewrites it; one it cannot read "
+        "is exit 1 with a line saying what to do); safe while the service runs. The count "
+        "is kept per UTC day, so a changed coincap.billing_day counts every credit spent "
+        "in the period it defines.",
     )
     cr.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     pbi = command(
@@ -337,6 +350,10 @@ def backfill(config: Config, args: argparse.Namespace) -> int:
         allow_over_budget=args.allow_over_budget,
     )
     try:
+        job.budget.ledger.load()  # an unreadable ledger: no budget to keep, no start
+    except OSError as exc:
+        return _fail(str(exc), 1)
+    try:
         # One backfill of the interval at a time, from the plan to the last window.
         with job.locked():
             result = _backfill_run(job, windows, args)
@@ -379,6 +396,10 @@ def credits(config: Config, args: argparse.Namespace) -> int:
     from cryptostream.credits.report import report_json, report_text
 
     budget = CreditBudget(config)
+    try:
+        budget.ledger.load()  # reads only: an unreadable file is said, never touched
+    except OSError as exc:
+        return _fail(str(exc), 1)
     print(json.dumps(report_json(budget), indent=2) if args.json else report_text(budget))  # noqa: T201
     return 0
 

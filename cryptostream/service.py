@@ -31,6 +31,7 @@ from cryptostream import __version__
 from cryptostream.config import Config
 from cryptostream.consumer import Consumer
 from cryptostream.credits import CreditBudget
+from cryptostream.credits.ledger import LedgerUnreadable
 from cryptostream.dashboard import Dashboard
 from cryptostream.datadir import DataDirLock
 from cryptostream.fetcher import Fetcher
@@ -162,11 +163,14 @@ class Service:
             await self.credits.start()
         except OSError as exc:
             self.sink.close()
+            why, todo = exc.strerror or str(exc), "fix the file or its folder"
+            if isinstance(exc, LedgerUnreadable):
+                why, todo = exc.why, exc.todo
             log.error(
                 "credit_ledger_unreadable",
                 path=str(self.credits.ledger.path),
-                error=exc.strerror or str(exc),
-                hint="the CoinCap budget needs the count so far: fix the file or its folder",
+                error=why,
+                hint=f"the CoinCap budget needs the count so far: {todo}",
             )
             return 1
         # Room for a failover chain running at once: a price stream holds one

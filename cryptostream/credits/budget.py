@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -135,8 +134,9 @@ class CreditBudget:
         config: Config,
         metrics: Metrics | None = None,
         *,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
         enforce: bool = True,
+        flush_every: float | None = None,
     ) -> None:
         cc = config.coincap
         self._config = config
@@ -144,7 +144,11 @@ class CreditBudget:
         self.enforce = enforce
         self.monthly = cc.monthly_credits
         self.ledger = Ledger(
-            config.storage.data_dir, cc.billing_day, clock=clock, fsync=config.storage.fsync
+            config.storage.data_dir,
+            cc.billing_day,
+            clock=clock,
+            fsync=config.storage.fsync,
+            flush_every=flush_every,
         )
         chain = source_chain(config) if config.source.name != "demo" else ()
         self.key = bool(cc.api_key)
@@ -193,13 +197,13 @@ class CreditBudget:
         rec = self.ledger.current()
         now = self.clock()
         _, end = self.ledger.bounds()
-        if rec.spent_at is not None:
-            last = max(rec.spent_at, rec.probed_at or 0.0)
-            if now - last < PROBE_EVERY:
+        probe = self.next_probe()
+        if probe is not None:
+            if now < probe:
                 self._set_exhausted("coincap")
                 return (
                     f"CoinCap said the allowance is spent; next probe at "
-                    f"{iso(_utc(last + PROBE_EVERY))}, new period from {iso(end)}"
+                    f"{iso(_utc(probe))}, new period from {iso(end)}"
                 )
             # One request an hour asks whether it still is (a bigger plan, a reset).
             log.info("coincap_allowance_probe", kind=kind)
@@ -218,6 +222,14 @@ class CreditBudget:
             )
         self._set_exhausted(None)
         return None
+
+    def next_probe(self) -> float | None:
+        """While CoinCap's "spent" answer holds this period: when the hourly probe is
+        due (Unix seconds; due now when it is past). None without such an answer."""
+        rec = self.ledger.current()
+        if rec.spent_at is None:
+            return None
+        return max(rec.spent_at, rec.probed_at or 0.0) + PROBE_EVERY
 
     def charged(self, kind: str, status: int, nbytes: int) -> int:
         """Count one answer; returns its credits (0 for an answer that is not billed)."""

@@ -105,13 +105,16 @@ class AllowanceSpent(ApiError):
     final = True
 
 
-_SPENT_WORDS = re.compile(rb"credit|limit|quota|plan", re.IGNORECASE)
+#: Words of an answer about the monthly allowance. "limit" is not one of them: a rate
+#: limit (``{"error": "Rate limit exceeded"}``, a proxy's "limit: 10 r/s" page) says it.
+_SPENT_WORDS = re.compile(rb"\b(?:credits?|monthly|plan|quota|upgrade)\b", re.IGNORECASE)
 
 
 def says_allowance_spent(answer: HttpAnswer) -> bool:
     """An answer saying the paid allowance is used up, as opposed to a rate limit: a 429
-    without ``Retry-After`` whose body speaks of credits, a limit, a quota or the plan;
-    a 402; a 403 that speaks of them."""
+    without ``Retry-After`` whose body speaks of the monthly allowance (credits, monthly,
+    the plan, a quota, an upgrade); a 402; a 403 that speaks of them. A 429 that does not
+    is a rate limit (:class:`RateLimited`, capped backoff)."""
     status = answer.status
     if status == 402:
         return True

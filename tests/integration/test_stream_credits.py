@@ -27,7 +27,7 @@ import pytest
 
 from cryptostream.config import Config
 from cryptostream.credits import CreditBudget
-from cryptostream.credits.ledger import LEDGER_FILE, PeriodRecord
+from cryptostream.credits.ledger import LEDGER_FILE, PeriodRecord, by_period, parse
 from cryptostream.metrics import Metrics
 from cryptostream.source import make_source
 from cryptostream.source.base import Source
@@ -167,8 +167,8 @@ async def running(
 
 
 def on_disk(config: Config) -> dict[str, PeriodRecord]:
-    doc = json.loads((config.storage.data_dir / LEDGER_FILE).read_text())
-    return {k: PeriodRecord.from_json(v) for k, v in doc["periods"].items()}
+    raw = (config.storage.data_dir / LEDGER_FILE).read_bytes()
+    return by_period(parse(raw, time.time()), config.coincap.billing_day)
 
 
 def credits_cli(config: Config, env: dict[str, str]) -> dict[str, Any]:

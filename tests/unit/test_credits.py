@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from cryptostream.config import Config, ConfigError, load_config
 from cryptostream.credits import CreditBudget, Ledger, credits_for, period_bounds
-from cryptostream.credits.ledger import LEDGER_FILE, billed
+from cryptostream.credits.ledger import LEDGER_FILE, billed, by_period, parse
 from cryptostream.credits.report import report_text
 from cryptostream.metrics import Metrics
 from cryptostream.source.base import SourceHealth
@@ -53,10 +53,10 @@ def config(tmp_path: Path, **env: str) -> Config:
     )
 
 
-def on_disk(tmp_path: Path) -> dict[str, dict[str, object]]:
-    doc = json.loads((tmp_path / "data" / LEDGER_FILE).read_text())
-    periods: dict[str, dict[str, object]] = doc["periods"]
-    return periods
+def on_disk(tmp_path: Path, billing_day: int = 1) -> dict[str, dict[str, object]]:
+    """The file's days added up per billing period, as ``credits --json`` shows them."""
+    days = parse((tmp_path / "data" / LEDGER_FILE).read_bytes(), MARCH)
+    return {k: v.to_json() for k, v in by_period(days, billing_day).items()}
 
 
 # -- the rule and the period --------------------------------------------------------------
@@ -154,6 +154,11 @@ def test_a_new_period_starts_from_zero_and_keeps_the_old_one(tmp_path: Path) -> 
         (429, {}, b"quota exceeded", True),
         (429, {"Retry-After": "5"}, b'{"error": "rate limit, credits"}', False),
         (429, {}, b"", False),
+        (429, {}, b'{"error": "Rate limit exceeded"}', False),
+        (429, {}, b"<html><p>limit: 10 r/s</p></html>", False),
+        (429, {}, b"<p>An explanation of our limits</p>", False),
+        (429, {}, b'{"error": "You have used all credits of your monthly plan"}', True),
+        (429, {}, b'{"error": "Please upgrade"}', True),
         (402, {}, b"", True),
         (403, {}, b'{"error": "your plan does not include this"}', True),
         (403, {}, b'{"error": "invalid api key"}', False),
@@ -405,3 +410,101 @@ def test_budget_settings_are_checked(tmp_path: Path, env: dict[str, str], messag
     with pytest.raises(ConfigError) as err:
         config(tmp_path, **env)
     assert message in str(err.value)
+
+
+# -- the spend is kept by day: any billing day counts its own period -------------------------
+
+DEC = dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp()
+
+
+def spend_first_ten_days(tmp_path: Path, clock: Clock) -> CreditBudget:
+    """2,400 of 2,500 credits from 1 to 10 December, by a service on billing day 1."""
+    budget = CreditBudget(config(tmp_path), clock=clock)
+    clock.now = DEC
+    for _ in range(1200):
+        budget.charged("poll", 200, POLL_BYTES)
+        clock.now += 9 * DAY / 1200
+    budget.close()
+    return budget
+
+
+def test_a_changed_billing_day_counts_what_was_spent_in_the_period_it_defines(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(DEC)
+    first = spend_first_ten_days(tmp_path, clock)
+    clock.now = DEC + 9.5 * DAY  # 10 December
+    assert first.plan().used == 2400
+    # The user sets billing_day = 15 for a paid plan: that period began on 15 November
+    # and holds all of December's spend so far.
+    moved = CreditBudget(config(tmp_path, coincap__billing_day="15"), clock=clock)
+    plan = moved.plan()
+    assert (plan.period_start.date().isoformat(), plan.used, plan.left) == ("2026-11-15", 2400, 100)
+    polls = 0
+    while moved.refusal("poll") is None:
+        moved.charged("poll", 200, POLL_BYTES)
+        polls += 1
+    assert (polls, moved.ledger.used()) == (50, 2500), "never over the budget"
+    # The new period, from 15 December, counts from its own first day.
+    clock.now = DEC + 14 * DAY + 1
+    assert moved.plan().used == 0 and moved.refusal("poll") is None
+
+
+def test_two_processes_with_different_billing_days_see_each_others_spend(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(DEC + 9.5 * DAY)
+    service = CreditBudget(config(tmp_path), clock=clock)  # compose: billing day 1
+    backfill = CreditBudget(config(tmp_path, coincap__billing_day="5"), clock=clock)
+    service.charged("poll", 200, POLL_BYTES)
+    backfill.charged("backfill", 200, 58 * 2500)
+    service.close()
+    backfill.close()
+    service.ledger.sync()
+    backfill.ledger.sync()
+    assert service.plan().used == backfill.plan().used == 60
+    assert service.plan().period_start.day == 1 and backfill.plan().period_start.day == 5
+    # Spend on 2 December is in the service's period, not in the backfill's.
+    clock.now = DEC + DAY
+    early = CreditBudget(config(tmp_path), clock=clock)
+    early.charged("poll", 200, POLL_BYTES)
+    early.close()
+    clock.now = DEC + 9.5 * DAY
+    service.ledger.sync()
+    backfill.ledger.sync()
+    assert (service.plan().used, backfill.plan().used) == (62, 60)
+
+
+def test_a_ledger_of_the_previous_format_keeps_its_count(tmp_path: Path) -> None:
+    path = tmp_path / "data" / LEDGER_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "billing_day": 1,
+                "periods": {
+                    "2026-11-01T00:00:00Z": {"credits": 2500, "calls": 1250},
+                    "2026-12-01T00:00:00Z": {
+                        "credits": 2400,
+                        "calls": 1200,
+                        "by_kind": {"poll": 2400},
+                        "spent_at": DEC + DAY,
+                    },
+                },
+            }
+        )
+    )
+    clock = Clock(DEC + 9.5 * DAY)
+    budget = CreditBudget(config(tmp_path), clock=clock)
+    rec = budget.ledger.current()
+    assert (rec.credits, rec.by_kind, rec.spent_at) == (2400, {"poll": 2400}, DEC + DAY)
+    # When in its period an old record was spent is not known: it counts on the period's
+    # last day begun, so another billing day's period counts it if it may hold it.
+    budget = CreditBudget(config(tmp_path, coincap__billing_day="15"), clock=clock)
+    assert budget.ledger.current().credits == 2500 + 2400
+    periods = CreditBudget(config(tmp_path), clock=clock).ledger.periods()
+    assert {k: v.credits for k, v in periods.items()} == {
+        "2026-11-01T00:00:00Z": 2500,
+        "2026-12-01T00:00:00Z": 2400,
+    }
