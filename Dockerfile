@@ -35,6 +35,10 @@ RUN /opt/venv/bin/python3 -m pip wheel --no-deps --wheel-dir /tmp/wheels . \
 # ----------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE}
 
+# The package's version (cryptostream/__init__.py; a test keeps the two equal).
+LABEL org.opencontainers.image.title="cryptostream" \
+      org.opencontainers.image.version="0.4.0"
+
 ARG APP_UID=10001
 ARG APP_GID=10001
 

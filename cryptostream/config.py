@@ -124,6 +124,7 @@ TopicName = Annotated[
 
 
 class CoinCapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: The API root.
     base_url: HttpUrl = "https://rest.coincap.io/v3"
     #: Seconds for one HTTP request, connect to last byte.
     timeout: Positive = 10.0
@@ -141,7 +142,7 @@ class CoinCapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     ws_refresh_interval: Positive = 60.0
     #: Credits this service may spend per billing period (0 = no limit: counted only).
     #: A free key's monthly allowance was a few thousand credits, and reportedly cut
-    #: since: the default keeps a free key within it. Set your plan's (see README "Costs").
+    #: since: the default keeps a free key within it. Set your plan's (see "Costs and credits").
     monthly_credits: NonNegativeInt = 2500
     #: Day of the month (UTC) the billing period starts; 29-31 mean the last day in
     #: shorter months.
@@ -163,7 +164,9 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     fallbacks: tuple[Literal["coincap", "coincap-ws", "binance", "kraken"], ...] = ()
     #: Seconds the active source may fail before the next one takes over.
     failover_after: Positive = 60.0
+    #: CoinCap asset ids to track (the other sources map them with their own markets).
     assets: Assets = DEFAULT_ASSETS
+    #: Seconds between polls (fractions allowed); the schedule does not drift.
     poll_interval: Positive = 20.0
     #: Ticks buffered between fetcher and producer while Kafka is slow or down.
     queue_size: PositiveInt = 100_000
@@ -172,15 +175,20 @@ class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 class DemoConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Ticks per second, all assets together.
     rate: Positive = 10.0
+    #: Random seed of the demo walk.
     seed: int = 0
 
 
 class BinanceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: The API root.
     base_url: HttpUrl = "https://api.binance.com"
     #: ``coincap-id=SYMBOL`` pairs: which Binance market prices which asset.
     symbols: tuple[str, ...] = DEFAULT_BINANCE_SYMBOLS
+    #: Seconds for one request.
     timeout: Positive = 10.0
+    #: How long one poll keeps retrying before it is given up (logged).
     retry_deadline: Positive = 300.0
+    #: Cap of the backoff between retries; also the wait between retries of a 4xx.
     max_backoff: Positive = 30.0
     #: Request weight this service allows itself per minute (Binance's IP limit is 6000,
     #: shared with every other program on the same address).
@@ -188,22 +196,32 @@ class BinanceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class KrakenConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: The API root.
     base_url: HttpUrl = "https://api.kraken.com"
     #: ``coincap-id=PAIR`` pairs: which Kraken pair prices which asset.
     pairs: tuple[str, ...] = DEFAULT_KRAKEN_PAIRS
+    #: Seconds for one request.
     timeout: Positive = 10.0
+    #: How long one poll keeps retrying before it is given up (logged).
     retry_deadline: Positive = 300.0
+    #: Cap of the backoff between retries; also the wait between retries of a configuration
+    #: error.
     max_backoff: Positive = 30.0
 
 
 class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: ``host:port[,host:port]`` of the brokers.
     bootstrap_servers: BootstrapServers = "localhost:9092"
+    #: The topic of the ticks, created on start if missing.
     topic: TopicName = "crypto_prices"
+    #: Consumer group of the CSV sink.
     group_id: Annotated[str, _rule("must not be empty", min_length=1)] = "cryptostream-csv"
+    #: Client id the brokers see.
     client_id: str = "cryptostream"
     #: One partition keeps a total order of ticks (the CSV is then a pure function
     #: of the topic: ``cryptostream replay`` reproduces it byte for byte).
     partitions: PositiveInt = 1
+    #: When creating the topic (3 on a real cluster).
     replication_factor: PositiveInt = 1
     #: 0 leaves the broker default.
     min_insync_replicas: int = 0
@@ -211,6 +229,7 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     send_timeout: Positive = 30.0
     #: Deadline for connecting / creating the topic / committing, seconds.
     request_timeout: Positive = 15.0
+    #: Producer batching delay, milliseconds.
     linger_ms: Annotated[int, _rule("must not be negative, got {value!r}", ge=0)] = 5
     #: Records per consumer batch written to the CSV at once.
     max_batch: PositiveInt = 5000
@@ -226,6 +245,7 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
     #: SASL mechanism with a ``sasl_*`` protocol.
     sasl_mechanism: Literal["plain", "scram-sha-256", "scram-sha-512"] = "plain"
+    #: SASL user name (required with a ``sasl_*`` protocol).
     sasl_username: str = ""
     #: A file holding the SASL password (e.g. a Docker or Kubernetes secret). The other
     #: way is the KAFKA_SASL_PASSWORD variable; the password itself is never a setting.
@@ -233,12 +253,15 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: PEM files for TLS: the CA of the brokers' certificates (empty: the system's CAs),
     #: and a client certificate and its (unencrypted) key when the brokers ask for one.
     ssl_cafile: str = ""
+    #: PEM client certificate, for brokers that require one (mutual TLS).
     ssl_certfile: str = ""
+    #: Its unencrypted PEM key, unless it is in ``ssl_certfile``.
     ssl_keyfile: str = ""
     sasl_password: Secret = Secret("")
 
 
 class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: Where the files go (the folder Power BI reads).
     data_dir: Path = Path("data")
     #: fsync data and state files; turning it off trades crash safety for speed.
     fsync: bool = True
@@ -249,8 +272,11 @@ class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class WebConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: Serve ``/healthz``, ``/readyz``, ``/metrics`` (and the dashboard).
     enabled: bool = True
+    #: Address to listen on (``0.0.0.0`` in containers).
     host: str = "127.0.0.1"
+    #: Port to listen on.
     port: Port = 8000
     #: Serve the live dashboard page and its JSON API (keeps the price history in memory).
     dashboard: bool = True

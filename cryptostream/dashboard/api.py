@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from cryptostream import __version__
 from cryptostream.access import Refusals
 from cryptostream.dashboard.hub import Dashboard, Mode
 
@@ -65,6 +66,8 @@ def load_static(folder: Path = STATIC_DIR) -> dict[str, StaticFile]:
         if ctype is None:
             continue  # only known kinds of file are served
         body = path.read_bytes()
+        if path.name == "index.html":
+            body = body.replace(b"{{version}}", __version__.encode())  # the footer's
         etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
         files[path.relative_to(folder).as_posix()] = StaticFile(body, ctype, etag)
     return files

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 #: The tick columns, in the order of the CSV header, with their M types. The
-#: header itself is the sink's contract (README, "The files"); a test checks
+#: header itself is the sink's contract (docs/files.md); a test checks
 #: that this list is that header.
 CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("timestamp", "type number"),

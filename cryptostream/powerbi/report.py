@@ -3,7 +3,7 @@
 A line chart of each asset's price variation over time, a Year / Month / Day
 slicer, an Asset slicer, a table of the last price per asset and six cards, on
 a 1280 x 720 (16:9) page. Every file names the JSON schema it follows; the versions are
-those Power BI Desktop wrote in May 2025 (see powerbi/README.md).
+those Power BI Desktop wrote in May 2025 (see docs/powerbi.md).
 """
 
 from __future__ import annotations

@@ -348,9 +348,9 @@ def test_the_report_reads_exactly_the_csv_header() -> None:
     """Renaming or reordering a CSV column in the sink fails here, not in a user's report."""
     assert [name for name, _ in queries.CSV_COLUMNS] == list(COLUMNS)
     assert ",".join(name for name, _ in queries.CSV_COLUMNS) + "\n" == HEADER
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    contract = (REPO / "docs" / "files.md").read_text(encoding="utf-8")
     for name, _ in queries.CSV_COLUMNS:
-        assert f"`{name}`" in readme, name
+        assert f"`{name}`" in contract, name
 
 
 def test_every_csv_column_the_model_loads_is_in_the_header(model: pbip.Model) -> None:
