@@ -26,6 +26,16 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from cryptostream.chain import (
+    ASSET_ID_PATTERN,
+    KEYED_SOURCES,
+    MAPPED_SOURCES,
+    asset_mapping,
+    named_sources,
+    source_chain,
+    usable_chain,
+)
+
 ENV_PREFIX = "CRYPTOSTREAM_"
 CONFIG_PATH_ENV = "CRYPTOSTREAM_CONFIG"
 API_KEY_ENV = "COINCAP_API_KEY"
@@ -36,8 +46,6 @@ DEFAULT_CONFIG_FILE = "config.toml"
 MIN_TOKEN_LENGTH = 16
 
 DEFAULT_ASSETS = ("bitcoin", "ethereum", "tether", "xrp", "binance-coin", "solana")
-#: A CoinCap asset id: lower-case, and nothing that would break a URL or a list.
-ASSET_ID_PATTERN = r"^[^A-Z ,/?&#]+$"
 
 # CoinCap id -> exchange market. Binance quotes in USDT (taken as USD); it has no
 # tether/USD market, so tether is not priced by Binance. Kraken quotes in real USD
@@ -156,7 +164,7 @@ class CoinCapConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 class SourceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: ``coincap``/``coincap-ws`` (need COINCAP_API_KEY), ``binance``, ``kraken`` (keyless),
-    #: ``demo`` (synthetic prices, offline) or ``auto`` (see ``source.chain.source_chain``):
+    #: ``demo`` (synthetic prices, offline) or ``auto`` (see ``cryptostream.chain.source_chain``):
     #: the default, so a first run without a key starts on the keyless sources.
     name: Literal["coincap", "coincap-ws", "binance", "kraken", "demo", "auto"] = "auto"
     #: Sources to fail over to, in order, when the one in use keeps failing (real prices
@@ -306,6 +314,27 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     web: WebConfig = WebConfig()
     log: LogConfig = LogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+
+    def full_chain(self) -> tuple[str, ...]:
+        """Every source of ``source.name``/``source.fallbacks``, ``auto`` resolved."""
+        src = self.source
+        return source_chain(src.name, src.fallbacks, bool(self.coincap.api_key))
+
+    def mappings(self) -> dict[str, dict[str, str]]:
+        """The market mapping of each exchange source (raises ValueError if malformed)."""
+        return {
+            "binance": asset_mapping(self.binance.symbols),
+            "kraken": asset_mapping(self.kraken.pairs),
+        }
+
+    def source_chain(self) -> tuple[str, ...]:
+        """The sources to run, most preferred first: :meth:`full_chain` without those
+        that ``auto`` added and that can price none of ``source.assets``."""
+        src = self.source
+        kept, _ = usable_chain(
+            self.full_chain(), named_sources(src.name, src.fallbacks), src.assets, self.mappings()
+        )
+        return kept
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for log redaction."""
@@ -530,9 +559,6 @@ def _check(config: Config, where: Callable[[str, str], str]) -> None:
 
 
 def _check_sources(config: Config, where: Callable[[str, str], str]) -> None:
-    # Imported here, not at the top: the source package imports this module.
-    from cryptostream.source.chain import KEYED_SOURCES, asset_mapping, source_chain
-
     src = config.source
     if len(set(src.fallbacks)) != len(src.fallbacks) or src.name in src.fallbacks:
         raise ConfigError(f"{where('source', 'fallbacks')}: a source is listed twice")
@@ -541,20 +567,30 @@ def _check_sources(config: Config, where: Callable[[str, str], str]) -> None:
             f"{where('source', 'fallbacks')}: the demo source cannot be mixed with real "
             "prices; leave fallbacks empty with source.name = demo"
         )
-    chain = source_chain(config)
-    for section, key, label in (
-        ("binance", "symbols", "Binance symbol"),
-        ("kraken", "pairs", "Kraken pair"),
-    ):
+    keys = {"binance": "symbols", "kraken": "pairs"}
+    mappings: dict[str, dict[str, str]] = {}
+    for section, key in keys.items():
         try:
-            mapping = asset_mapping(getattr(getattr(config, section), key))
+            mappings[section] = asset_mapping(getattr(getattr(config, section), key))
         except ValueError as exc:
             raise ConfigError(f"{where(section, key)}: {exc}") from None
-        if section in chain and not any(a in mapping for a in src.assets):
+    named = named_sources(src.name, src.fallbacks)
+    chain, _ = usable_chain(config.full_chain(), named, src.assets, mappings)
+    for section, key in keys.items():
+        # Only a source the user named is an error when it prices nothing; one that
+        # ``auto`` added is left out of the chain (said at start, see make_source).
+        if section in chain and not any(a in mappings[section] for a in src.assets):
+            label = MAPPED_SOURCES[section]
             raise ConfigError(
                 f"{where(section, key)}: no asset of source.assets has a {label}; "
                 f"add coincap-id={label.split()[1].upper()} entries"
             )
+    if not chain:
+        raise ConfigError(
+            f"{where('source', 'assets')}: no source can price these assets (no Binance "
+            "symbol or Kraken pair for any of them, and no COINCAP_API_KEY): set the key, "
+            "or add binance.symbols / kraken.pairs entries"
+        )
     keyed = [s for s in chain if s in KEYED_SOURCES]
     if keyed and not config.coincap.api_key:
         raise ConfigError(

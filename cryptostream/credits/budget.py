@@ -24,11 +24,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from cryptostream.chain import KEYED_SOURCES
 from cryptostream.config import Config
 from cryptostream.credits.ledger import Clock, Ledger, billed, credits_for, iso
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.source.chain import KEYED_SOURCES, source_chain
 
 log = get_logger(__name__)
 
@@ -150,7 +150,7 @@ class CreditBudget:
             fsync=config.storage.fsync,
             flush_every=flush_every,
         )
-        chain = source_chain(config) if config.source.name != "demo" else ()
+        chain = config.source_chain() if config.source.name != "demo" else ()
         self.key = bool(cc.api_key)
         first = next((s for s in chain if s in KEYED_SOURCES), None)
         self.source: str | None = first if self.key else None

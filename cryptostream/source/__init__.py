@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from cryptostream.chain import KEYED_SOURCES, MAPPED_SOURCES
 from cryptostream.config import Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.base import Emit, Source
 from cryptostream.source.binance import BinanceSource
-from cryptostream.source.chain import KEYED_SOURCES, source_chain
 from cryptostream.source.coincap import CoinCapSource
 from cryptostream.source.coincap_ws import CoinCapWsSource
 from cryptostream.source.demo import DemoSource
@@ -57,7 +57,10 @@ def make_source(
     chain, ``budget`` logs the credit plan for the billing period."""
     if config.source.name == "demo":
         return DemoSource(config)
-    chain = source_chain(config)
+    chain = config.source_chain()
+    for name in config.full_chain():
+        if name not in chain:
+            _say_skipped(name, config, metrics)
     if config.source.name == "auto" and not config.coincap.api_key:
         # The documented first run: no key, keyless prices at once, and how to add one.
         log.warning(
@@ -72,3 +75,18 @@ def make_source(
         budget.log_plan()
     sources = [make_one(name, config, session, metrics, budget) for name in chain]
     return FailoverSource(sources, config.source.failover_after, metrics)
+
+
+def _say_skipped(name: str, config: Config, metrics: Metrics) -> None:
+    """A source ``auto`` added that prices none of the assets: left out, said once."""
+    assets = config.source.assets
+    for asset in assets:
+        metrics.assets_unknown.labels(name, asset).set(1)
+    log.warning(
+        "source_skipped",
+        source=name,
+        reason=f"no asset of source.assets has a {MAPPED_SOURCES.get(name, 'market')}",
+        assets=list(assets),
+        hint=f"the other sources price them; to use {name} too, add coincap-id=MARKET "
+        f"entries to [{name}]",
+    )

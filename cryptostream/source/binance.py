@@ -33,10 +33,10 @@ from typing import Any
 
 import aiohttp
 
+from cryptostream.chain import asset_mapping
 from cryptostream.config import Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.source.chain import asset_mapping
 from cryptostream.source.http import (
     HttpAnswer,
     HttpClient,

@@ -34,9 +34,9 @@ from typing import Any
 
 import aiohttp
 
+from cryptostream.chain import asset_mapping
 from cryptostream.config import Config
 from cryptostream.metrics import Metrics
-from cryptostream.source.chain import asset_mapping
 from cryptostream.source.http import (
     ClientError,
     HttpClient,

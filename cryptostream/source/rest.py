@@ -53,6 +53,8 @@ class PollingSource:
     async def run(self, emit: Emit) -> None:
         log.info("source_polling", source=self.name, markets=self.markets, interval=self._interval)
         if self.unpriced:
+            for asset in self.unpriced:
+                self._metrics.assets_unknown.labels(self.name, asset).set(1)
             log.warning(
                 "assets_not_on_source",
                 source=self.name,

@@ -140,3 +140,17 @@ def test_a_file_system_without_locks_exits_2_naming_the_directory_and_the_cause(
     assert len(lines) == 1, err
     assert str(data_dir) in lines[0] and "No locks available" in lines[0], lines
     assert "without file locks" in lines[0]
+
+
+async def test_preflight_with_a_coin_no_exchange_lists_starts_on_coincap(tmp_path: Path) -> None:
+    # A key, source.name = auto and an asset Binance and Kraken do not list: before, the
+    # implicit Binance fallback vetoed the start (exit 2) although CoinCap prices it.
+    env = {
+        **env_for(tmp_path / "data", "crypto_prices"),
+        "COINCAP_API_KEY": "test-key-not-real",
+        "CRYPTOSTREAM_SOURCE__NAME": "auto",
+        "CRYPTOSTREAM_SOURCE__ASSETS": "a-new-coin",
+    }
+    code, out, err = await cryptostream(env, tmp_path, "run", "--preflight")
+    assert code == 0, err[-2000:]
+    assert "Binance symbol" not in out + err

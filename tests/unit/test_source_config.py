@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from cryptostream.chain import asset_mapping
 from cryptostream.config import DEFAULT_BINANCE_SYMBOLS, ConfigError, load_config
-from cryptostream.source.chain import asset_mapping, source_chain
 
 
 def load(tmp_path: Path, toml: str = "", **env: str):
@@ -47,7 +48,7 @@ def load(tmp_path: Path, toml: str = "", **env: str):
     ],
 )
 def test_the_chain_in_effect(tmp_path: Path, env: dict[str, str], chain: tuple[str, ...]) -> None:
-    assert source_chain(load(tmp_path, **env)) == chain
+    assert load(tmp_path, **env).source_chain() == chain
 
 
 def test_keyless_sources_need_no_api_key(tmp_path: Path) -> None:
@@ -133,3 +134,37 @@ def test_mappings_from_the_environment(tmp_path: Path) -> None:
     )
     assert asset_mapping(cfg.kraken.pairs) == {"bitcoin": "XBTUSD", "ethereum": "ETHUSD"}
     assert asset_mapping(DEFAULT_BINANCE_SYMBOLS)["binance-coin"] == "BNBUSDT"
+
+
+def test_an_implicit_fallback_that_prices_none_of_the_assets_never_vetoes_coincap(
+    tmp_path: Path,
+) -> None:
+    # A new coin only CoinCap knows, with a key and source.name = auto: before, the
+    # implicit Binance fallback stopped the service at start ("[binance] symbols: no
+    # asset of source.assets has a Binance symbol") although CoinCap prices it.
+    cfg = load(tmp_path, '[source]\nassets = ["newcoin"]\n', COINCAP_API_KEY="k")
+    assert cfg.full_chain() == ("coincap", "binance", "kraken")
+    assert cfg.source_chain() == ("coincap",)
+    # One that prices some of them stays in the chain (it prices what it can).
+    cfg = load(tmp_path, '[source]\nassets = ["newcoin", "tether"]\n', COINCAP_API_KEY="k")
+    assert cfg.source_chain() == ("coincap", "kraken")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        # Named by the user and able to price none: still a configuration error.
+        (
+            '[source]\nname = "auto"\nfallbacks = ["binance"]\nassets = ["newcoin"]\n',
+            "[binance] symbols: no asset of source.assets has a Binance symbol",
+        ),
+        # Nothing at all can price them: no key, and no exchange lists them.
+        ('[source]\nassets = ["newcoin"]\n', "no source can price these assets"),
+    ],
+)
+def test_a_named_source_that_prices_nothing_is_still_an_error(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    env = {"COINCAP_API_KEY": "k"} if "fallbacks" in toml else {}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(tmp_path, toml, **env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import structlog
 
 from cryptostream.metrics import Metrics
 from cryptostream.source import make_source
@@ -56,3 +57,29 @@ async def test_make_source_builds_the_chain(make_config: ConfigFactory) -> None:
     # The test config has COINCAP_API_KEY set: auto starts with CoinCap.
     assert source.names == ["coincap", "kraken"]
     assert source.name == "coincap>kraken"
+
+
+async def test_an_implicit_fallback_that_prices_nothing_is_left_out_and_said_once(
+    make_config: ConfigFactory,
+) -> None:
+    # With a key and auto: CoinCap prices bitcoin; the exchanges, mapped to another
+    # coin only, price none of the assets, so auto leaves them out (said, counted).
+    config = make_config(
+        env={
+            "CRYPTOSTREAM_SOURCE__NAME": "auto",
+            "CRYPTOSTREAM_SOURCE__ASSETS": "bitcoin",
+            "CRYPTOSTREAM_BINANCE__SYMBOLS": "dogecoin=DOGEUSDT",
+            "CRYPTOSTREAM_KRAKEN__PAIRS": "dogecoin=XDGUSD",
+        }
+    )
+    metrics = Metrics()
+    with structlog.testing.capture_logs() as logs:
+        async with aiohttp.ClientSession() as session:
+            source = make_source(config, session, metrics)
+    assert isinstance(source, FailoverSource)
+    assert source.names == ["coincap"]
+    skipped = [e for e in logs if e["event"] == "source_skipped"]
+    assert [e["source"] for e in skipped] == ["binance", "kraken"]
+    assert "Binance symbol" in skipped[0]["reason"] and skipped[0]["assets"] == ["bitcoin"]
+    exposition = metrics.render().decode()
+    assert 'cryptostream_assets_unknown{asset="bitcoin",source="binance"} 1.0' in exposition
