@@ -405,3 +405,16 @@ def test_budget_settings_are_checked(tmp_path: Path, env: dict[str, str], messag
     with pytest.raises(ConfigError) as err:
         config(tmp_path, **env)
     assert message in str(err.value)
+
+
+def test_pacing_survives_the_wall_clock_stepping_back_an_hour(tmp_path: Path) -> None:
+    clock = Clock(MARCH + 3 * DAY)
+    cfg = config(tmp_path, coincap__budget_mode="pace", source__fallbacks="[]")
+    budget = CreditBudget(cfg, clock=clock)
+    assert budget.poll_due()
+    clock.now -= 3600  # NTP correction: the wall clock steps back an hour
+    due = 0
+    for _ in range(180):  # an hour of 20 s slots
+        clock.now += 20
+        due += budget.poll_due()
+    assert due > 0
