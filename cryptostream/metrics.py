@@ -63,6 +63,12 @@ class Metrics:
             "source",
             "asset",
         )
+        self.clock_skew = gauge(
+            "clock_skew_seconds",
+            "How far the source's clock is ahead of this machine's (negative: behind), "
+            "from its newest answer",
+            "source",
+        )
         # CoinCap credits (credits/)
         self.coincap_credits = counter(
             "coincap_credits",

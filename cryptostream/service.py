@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from cryptostream import __version__
+from cryptostream.clocks import ClockSkew
 from cryptostream.config import Config
 from cryptostream.consumer import Consumer
 from cryptostream.credits import CreditBudget
@@ -83,10 +84,13 @@ class Service:
         )
         # CoinCap's credits: the ledger in the data directory, the plan, the pacing.
         self.credits = CreditBudget(config, self.metrics)
+        # How far the sources' clocks are from this machine's (said once, on the page).
+        self.clock_skew = ClockSkew(self.metrics)
         if self.dashboard is not None:
             # The dashboard sees each batch once it is durable, never re-reading the CSV.
             self.sink.subscribe(self.dashboard.on_batch)
             self.dashboard.credits = self.credits.status
+            self.dashboard.clock = self.clock_skew.status
         self.web = WebServer(config.web, self.metrics, self.readiness, self.dashboard)
 
     # -- control -------------------------------------------------------------------
@@ -177,7 +181,7 @@ class Service:
         # connection for good, its REST refresh and each probing source need one more.
         connector = aiohttp.TCPConnector(limit=8, ttl_dns_cache=300)
         async with aiohttp.ClientSession(connector=connector) as session:
-            source = make_source(cfg, session, self.metrics, self.credits)
+            source = make_source(cfg, session, self.metrics, self.credits, self.clock_skew)
             fetcher = Fetcher(source, self.queue, self.metrics)
             try:
                 async with asyncio.TaskGroup() as tg:

@@ -6,10 +6,13 @@ self-describing JSON object so other applications can read the topic.
 
 A tick's time must be plausible: from :data:`EARLIEST_TIMESTAMP` (Bitcoin's
 genesis block, 2009-01-03 00:00 UTC: no crypto price is older) to
-:data:`FUTURE_TOLERANCE` (one hour) past the clock of whoever checks it. That
-refuses the usual unit mistakes (milliseconds: 1.7e12; microseconds), negative
-times and values :mod:`datetime` cannot even hold (1e20), which would otherwise
-fail far from here, e.g. when the sink names the day's file.
+:data:`FUTURE_TOLERANCE` (seven days) past the clock of whoever checks it. That
+refuses the usual unit mistakes (milliseconds: 1.7e12, a thousand times too far;
+microseconds), negative times and values :mod:`datetime` cannot even hold (1e20),
+which would otherwise fail far from here, e.g. when the sink names the day's file.
+A tick hours or a few days ahead is not a unit mistake but a clock that is off
+(a laptop's after sleep, a restored VM): it is data, written with the source's
+time, and the skew is said where it is measured (:mod:`cryptostream.clocks`).
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ _PLAIN_DECIMALS = re.compile(
 _ASSET_ID = re.compile(r"[^\s'\x00-\x1f\x7f][^\s\x00-\x1f\x7f]*")
 #: 2009-01-03T00:00:00Z, Unix seconds: the earliest plausible tick time.
 EARLIEST_TIMESTAMP = 1_230_940_800.0
-#: Seconds a tick's time may be ahead of the checking clock (clocks drift a little).
-FUTURE_TOLERANCE = 3600.0
+#: Seconds a tick's time may be ahead of the checking clock: a clock that drifted or
+#: stepped by hours or days is not a unit mistake (those are factors of 1000).
+FUTURE_TOLERANCE = 7 * 86400.0
 
 
 class InvalidTick(ValueError):

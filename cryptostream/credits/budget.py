@@ -313,6 +313,11 @@ class CreditBudget:
         interval = self._interval_for(now)
         if interval is None:
             return True  # spent: refusal() keeps the request from going out
+        if self._last_poll is not None and now < self._last_poll:
+            # The wall clock stepped back (NTP, a restored VM): the spacing is measured
+            # from now on, never an hour of polls lost waiting for the old time.
+            log.warning("clock_stepped_back", by_s=round(self._last_poll - now, 1))
+            self._last_poll = None
         if self._last_poll is not None and now - self._last_poll < interval - (
             self._config.source.poll_interval / 2
         ):

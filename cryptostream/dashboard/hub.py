@@ -79,6 +79,9 @@ class Dashboard:
         self._compacted_at = time.monotonic()
         #: The CoinCap credit card's data (``/api/credits``), set by the service.
         self.credits: Callable[[], dict[str, Any]] | None = None
+        #: A source's clock far from this machine's (``clock`` in the summary), set by
+        #: the service; None when the clocks agree.
+        self.clock: Callable[[], dict[str, Any] | None] | None = None
 
     # -- feeding -------------------------------------------------------------------
 
@@ -209,6 +212,7 @@ class Dashboard:
             "status": self.state,
             "loadSeconds": self.load_seconds,
             "loadError": self.load_error,
+            "clock": self.clock() if self.clock is not None else None,
             "days": [iso_day(d) for d in sorted(self.store.days)],
             "assets": [self._asset_json(s) for s in self.ordered()],
             "totals": self._totals(),

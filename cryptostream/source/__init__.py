@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from cryptostream.chain import KEYED_SOURCES, MAPPED_SOURCES
+from cryptostream.clocks import ClockSkew
 from cryptostream.config import Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
@@ -32,11 +33,13 @@ def make_one(
     session: aiohttp.ClientSession,
     metrics: Metrics,
     budget: CreditBudget | None = None,
+    skew: ClockSkew | None = None,
 ) -> Source:
     """One real-price source by name (``coincap``, ``coincap-ws``, ``binance``, ``kraken``);
-    the CoinCap ones spend credits through ``budget``."""
+    the CoinCap ones spend credits through ``budget``; ``skew`` measures the clocks of
+    those that stamp ticks with their own time."""
     if name == "coincap":
-        return CoinCapSource(config, session, metrics, budget)
+        return CoinCapSource(config, session, metrics, budget, skew)
     if name == "coincap-ws":
         return CoinCapWsSource(config, session, metrics, budget)
     if name == "binance":
@@ -51,6 +54,7 @@ def make_source(
     session: aiohttp.ClientSession,
     metrics: Metrics,
     budget: CreditBudget | None = None,
+    skew: ClockSkew | None = None,
 ) -> Source:
     """The source named by ``source.name``; real sources run inside a failover chain
     (``source.fallbacks``; a chain of one simply never switches). With CoinCap in the
@@ -73,7 +77,7 @@ def make_source(
         log.info("source_auto", chain=list(chain), reason="COINCAP_API_KEY is set")
     if budget is not None and any(name in KEYED_SOURCES for name in chain):
         budget.log_plan()
-    sources = [make_one(name, config, session, metrics, budget) for name in chain]
+    sources = [make_one(name, config, session, metrics, budget, skew) for name in chain]
     return FailoverSource(sources, config.source.failover_after, metrics)
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
+from cryptostream.clocks import ClockSkew, date_header
 from cryptostream.config import CoinCapConfig, Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
@@ -55,10 +56,17 @@ class AssetsResponse:
     #: Event time of the response, Unix seconds (the envelope's ``timestamp``).
     timestamp: float
     records: list[Any]
+    #: Whether ``timestamp`` is CoinCap's (else this machine's: the envelope lacked it).
+    from_api: bool = True
+    #: The answer's HTTP ``Date`` header, Unix seconds (None: missing or unreadable).
+    date: float | None = None
+    #: This machine's clock when the answer arrived.
+    received: float = 0.0
 
 
-def parse_envelope(body: bytes) -> AssetsResponse:
-    """Parse ``{"data": [...], "timestamp": ms}``; numbers stay exact text."""
+def parse_envelope(body: bytes, date: float | None = None) -> AssetsResponse:
+    """Parse ``{"data": [...], "timestamp": ms}``; numbers stay exact text. ``date`` is
+    the answer's ``Date`` header, kept as a second witness of CoinCap's clock."""
     try:
         # parse_float/int keep the digits as sent; no float ever touches a price.
         data = json.loads(body, parse_float=str, parse_int=str)
@@ -74,8 +82,9 @@ def parse_envelope(body: bytes) -> AssetsResponse:
     if timestamp is None or not 0 < timestamp < 32503680000:
         # The envelope always carries it; if a proxy strips it, our clock will do.
         log.warning("api_timestamp_missing", value=str(raw_ts)[:40])
-        timestamp = time.time()
-    return AssetsResponse(timestamp, data["data"])
+        now = time.time()
+        return AssetsResponse(now, data["data"], from_api=False, date=date, received=now)
+    return AssetsResponse(timestamp, data["data"], date=date, received=time.time())
 
 
 def record_label(record: Any) -> str:
@@ -101,6 +110,8 @@ class CoinCapClient:
         self._budget = budget
         self.kind = kind
         self._base = config.base_url.rstrip("/")
+        #: The ``Date`` header of the newest answer (Unix seconds), CoinCap's clock.
+        self.last_date: float | None = None
         self._http = HttpClient(
             session,
             metrics,
@@ -136,6 +147,7 @@ class CoinCapClient:
             if budget is not None:
                 budget.charged(self.kind, exc.status or 200, exc.nbytes)
             raise
+        self.last_date = date_header(answer.headers)
         if budget is not None:
             budget.charged(self.kind, answer.status, len(answer.body))
         if says_allowance_spent(answer):
@@ -159,7 +171,8 @@ class CoinCapClient:
 
     async def get_assets(self, ids: tuple[str, ...]) -> AssetsResponse:
         """One ``/assets`` request, no retries. Raises an ApiError subclass."""
-        return parse_envelope(await self.get("/assets", {"ids": ",".join(ids)}))
+        body = await self.get("/assets", {"ids": ",".join(ids)})
+        return parse_envelope(body, self.last_date)
 
     async def get_history(
         self, asset: str, interval: str, start_ms: int, end_ms: int, *, cost: int | None = None
@@ -167,7 +180,8 @@ class CoinCapClient:
         """One ``/assets/{id}/history`` request: rows of ``{priceUsd, time, date}``;
         ``cost`` is its expected credits (by its rows), checked before it is sent."""
         params = {"interval": interval, "start": str(start_ms), "end": str(end_ms)}
-        return parse_envelope(await self.get(f"/assets/{asset}/history", params, cost=cost))
+        body = await self.get(f"/assets/{asset}/history", params, cost=cost)
+        return parse_envelope(body, self.last_date)
 
     async def retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call`` under the declared retry policy; raises after ``retry_deadline``."""
@@ -187,8 +201,10 @@ class CoinCapSource(PollingSource):
         session: aiohttp.ClientSession,
         metrics: Metrics,
         budget: CreditBudget | None = None,
+        skew: ClockSkew | None = None,
     ) -> None:
         self._budget = budget
+        self._skew = skew if skew is not None else ClockSkew(metrics)
         self._client = CoinCapClient(
             config.coincap, session, metrics, source=self.name, budget=budget, kind="poll"
         )
@@ -215,6 +231,14 @@ class CoinCapSource(PollingSource):
 
     async def request(self) -> list[Tick]:
         response = await self._client.get_assets(self._assets)
+        # The ticks carry CoinCap's time, whatever this machine's clock says: measured
+        # and said (once), never a reason to refuse them.
+        self._skew.observe(
+            self.name,
+            response.timestamp if response.from_api else None,
+            local=response.received,
+            date=response.date,
+        )
         ticks: list[Tick] = []
         seen: set[str] = set()
         for record in response.records:

@@ -311,8 +311,21 @@
     renderTotals(s.totals, s.source);
     renderPickers();
     renderDemo();
+    renderClock(s.clock);
     if (s.status !== "ready") $("#range-label").textContent = "Loading the price history…";
     return s;
+  }
+
+  // -- a source's clock far from this machine's ----------------------------------------
+
+  function renderClock(c) {
+    const note = $("#clock-note");
+    note.hidden = !c;
+    note.textContent = c ? c.note : "";
+  }
+
+  async function loadClock() {
+    try { renderClock((await api("/api/summary")).clock); } catch (e) { /* the stream says when the service is away */ }
   }
 
   // -- CoinCap credits ------------------------------------------------------------------
@@ -521,6 +534,7 @@
     renderRangeLabel();
     loadCredits();
     setInterval(loadCredits, CREDITS_EVERY_MS);
+    setInterval(loadClock, CREDITS_EVERY_MS);
     try {
       const s = await loadSummary();
       const last = s.totals.last;

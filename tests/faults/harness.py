@@ -49,9 +49,9 @@ _DECIMAL = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 #: Identity of a tick, as the product defines a duplicate: asset, event time, price.
 TickKey = tuple[str, str, str]
 #: The data contract's time range (docs/reliability.md): from Bitcoin's genesis block
-#: (2009-01-03 UTC) to an hour past the clock.
+#: (2009-01-03 UTC) to seven days past the clock.
 EARLIEST = 1_230_940_800.0
-FUTURE_TOLERANCE = 3600.0
+FUTURE_TOLERANCE = 7 * 86400.0  # item: a clock hours or days off is data
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

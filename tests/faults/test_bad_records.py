@@ -130,7 +130,9 @@ async def test_poison_timestamps_are_dead_lettered_and_the_sink_goes_on(
         values.append(orjson.dumps(good_tick(2 * i, now - 3600)))
         bad = {**good_tick(2 * i + 1, now - 3600), "timestamp": ts}
         values.append(orjson.dumps(bad))
-    values.append(orjson.dumps({**good_tick(999, now), "timestamp": now + 7200}))  # 2 h ahead
+    values.append(
+        orjson.dumps({**good_tick(999, now), "timestamp": now + 8 * 86400})
+    )  # 8 days ahead
     values.append(orjson.dumps(good_tick(1000, now - 3600)))
     bootstrap = fault_kafka.bootstrap_servers
     running, data_dir, topic = await run_records(make_config, run_service, bootstrap, values)
@@ -170,7 +172,7 @@ def random_number(rng: random.Random) -> Any:
             -(10 ** rng.randrange(0, 40)),
             rng.choice([0, -0.0, 1e308, -1e308, 5e-324, 1.7e12, 1e20]),
             time.time() - rng.uniform(0, 5e8),
-            time.time() + rng.uniform(2 * 3600, 1e9),
+            time.time() + rng.uniform(8 * 86400, 1e9),
         ]
     )
 

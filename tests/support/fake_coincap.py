@@ -18,7 +18,9 @@ Endpoints
     non-zero amount of at most 0.025 %.  Prices are computed with :class:`decimal.Decimal`
     and keep the number of decimals of the fixture (16), so they never show float
     artefacts or exponents.  Only ``priceUsd`` moves; the other fields stay as in
-    ``assets_later.json``.  ``timestamp`` is always :attr:`FakeCoinCap.clock`.
+    ``assets_later.json``.  ``timestamp`` is always :attr:`FakeCoinCap.clock`, and so is
+    the HTTP ``Date`` header of every answer of the API itself: set ``clock`` to serve a
+    server whose clock is ahead of (or behind) the machine's.
 
 ``GET /v3/assets/{id}``
     Envelope ``{"data": {...}, "timestamp": ...}`` with the asset as of the last tick
@@ -101,6 +103,7 @@ import argparse
 import asyncio
 import copy
 import decimal
+import email.utils
 import hashlib
 import json
 import logging
@@ -319,6 +322,12 @@ class FakeCoinCap(FakeHttpServer):
         self.bills.clear()
 
     async def answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await self._answer(request, handler)
+        # The API's clock, as a real server's Date header shows it (second resolution).
+        response.headers["Date"] = email.utils.formatdate(self.clock() / 1000, usegmt=True)
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self._authorized(request):
             return self._error(
                 401,

@@ -508,3 +508,16 @@ def test_a_ledger_of_the_previous_format_keeps_its_count(tmp_path: Path) -> None
         "2026-11-01T00:00:00Z": 2500,
         "2026-12-01T00:00:00Z": 2400,
     }
+
+
+def test_pacing_survives_the_wall_clock_stepping_back_an_hour(tmp_path: Path) -> None:
+    clock = Clock(MARCH + 3 * DAY)
+    cfg = config(tmp_path, coincap__budget_mode="pace", source__fallbacks="[]")
+    budget = CreditBudget(cfg, clock=clock)
+    assert budget.poll_due()
+    clock.now -= 3600  # NTP correction: the wall clock steps back an hour
+    due = 0
+    for _ in range(180):  # an hour of 20 s slots
+        clock.now += 20
+        due += budget.poll_due()
+    assert due > 0

@@ -7,6 +7,7 @@ import pytest
 
 from cryptostream.tick import (
     EARLIEST_TIMESTAMP,
+    FUTURE_TOLERANCE,
     InvalidTick,
     Tick,
     latest_timestamp,
@@ -116,7 +117,18 @@ def test_tick_is_immutable() -> None:
 
 @pytest.mark.parametrize(
     "ts",
-    [1.7e12, 1.7e15, 1e20, 1e308, -1.0, -0.0, 0.0, 1e9, EARLIEST_TIMESTAMP - 1, NOW + 3601],
+    [
+        1.7e12,
+        1.7e15,
+        1e20,
+        1e308,
+        -1.0,
+        -0.0,
+        0.0,
+        1e9,
+        EARLIEST_TIMESTAMP - 1,
+        NOW + FUTURE_TOLERANCE + 1,
+    ],
 )
 def test_implausible_times_are_refused_at_the_source_and_on_the_topic(ts: float) -> None:
     with pytest.raises(InvalidTick) as err:
@@ -130,7 +142,13 @@ def test_implausible_times_are_refused_at_the_source_and_on_the_topic(ts: float)
 
 def test_the_time_range_holds_its_bounds_and_huge_integers() -> None:
     assert tick_from_api(RECORD, EARLIEST_TIMESTAMP).timestamp == EARLIEST_TIMESTAMP
-    assert tick_from_api(RECORD, NOW + 3600, latest=latest_timestamp(NOW)).timestamp == NOW + 3600
+    latest = latest_timestamp(NOW)
+    assert tick_from_api(RECORD, NOW + FUTURE_TOLERANCE, latest=latest).timestamp == latest
+    # A clock hours (or days) off is not a unit mistake: such a tick is data.
+    for ahead in (3 * 3600, 3 * 86400):
+        assert tick_from_api(RECORD, NOW + ahead, latest=latest).timestamp == NOW + ahead
+        message = orjson.dumps({**RECORD, "timestamp": NOW + ahead})
+        assert tick_from_json(message, latest).timestamp == NOW + ahead
     for ts in (10**30, -(10**30), 1741381815467):
         message = json.dumps({**RECORD, "timestamp": ts}).encode()
         with pytest.raises(InvalidTick, match="timestamp_out_of_range"):
