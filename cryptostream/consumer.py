@@ -62,7 +62,9 @@ log = get_logger(__name__)
 FETCH_BYTES = 4 * 1024 * 1024
 #: The reader stops draining the client while this many ``kafka.max_batch``es are
 #: pending (the client's own buffer then fills and its fetches stop too).
-PENDING_BATCHES = 4
+PENDING_BATCHES = 2
+#: Records per read of the client's buffer.
+READ_CHUNK = 500
 
 
 class TopicResetError(Exception):
@@ -149,7 +151,9 @@ class Consumer:
             await pending.room()
             generation = self.generation
             try:
-                batches = await client.getmany(timeout_ms=200, max_records=self._config.max_batch)
+                # Small reads, a yield after each: the loop's share of the work (aiokafka
+                # building records) never holds it long while the sink's thread runs.
+                batches = await client.getmany(timeout_ms=200, max_records=READ_CHUNK)
             except OffsetOutOfRangeError as exc:
                 async with self.lock:
                     self._drop_pending(client)
@@ -171,6 +175,9 @@ class Consumer:
                     self._refetch(client, records)
             else:
                 pending.put(generation, records)
+                # A fetch with records buffered returns without suspending: let the
+                # loop's other tasks (heartbeats, the web server) run between batches.
+                await asyncio.sleep(0)
 
     async def _write_pending(self, client: AIOKafkaConsumer, reader: asyncio.Task[None]) -> None:
         """The writer: everything pending, as one transaction, until stopped or drained."""

@@ -46,9 +46,6 @@ class BatchResult:
     ticks: list[Tick] = field(default_factory=list)
     #: Wall-clock time the batch became durable (0.0: nothing was committed).
     committed_at: float = 0.0
-    #: The committed length of each UTC day's tick file the batch wrote to (for the
-    #: candles, fed after the commit: see :meth:`CandleBook.add`).
-    day_sizes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

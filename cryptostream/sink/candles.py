@@ -20,12 +20,6 @@ every level at once). On start, every day whose watermark is not its tick
 file's committed length is rebuilt — so a kill between the 1m, 1h and 1d
 replacements, or before the watermark, costs a rebuild, never a stale level.
 
-Off the commit path: driven by the service (:mod:`cryptostream.sink.worker`) the
-book is fed on a thread of its own after each commit, and may lag behind the
-sink by a few batches. So each feed carries the committed length of the days it
-touches (``sizes``): a day read back from its tick file is read up to that length
-only, and a watermark is the length the candles were folded from, not the
-file's length at the time of the flush.
 """
 
 from __future__ import annotations
@@ -34,7 +28,7 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from operator import attrgetter
@@ -167,8 +161,6 @@ class CandleBook:
         self._days: dict[str, _Day] = {}
         self._dirty: set[str] = set()
         self._watermarks: dict[str, int] = {}
-        #: Per day in memory: the committed length of its tick file folded in so far.
-        self._folded: dict[str, int] = {}
         self._last_flush = 0.0
         self._day_of = Days().name
 
@@ -180,12 +172,9 @@ class CandleBook:
 
     # -- feeding -------------------------------------------------------------------
 
-    def add(self, ticks: Iterable[Tick], sizes: Mapping[str, int] | None = None) -> None:
-        """Account for durable ticks; rewrites changed days at most every FLUSH_EVERY s.
-
-        ``sizes``: each day's committed tick-file length with these ticks in it (by
-        default the committed length now, right for a caller that feeds each batch as
-        it commits).
+    def add(self, ticks: Iterable[Tick]) -> None:
+        """Account for durable ticks, right after their batch commits; rewrites changed
+        days at most every FLUSH_EVERY s.
 
         The ticks are grouped per (asset, minute) first, in arrival order, and each
         group is folded into its candle at once (:func:`_fold`): the same candle as
@@ -203,18 +192,15 @@ class CandleBook:
                 touched.add(day)
                 if day in loaded:
                     continue
-                size = sizes.get(day) if sizes is not None else self._committed_size(day)
+                size = self._committed_size(day)
                 candles = self._days.get(day)
                 if candles is None:
-                    # Not in memory: the day's tick file already holds this batch's ticks
-                    # (up to ``size``; later batches are fed later).
+                    # Not in memory: the day's tick file already holds this batch's ticks.
                     path = self._data_dir / daily_file(day)
                     self._days[day] = self._load_day(path, size)
                     loaded.add(day)
                 else:
                     _fold(candles, (text_cell(asset), minute), group)
-                if size is not None:
-                    self._folded[day] = size
                 self._dirty.add(day)
         except BaseException:
             # Part of the batch may be folded in: forget those days, so each is read
@@ -222,7 +208,6 @@ class CandleBook:
             # behind, makes a restart rebuild it too).
             for day in touched:
                 self._days.pop(day, None)
-                self._folded.pop(day, None)
                 self._dirty.discard(day)
             raise
         now = time.monotonic()
@@ -234,7 +219,6 @@ class CandleBook:
         """The day's tick file was set aside: its candles are computed again from the new
         one (its watermark no longer matches, so a restart rebuilds them too)."""
         self._days.pop(day, None)
-        self._folded.pop(day, None)
         self._dirty.discard(day)
 
     def recover(self) -> None:
@@ -245,8 +229,6 @@ class CandleBook:
             size = self._committed_size(day)
             if self._watermarks.get(day) != size or not self._files_exist(day):
                 self._days[day] = self._load_day(self._ticks_dir / f"{day}.csv", size)
-                if size is not None:
-                    self._folded[day] = size
                 self._dirty.add(day)
         # A day without its tick file has no candles to vouch for.
         gone = set(self._watermarks) - days
@@ -299,9 +281,9 @@ class CandleBook:
         written: list[tuple[str, int | None]] = []
         dirs: set[Path] = set()
         for day in sorted(self._dirty):
-            # The candles in memory hold the ticks of exactly this length of the day's
-            # tick file (the sink may have committed more since: a later feed).
-            size = self._folded.get(day, self._committed_size(day))
+            # Read before writing: the candles in memory hold every committed tick of
+            # the day, which is exactly this length of its tick file.
+            size = self._committed_size(day)
             self._watermarks.pop(day, None)
             dirs |= self._write_day(day, self._days[day])
             written.append((day, size))
@@ -318,7 +300,6 @@ class CandleBook:
         # Keep only the newest days in memory; an older one is reloaded if needed.
         for day in sorted(self._days)[: -self._keep_days]:
             del self._days[day]
-            self._folded.pop(day, None)
 
     def _write_day(self, day: str, minutes: _Day) -> set[Path]:
         """Replace the day's three levels; the directories to fsync for the renames."""

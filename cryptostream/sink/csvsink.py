@@ -13,8 +13,7 @@ beside the CSV files, not only in Kafka. Each batch is one transaction:
    start, so written without fsync: a failure is logged, the batch still counts).
 
 That is four fsyncs a transaction (the two appends, the state file and its
-directory). The candles are not on this path when the service drives the sink:
-:class:`~cryptostream.sink.worker.SinkWorker` feeds them on a thread of their own.
+directory); the candles' files, derived, are rewritten every few seconds after it.
 
 **The rename of the state file is the commit point.** A failure before it rolls
 the batch back (every file cut to its committed length) and the batch is
@@ -61,7 +60,6 @@ import csv
 import errno
 import io
 import re
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -203,12 +201,6 @@ class CsvSink:
         # A rollback could not cut the files back: recover from the state before writing.
         self._broken = False
         self._candles_error: str | None = None
-        #: The candles are fed by :meth:`add_candles` (the worker's second thread), not
-        #: by :meth:`write`; the lock keeps a recovery and a feed from overlapping.
-        self.defer_candles = False
-        #: Returns once every candle feed handed out so far is done (set by the worker).
-        self.candles_barrier: Callable[[], None] = _nothing
-        self._candles_lock = threading.Lock()
         #: Seconds since the epoch of the last durable batch (for readiness).
         self.last_write = 0.0
         self._observers: list[Callable[[list[Tick]], None]] = []
@@ -491,9 +483,6 @@ class CsvSink:
             day = name[len(_DAILY) : -len(".csv")]
             self._first_values.forget_day(day)
             if self.candles is not None:
-                # Feeds still queued for the candles' thread carry lengths of the old file:
-                # they are folded first, then the day is forgotten.
-                self.candles_barrier()
                 self._candles_do(self.candles.forget, day)
         else:
             fresh = self._file(name)
@@ -736,7 +725,6 @@ class CsvSink:
                 known.difference_update(islice(chain(window, order), evicted))
             window.extend(order)
         result.ticks = written
-        result.day_sizes = {day: sizes[daily_file(day)] for day in by_day}
         if written:
             self._after_commit(written)
         return result
@@ -769,7 +757,7 @@ class CsvSink:
 
     def _after_commit(self, written: list[Tick]) -> None:
         """Derived work; failures here never undo or block the committed batch."""
-        if self.candles is not None and not self.defer_candles:
+        if self.candles is not None:
             self._candles_do(self.candles.add, written)
         if self._retention_days:
             self._maybe_trim()
@@ -779,19 +767,12 @@ class CsvSink:
             except Exception:
                 log.exception("sink_observer_failed")
 
-    def add_candles(self, ticks: list[Tick], day_sizes: dict[str, int]) -> None:
-        """Feed a committed batch's ticks to the candles (with :attr:`defer_candles`);
-        ``day_sizes`` is the batch's :attr:`BatchResult.day_sizes`."""
-        if self.candles is not None:
-            self._candles_do(self.candles.add, ticks, day_sizes)
-
     def _candles_do(self, step: Callable[..., None], *args: Any) -> None:
         """Run a step of the derived candles: whatever it raises (a full disk, a value
         its arithmetic cannot hold) never stops the sink, at start or after a batch;
         the candles are rebuilt from the daily files later."""
         try:
-            with self._candles_lock:
-                step(*args)
+            step(*args)
         except Exception as exc:  # noqa: BLE001 - derived files never stop the sink
             self.metrics.sink_errors.labels("candles").inc()
             error = (exc.strerror if isinstance(exc, OSError) else None) or repr(exc)
@@ -943,7 +924,3 @@ def _bytes_ts(line: bytes) -> float:
     except ValueError:
         return _INF
     return ts if ts == ts else _INF  # NaN: kept too
-
-
-def _nothing() -> None:
-    pass

@@ -13,13 +13,6 @@ GIL back at least every switch interval, 5 ms).
 
 Observers (the dashboard) are called on the event loop with each committed
 batch's ticks, never on the worker thread.
-
-The candles are derived work, off the commit path: each committed batch's ticks
-go to a second thread (:meth:`CsvSink.add_candles`) and the next transaction does
-not wait for them, nor for their flush every few seconds (a re-render of the UTC
-day: tens of ms). At most :data:`CANDLE_FEEDS` feeds wait for that thread; a
-batch beyond that waits for the oldest, so a slow disk for the candles holds the
-sink back rather than filling memory.
 """
 
 from __future__ import annotations
@@ -27,9 +20,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from cryptostream.logs import get_logger
@@ -45,8 +37,6 @@ _T = TypeVar("_T")
 SWITCH_INTERVAL = 0.0002
 #: Allocations between two collections of the youngest generation (Python's default: 700).
 GC_GEN0 = 50_000
-#: Committed batches whose candles may wait for the candle thread at once.
-CANDLE_FEEDS = 8
 
 
 def tune_interpreter() -> None:
@@ -82,10 +72,6 @@ class SinkWorker:
         self.sink = sink
         self._executor: ThreadPoolExecutor | None = None
         self._observers: list[Callable[[list[Tick]], None]] = []
-        sink.defer_candles = sink.candles is not None
-        sink.candles_barrier = self._candles_barrier
-        self._candles: ThreadPoolExecutor | None = None
-        self._feeds: deque[Future[None]] = deque()
 
     def subscribe(self, observer: Callable[[list[Tick]], None]) -> None:
         """Call ``observer`` on the event loop with the ticks of every durable batch."""
@@ -128,8 +114,6 @@ class SinkWorker:
 
     async def write(self, records: Sequence[KafkaRecord]) -> BatchResult:
         result = await self._call(self.sink.write, records)
-        if result.ticks and self.sink.defer_candles:
-            await self._feed_candles(result)
         if result.ticks:
             for observer in self._observers:
                 try:
@@ -138,34 +122,10 @@ class SinkWorker:
                     log.exception("sink_observer_failed")
         return result
 
-    async def _feed_candles(self, result: BatchResult) -> None:
-        if self._candles is None:
-            self._candles = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candles")
-        feeds = self._feeds
-        while feeds and feeds[0].done():
-            feeds.popleft()
-        if len(feeds) >= CANDLE_FEEDS:
-            await asyncio.shield(asyncio.wrap_future(feeds.popleft()))
-        feeds.append(self._candles.submit(self.sink.add_candles, result.ticks, result.day_sizes))
-
-    def _candles_barrier(self) -> None:
-        """On the sink's thread: wait until the candles' thread has done every feed
-        submitted so far (it runs them in order; it never waits for the sink)."""
-        candles = self._candles
-        if candles is not None:
-            candles.submit(_nothing).result()
-
     def close(self) -> None:
-        """Wait for the call in flight (a transaction is never cut short) and the
-        candles' feeds, then close the sink on its thread (which flushes the candles).
-        Blocks: it is the last step of a shutdown."""
+        """Wait for the call in flight (a transaction is never cut short), then close
+        the sink on its thread. Blocks: it is the last step of a shutdown."""
         executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.submit(_nothing).result()  # the call in flight, which may feed candles
-        candles, self._candles = self._candles, None
-        if candles is not None:
-            candles.shutdown(wait=True)
-        self._feeds.clear()
         if executor is None:
             self.sink.close()
             return
@@ -173,7 +133,3 @@ class SinkWorker:
             executor.submit(self.sink.close).result()
         finally:
             executor.shutdown(wait=True)
-
-
-def _nothing() -> None:
-    pass
