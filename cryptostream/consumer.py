@@ -21,19 +21,9 @@ beginning (copies of ticks already in the CSV are still dropped by its
 duplicate window); ``"stop"`` ends the consumer with an error naming the topic.
 
 The consumer knows the sink only as a :class:`~cryptostream.sinkport.BatchSink`
-and hands it the Kafka client's records as fetched. The sink does its file work
-off the event loop (:mod:`cryptostream.sink.worker`), so heartbeats, the producer
-and the web server go on meanwhile.
-
-**Pipelined group commit.** Two tasks share the work: a reader keeps the Kafka
-client's buffer drained into a bounded list of pending batches (aiokafka fetches
-a partition again only once its buffer is empty), and a writer hands everything
-pending to the sink as one transaction. So the next fetch is in flight while a
-transaction is fsynced, and a record waits for at most the transaction in
-progress plus its own. Pending batches are tagged with the assignment's
-generation: a rebalance, a seek of the topic check or an "out of range" drops
-them all and moves the partitions back to the sink's committed offsets, so
-nothing pending is lost or written twice.
+and hands it the Kafka client's records as fetched. Writing a batch is awaited:
+the sink does its file work off the event loop (:mod:`cryptostream.sink.worker`),
+so heartbeats, fetches, the producer and the web server go on meanwhile.
 """
 
 from __future__ import annotations
@@ -60,11 +50,6 @@ log = get_logger(__name__)
 
 #: Bytes per partition per fetch (aiokafka's default is 1 MiB): see ``_start``.
 FETCH_BYTES = 4 * 1024 * 1024
-#: The reader stops draining the client while this many ``kafka.max_batch``es are
-#: pending (the client's own buffer then fills and its fetches stop too).
-PENDING_BATCHES = 2
-#: Records per read of the client's buffer.
-READ_CHUNK = 500
 
 
 class TopicResetError(Exception):
@@ -89,7 +74,6 @@ class _SeekToSinkState(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self._owner.lock:
             self._owner.assigned = set()
             self._owner.generation += 1
-            self._owner.pending.clear()  # read again by whoever gets the partitions
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         async with self._owner.lock:
@@ -120,22 +104,47 @@ class Consumer:
         self._skipped_reported = False
         # Kafka's copy of the offsets, committed in the background (see _commit_soon).
         self._committing: asyncio.Task[None] | None = None
-        #: Batches the reader fetched for the writer, with the generation they were
-        #: fetched in; taken, dropped and sought back only under ``lock``.
-        self.pending = _Pending(config.max_batch * PENDING_BATCHES)
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def run(self) -> None:
         try:
             client = await self._start()
-            reader = asyncio.create_task(self._read(client), name="kafka-reader")
-            try:
-                await self._write_pending(client, reader)
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+            while True:
+                if self._fatal is not None:
+                    raise self._fatal
+                if self._closing and await self._caught_up(client):
+                    await self._commit_done()
+                    await self._commit(client)  # Kafka's copy ends where the sink does
+                    break
+                generation = self.generation
+                try:
+                    batches = await client.getmany(
+                        timeout_ms=200, max_records=self._config.max_batch
+                    )
+                except OffsetOutOfRangeError as exc:
+                    async with self.lock:
+                        await self._out_of_range(client, exc.args[0])
+                    continue
+                except NoOffsetForPartitionError as exc:
+                    async with self.lock:
+                        await self._no_position(client, exc.args[0])
+                    continue
+                if self._fatal is not None:
+                    raise self._fatal
+                self.connected = True
+                # The client's own records, in partition order: no copy per message.
+                records: list[ConsumerRecord[Any, Any]] = [
+                    m for tp in sorted(batches, key=lambda t: t.partition) for m in batches[tp]
+                ]
+                if records:
+                    async with self.lock:
+                        if generation != self.generation:
+                            self._refetch(client, records)
+                        else:
+                            await self._write(records)
+                            self._commit_soon(client)
+                self._update_lag(client)
         finally:
             if self._committing is not None:
                 # Stopping (or cancelled): a commit in flight does not hold the client up.
@@ -143,75 +152,6 @@ class Consumer:
                 self._committing = None
             await self._stop()
         log.info("consumer_stopped", written=self.written)
-
-    async def _read(self, client: AIOKafkaConsumer) -> None:
-        """The reader: fetch batches into :attr:`pending` until cancelled."""
-        pending = self.pending
-        while True:
-            await pending.room()
-            generation = self.generation
-            try:
-                # Small reads, a yield after each: the loop's share of the work (aiokafka
-                # building records) never holds it long while the sink's thread runs.
-                batches = await client.getmany(timeout_ms=200, max_records=READ_CHUNK)
-            except OffsetOutOfRangeError as exc:
-                async with self.lock:
-                    self._drop_pending(client)
-                    await self._out_of_range(client, exc.args[0])
-                continue
-            except NoOffsetForPartitionError as exc:
-                async with self.lock:
-                    await self._no_position(client, exc.args[0])
-                continue
-            self.connected = True
-            # The client's own records, in partition order: no copy per message.
-            records: list[ConsumerRecord[Any, Any]] = [
-                m for tp in sorted(batches, key=lambda t: t.partition) for m in batches[tp]
-            ]
-            if not records:
-                pending.idle()
-            elif generation != self.generation:
-                async with self.lock:
-                    self._refetch(client, records)
-            else:
-                pending.put(generation, records)
-                # A fetch with records buffered returns without suspending: let the
-                # loop's other tasks (heartbeats, the web server) run between batches.
-                await asyncio.sleep(0)
-
-    async def _write_pending(self, client: AIOKafkaConsumer, reader: asyncio.Task[None]) -> None:
-        """The writer: everything pending, as one transaction, until stopped or drained."""
-        pending = self.pending
-        while True:
-            if self._fatal is not None:
-                raise self._fatal
-            if reader.done():
-                reader.result()  # the reader's error ends the consumer, as it would have
-                raise RuntimeError("the Kafka reader stopped")  # pragma: no cover
-            if self._closing and not pending and await self._caught_up(client):
-                await self._commit_done()
-                await self._commit(client)  # Kafka's copy ends where the sink does
-                return
-            await pending.ready(0.2)
-            if self._fatal is not None:
-                raise self._fatal
-            async with self.lock:
-                records = pending.take(self.generation)
-                if records:
-                    await self._write(records)
-                    self._commit_soon(client)
-            self._update_lag(client)
-
-    def _drop_pending(self, client: AIOKafkaConsumer) -> None:
-        """Forget the pending batches; their partitions read again from the sink's
-        committed offsets (the client's positions are past them)."""
-        if not self.pending:
-            return
-        offsets = self._sink.committed_offsets()
-        for tp in self.pending.partitions():
-            if tp in self.assigned and tp.partition in offsets:
-                client.seek(tp, offsets[tp.partition])
-        self.pending.clear()
 
     def close(self) -> None:
         """Ask :meth:`run` to read up to the topic's current end, write it, and return."""
@@ -272,7 +212,6 @@ class Consumer:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.assigned = assigned
         self.generation += 1
-        self.pending.clear()  # the seeks below start every partition at the sink's offset
         client = self._client
         offsets = self._sink.committed_offsets()
         if client is not None and assigned:
@@ -397,8 +336,6 @@ class Consumer:
             # Offsets of partitions not assigned here mean nothing on the new cluster either.
             reset.update({p: None for p in offsets if p not in now.log_start})
         await self._sink.set_identity(now if new_cluster else _merged(old, now), reset=reset)
-        self.generation += 1  # a batch being fetched now is from the old positions
-        self._drop_pending(client)
         for p in resets:
             client.seek(TopicPartition(config.topic, p), now.log_start[p])
         log.warning(
@@ -582,59 +519,6 @@ class Consumer:
                             continue
             return False
         return True
-
-
-class _Pending:
-    """Fetched batches waiting for the writer, bounded by a count of records."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._batches: list[tuple[int, list[ConsumerRecord[Any, Any]]]] = []
-        self._count = 0
-        self._ready = asyncio.Event()  # something to take (or an idle fetch: look again)
-        self._space = asyncio.Event()
-        self._space.set()
-
-    def __len__(self) -> int:
-        return self._count
-
-    def put(self, generation: int, records: list[ConsumerRecord[Any, Any]]) -> None:
-        self._batches.append((generation, records))
-        self._count += len(records)
-        self._ready.set()
-        if self._count >= self._limit:
-            self._space.clear()
-
-    def idle(self) -> None:
-        """A fetch found nothing: the writer looks again (e.g. to see a drain is done)."""
-        self._ready.set()
-
-    async def room(self) -> None:
-        await self._space.wait()
-
-    async def ready(self, seconds: float) -> None:
-        """Until something is put (or an idle fetch), at most ``seconds``."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._ready.wait()
-        self._ready.clear()
-
-    def take(self, generation: int) -> list[ConsumerRecord[Any, Any]]:
-        """Every pending record of ``generation``, in fetch order (others are stale)."""
-        batches, self._batches = self._batches, []
-        self.clear()
-        if len(batches) == 1 and batches[0][0] == generation:
-            return batches[0][1]
-        return [rec for gen, records in batches if gen == generation for rec in records]
-
-    def partitions(self) -> set[TopicPartition]:
-        """The partitions of the pending records (only when they are dropped: rare)."""
-        return {TopicPartition(r.topic, r.partition) for _, recs in self._batches for r in recs}
-
-    def clear(self) -> None:
-        self._batches = []
-        self._count = 0
-        self._space.set()
 
 
 def _observe_latencies(metrics: Metrics, result: BatchResult) -> None:
