@@ -51,12 +51,22 @@ class Refusals:
         return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def _equal(given: str, token: str) -> bool:
-    return hmac.compare_digest(given.encode(), token.encode())
+def _equal(given: bytes, token: bytes) -> bool:
+    return hmac.compare_digest(given, token)
+
+
+def _utf8(*values: str) -> list[bytes] | None:
+    """The values as UTF-8 (empty ones left out); None when one holds bytes that are
+    not UTF-8 (aiohttp keeps them as surrogates, which cannot be encoded)."""
+    try:
+        return [v.encode() for v in values if v]
+    except UnicodeEncodeError:
+        return None
 
 
 def access_middleware(token: Secret, refusals: Refusals) -> Middleware:
     secret = token.get()
+    expected = secret.encode()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -65,12 +75,20 @@ def access_middleware(token: Secret, refusals: Refusals) -> Middleware:
             query = request.query.get("token", "")
             cookie = request.cookies.get(COOKIE, "")
             bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-            if query and _equal(query, secret):
+            given = _utf8(bearer, cookie)
+            if given is None:
+                return refusals.refuse(
+                    request,
+                    400,
+                    "bad_header",
+                    "the Authorization or Cookie header holds bytes that are not UTF-8",
+                )
+            if query and _equal(query.encode(), expected):
                 if request.path == "/" and request.method in ("GET", "HEAD"):
                     response = web.Response(status=303, headers={"Location": "/"})
                     response.set_cookie(COOKIE, secret, httponly=True, samesite="Strict", path="/")
                     return response
-            elif not any(_equal(v, secret) for v in (bearer, cookie) if v):
+            elif not any(_equal(v, expected) for v in given):
                 return refusals.refuse(
                     request,
                     401,

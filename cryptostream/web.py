@@ -74,6 +74,12 @@ class WebServer:
                 "or bind 127.0.0.1 (web.host)",
             )
 
+    @property
+    def connections(self) -> int:
+        """HTTP connections open now (live streams included)."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     async def run(self) -> None:
         await self.start()
         if self._dashboard is not None:

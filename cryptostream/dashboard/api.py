@@ -28,6 +28,7 @@ from aiohttp import web
 from cryptostream import __version__
 from cryptostream.access import Refusals
 from cryptostream.dashboard.hub import Dashboard, Mode
+from cryptostream.dashboard.live import WRITE_TIMEOUT, Queue
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web_static"
 
@@ -152,25 +153,53 @@ class DashboardApi:
                 "X-Accel-Buffering": "no",
             }
         )
-        async with live.subscribe() as queue:  # no await since admit(): the place is ours
-            await response.prepare(request)
-            try:
-                # retry: how soon the browser reconnects after losing the service (ms).
-                await response.write(b"retry: 2000\n\nevent: hello\ndata: {}\n\n")
-                while True:
+        loop = asyncio.get_running_loop()
+        try:
+            # Rescheduled to "now" when the page is dropped for falling behind: whatever
+            # the handler waits for (a write to a page that never reads) ends at once.
+            async with asyncio.timeout(None) as stream:
+
+                def cut() -> None:
+                    stream.reschedule(loop.time())
+
+                # No await since admit(): the place is ours.
+                async with live.subscribe(cut) as queue:
+                    await response.prepare(request)
                     try:
-                        message = await asyncio.wait_for(queue.get(), PING_INTERVAL)
+                        await _send_live(response, queue)
                     except TimeoutError:
-                        message = b"event: ping\ndata: {}\n\n"
-                    if message is None:
-                        break
-                    await response.write(message)
-            except ConnectionError:
-                pass  # the page went away
+                        live.drop(queue)  # a write the page did not take in time
+                        raise
+        except ConnectionError:
+            pass  # the page went away
+        except TimeoutError:
+            # Cut off: let go of the socket now (a clean close would first wait for
+            # the bytes the page does not read).
+            if request.transport is not None:
+                request.transport.abort()
         return response
 
 
 _NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def _send_live(response: web.StreamResponse, queue: Queue) -> None:
+    # retry: how soon the browser reconnects after losing the service (ms).
+    await _write(response, b"retry: 2000\n\nevent: hello\ndata: {}\n\n")
+    while True:
+        try:
+            message = await asyncio.wait_for(queue.get(), PING_INTERVAL)
+        except TimeoutError:
+            message = b"event: ping\ndata: {}\n\n"
+        if message is None:
+            return
+        await _write(response, message)
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    """One write to a page, within :data:`WRITE_TIMEOUT` (TimeoutError beyond it)."""
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await response.write(data)
 
 
 def _json(data: Any) -> web.Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import structlog
 
 from cryptostream.config import Config, Secret, SourceConfig, StorageConfig, WebConfig
-from cryptostream.dashboard import Dashboard, hub
+from cryptostream.dashboard import Dashboard, api, hub
 from cryptostream.metrics import Metrics
 from cryptostream.tick import Tick
 from cryptostream.web import WebServer
+from tests.conftest import wait_until
 
 DAY = 86400.0
 ASSETS = ("bitcoin", "ethereum")
@@ -234,3 +237,117 @@ async def test_a_non_loopback_address_without_a_token_is_warned_about_at_start(
         assert event["log_level"] == "warning"
         assert event["address"].startswith("0.0.0.0:")
         assert "CRYPTOSTREAM_WEB__TOKEN" in event["fix"]
+
+
+async def silent_stream(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw live-stream connection that asks and then never reads (a tiny receive
+    buffer, so the server's writes back up after a few hundred kB)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await writer.drain()
+    return reader, writer
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """Read what the server sent until it ends the connection (bounded)."""
+    try:
+        async with asyncio.timeout(20):
+            while await reader.read(1 << 20):
+                pass
+    except ConnectionError:
+        return True  # reset: the server aborted the connection
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_a_live_client_that_never_reads_is_cut_off_and_frees_its_place(
+    tmp_path: Path,
+) -> None:
+    """Dropped as too slow, its connection is closed at once: a handler blocked in a
+    write would hold the socket while the count let a new client in past the cap."""
+    async with serving(tmp_path) as server:
+        live = server.dash.live
+        live.max_clients = 3
+        assert server.web.port is not None
+        silent = [await silent_stream(server.web.port) for _ in range(3)]
+        try:
+            await wait_until(lambda: live.clients == 3, 10, "three live clients")
+            # Far more than the socket buffers hold: every silent client falls behind.
+            event = orjson.dumps({"pad": "x" * 200_000})
+            async with asyncio.timeout(60):
+                while live.clients:
+                    live.send("ticks", event)
+                    await asyncio.sleep(0.005)
+            assert server.count("cryptostream_web_rejected_total", reason="slow_client") == 3
+            # Still never read: the server lets go of the connections by itself.
+            await wait_until(lambda: server.web.connections == 0, 20, "connections closed")
+            closed = [await closed_by_server(reader) for reader, _ in silent]
+            assert closed == [True, True, True]
+        finally:
+            for _, writer in silent:
+                writer.close()
+
+
+async def test_a_write_the_page_does_not_take_in_time_ends_its_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One event larger than the socket buffers, to a page that stops reading: its
+    queue never fills, so only the write's deadline lets go of the connection."""
+    monkeypatch.setattr(api, "WRITE_TIMEOUT", 0.5)
+    async with serving(tmp_path) as server:
+        live = server.dash.live
+        assert server.web.port is not None
+        reader, writer = await silent_stream(server.web.port)
+        try:
+            await wait_until(lambda: live.clients == 1, 10, "the live client")
+            live.send("ticks", orjson.dumps({"pad": "x" * 30_000_000}))
+            await wait_until(
+                lambda: not (server.web.connections or live.clients), 20, "connection closed"
+            )
+            assert server.count("cryptostream_web_rejected_total", reason="slow_client") == 1
+            assert await closed_by_server(reader)
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(
+    "header", [b"Authorization: Bearer \xff\xfe", b"Cookie: cryptostream_token=\xc3\x28"]
+)
+async def test_a_header_that_is_not_utf8_is_a_400_counted_and_logged_once(
+    tmp_path: Path, header: bytes
+) -> None:
+    token = "a-long-random-token-42"
+    async with serving(tmp_path, token=Secret(token)) as server:
+        assert server.web.port is not None
+        with structlog.testing.capture_logs() as logs:
+            answers = [await raw_request(server.web.port, header) for _ in range(3)]
+        for answer in answers:
+            assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+            assert b"Traceback" not in answer
+        assert server.count("cryptostream_web_rejected_total", reason="bad_header") == 3
+        refused = [e for e in logs if e["event"] == "web_request_refused"]
+        assert len(refused) == 1 and refused[0]["reason"] == "bad_header", logs
+        assert not [e for e in logs if e.get("log_level") == "error"], logs
+        # The token itself still works, by header and by cookie.
+        ok = await raw_request(server.web.port, f"Authorization: Bearer {token}".encode())
+        assert ok.startswith(b"HTTP/1.1 200 "), ok[:300]
+
+
+async def raw_request(port: int, header: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"GET /api/summary HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + header
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
