@@ -37,9 +37,9 @@ def _iso(ts: float) -> str:
     )
 
 
-def date_header(headers: Mapping[str, str]) -> float | None:
-    """The HTTP ``Date`` header as Unix seconds; None when missing or unreadable."""
-    value = headers.get("Date")
+def http_date(value: str | None) -> float | None:
+    """An HTTP date (``Date``, ``Retry-After``) as Unix seconds; None when missing or
+    unreadable (a date without a zone is taken as UTC)."""
     if not value:
         return None
     try:
@@ -49,6 +49,11 @@ def date_header(headers: Mapping[str, str]) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
+
+
+def date_header(headers: Mapping[str, str]) -> float | None:
+    """The HTTP ``Date`` header as Unix seconds; None when missing or unreadable."""
+    return http_date(headers.get("Date"))
 
 
 def describe_skew(seconds: float) -> str:

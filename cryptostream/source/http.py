@@ -19,8 +19,6 @@ become a short description, never a crash.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import email.utils
 import json
 import re
 import time
@@ -31,6 +29,7 @@ from typing import Any, TypeVar
 import aiohttp
 import tenacity
 
+from cryptostream.clocks import http_date
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.retry import log_retries
@@ -131,13 +130,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        when = http_date(value)
+        if when is None:
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
+        seconds = when - (time.time() if now is None else now)
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)

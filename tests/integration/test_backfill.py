@@ -8,6 +8,8 @@ import datetime as dt
 import os
 import signal
 import sys
+from asyncio.subprocess import Process
+from collections.abc import Awaitable
 from pathlib import Path
 
 import orjson
@@ -235,9 +237,9 @@ async def cli_backfill(
     return await cli(fake, data_dir, "--start", START, "--end", END, *args, **env)
 
 
-async def cli(fake: FakeCoinCap, data_dir: Path, *args: str, **env: str) -> tuple[int, str, str]:
-    """``cryptostream backfill ARGS`` against ``fake``, on ``data_dir``."""
-    proc = await asyncio.create_subprocess_exec(
+async def start(fake: FakeCoinCap, data_dir: Path, *args: str, **env: str) -> Process:
+    """A running ``cryptostream backfill ARGS`` against ``fake``, on ``data_dir``."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cryptostream",
@@ -255,6 +257,11 @@ async def cli(fake: FakeCoinCap, data_dir: Path, *args: str, **env: str) -> tupl
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def cli(fake: FakeCoinCap, data_dir: Path, *args: str, **env: str) -> tuple[int, str, str]:
+    """``cryptostream backfill ARGS`` against ``fake``, on ``data_dir``, to its end."""
+    proc = await start(fake, data_dir, *args, **env)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -349,49 +356,19 @@ async def test_an_unknown_asset_stops_backfill_before_its_progress_bar_shows(
 async def test_a_second_backfill_on_the_data_directory_is_refused_and_the_first_completes(
     fake_coincap: FakeCoinCap, tmp_path: Path
 ) -> None:
-    env = {
-        "PATH": os.environ["PATH"],
-        "COINCAP_API_KEY": API_KEY,
-        "CRYPTOSTREAM_COINCAP__BASE_URL": fake_coincap.base_url,
-        "CRYPTOSTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
-    }
+    data = tmp_path / "data"
 
-    def args(asset: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "cryptostream",
-            "backfill",
-            "--assets",
-            asset,
-            "--start",
-            START,
-            "--end",
-            END,
-            "--interval",
-            "m1",
-            "--no-progress",
-        ]
+    def run(asset: str) -> Awaitable[Process]:
+        args = ("--assets", asset, "--start", START, "--end", END, "--interval", "m1")
+        return start(fake_coincap, data, *args)
 
     # Bitcoin's first history request is held up, so the two runs overlap (before the
     # lock the second rewrote day files under the first: a FileNotFoundError traceback,
     # or exit 0 with one asset's rows missing).
     fake_coincap.inject(Fault.delay(3, path_prefix="/v3/assets/bitcoin/history", times=1))
-    first = await asyncio.create_subprocess_exec(
-        *args("bitcoin"),
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    first = await run("bitcoin")
     await fake_coincap.wait_for_calls(1, path_prefix="/v3/assets/bitcoin/history", timeout=30)
-    second = await asyncio.create_subprocess_exec(
-        *args("ethereum"),
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    second = await run("ethereum")
     out2, err2 = await asyncio.wait_for(second.communicate(), 30)
     assert second.returncode == 2, (out2 + err2).decode()[-2000:]
     lines = err2.decode().strip().splitlines()
@@ -405,20 +382,14 @@ async def test_a_second_backfill_on_the_data_directory_is_refused_and_the_first_
     out1, err1 = await asyncio.wait_for(first.communicate(), 60)
     assert first.returncode == 0, err1.decode()[-2000:]
     assert b"3/3 windows done" in out1
-    assert len(day_rows(tmp_path / "data", "m1", "2025-03-08")) == 1440
+    assert len(day_rows(data, "m1", "2025-03-08")) == 1440
     # The lock went with the first process: the second runs now and both assets are kept.
-    again = await asyncio.create_subprocess_exec(
-        *args("ethereum"),
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    again = await run("ethereum")
     _, err3 = await asyncio.wait_for(again.communicate(), 60)
     assert again.returncode == 0, err3.decode()[-2000:]
-    ids = {row["id"] for row in day_rows(tmp_path / "data", "m1", "2025-03-08")}
+    ids = {row["id"] for row in day_rows(data, "m1", "2025-03-08")}
     assert ids == {"bitcoin", "ethereum"}
-    leftovers = [p.name for p in (tmp_path / "data").rglob("*.tmp")]
+    leftovers = [p.name for p in data.rglob("*.tmp")]
     assert leftovers == []
 
 
