@@ -37,12 +37,17 @@ from typing import Any
 import tenacity
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+)
 
 from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
-from cryptostream.retry import log_retries
+from cryptostream.retry import log_kafka_retries
 from cryptostream.sinkport import BatchResult, BatchSink, SinkWriteError, TopicIdentity
 from cryptostream.topic import Topic, client_options, close_admin, stop_client
 
@@ -162,7 +167,12 @@ class Consumer:
             retry=tenacity.retry_if_exception_type((KafkaError, OSError, TimeoutError)),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             stop=tenacity.stop_never,  # Kafka may arrive later; shutdown cancels us
-            before_sleep=log_retries("kafka_consumer_start_failed"),
+            before_sleep=log_kafka_retries(
+                "kafka_consumer_start_failed",
+                "consumer",
+                self._config.bootstrap_servers,
+                lambda exc: isinstance(exc, (KafkaConnectionError, OSError, TimeoutError)),
+            ),
             reraise=True,
         ):
             with attempt:

@@ -127,6 +127,26 @@ class CoordinatorWarmUp(logging.Filter):
         return True
 
 
+class KafkaConnectFailures(logging.Filter):
+    """aiokafka logs every failed connection attempt ("Unable connect to ...") as an
+    error, one or more a second while a broker is away. The retry policies say it in
+    our words once per back-off step (``kafka_unreachable``, retry.log_kafka_retries),
+    so aiokafka's line is kept at debug: shown only when the log level is debug."""
+
+    _LOGGER = "aiokafka"
+    _PREFIX = "Unable connect to"
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self._show = level <= logging.DEBUG
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == self._LOGGER and record.getMessage().startswith(self._PREFIX):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self._show
+        return True
+
+
 def configure(
     level: str = "info",
     fmt: str = "auto",
@@ -154,17 +174,17 @@ def configure(
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
     processors.append(masker)
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     # Library loggers (aiokafka, aiohttp) go through the same renderer.
     handler = logging.StreamHandler(out)
     handler.addFilter(CoordinatorWarmUp())
+    handler.addFilter(KafkaConnectFailures(threshold))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

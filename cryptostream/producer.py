@@ -41,7 +41,7 @@ from cryptostream.layout import FIRST_VALUES_FILE, SPOOL_FILE, SPOOL_PROGRESS_FI
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
-from cryptostream.retry import log_retries
+from cryptostream.retry import log_kafka_retries
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
 from cryptostream.topic import Topic, client_options, stop_client
 
@@ -50,6 +50,10 @@ log = get_logger(__name__)
 BATCH = 2000
 #: The partitioner ``AIOKafkaProducer.send()`` uses by default (Kafka's murmur2).
 _PARTITIONER = DefaultPartitioner()
+
+
+# The PublishError kinds that mean no broker answered (see _send).
+UNREACHABLE = frozenset({"KafkaConnectionError", "connection"})
 
 
 class PublishError(Exception):
@@ -150,7 +154,13 @@ class Producer:
             retry=tenacity.retry_if_exception_type(PublishError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             stop=tenacity.stop_never,  # ticks wait in the queue; shutdown spools them
-            before_sleep=log_retries("kafka_publish_failed", lambda: {"queued": len(self._queue)}),
+            before_sleep=log_kafka_retries(
+                "kafka_publish_failed",
+                "producer",
+                self._config.bootstrap_servers,
+                lambda exc: getattr(exc, "kind", "") in UNREACHABLE,
+                lambda: {"queued": len(self._queue)},
+            ),
             reraise=True,
         ):
             with attempt:

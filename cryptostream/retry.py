@@ -4,6 +4,7 @@ warning; later attempts only at debug level (the metrics count every one)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import tenacity
@@ -35,5 +36,39 @@ def log_retries(
             log.warning(event, **values)
         else:
             log.debug(event, attempt=state.attempt_number, **values)
+
+    return before_sleep
+
+
+def log_kafka_retries(
+    event: str,
+    client: str,
+    bootstrap: str,
+    unreachable: Callable[[BaseException], bool],
+    fields: Callable[[], dict[str, Any]] | None = None,
+) -> Callable[[tenacity.RetryCallState], None]:
+    """Like :func:`log_retries`, but a Kafka that cannot be reached is said at every
+    back-off step as ``kafka_unreachable`` (a warning naming the next attempt's time):
+    aiokafka's own "Unable connect" lines are kept at debug (logs.KafkaConnectFailures),
+    so this is the one line a user sees per step. Other failures log ``event``."""
+    others = log_retries(event, fields)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if exc is None or not unreachable(exc):
+            others(state)
+            return
+        wait = state.next_action.sleep if state.next_action else 0.0
+        retry_at = datetime.now(UTC) + timedelta(seconds=wait)
+        log.warning(
+            "kafka_unreachable",
+            client=client,
+            bootstrap_servers=bootstrap,
+            attempt=state.attempt_number,
+            error=str(exc) or type(exc).__name__,
+            retry_in=round(wait, 2),
+            retry_at=retry_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            **(fields() if fields else {}),
+        )
 
     return before_sleep

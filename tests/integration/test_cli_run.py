@@ -84,3 +84,70 @@ async def test_signal_drains_and_exits_0(
     messages = await read_topic(kafka_bootstrap, topic)
     assert sorted(tick_key(r) for r in rows) == sorted(tick_key(m) for m in messages)
     assert len(rows) == len(messages) >= 24
+
+
+async def test_kafka_not_there_yet_is_one_warning_per_retry_then_every_tick_lands(
+    fake_coincap: FakeCoinCap, tmp_path: Path
+) -> None:
+    """Compose starts the app while the broker is still starting: the log says so in our
+    words, once per back-off step and client, with the next attempt's time; aiokafka's
+    own "Unable connect" errors (several a second) stay at debug. Then the rows come."""
+    import kafkalocal
+
+    cluster = kafkalocal.KafkaCluster(nodes=1)  # ports are chosen now, broker started later
+    data_dir = tmp_path / "data"
+    topic = unique("cli-late-kafka")
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cryptostream",
+            "run",
+            env=service_env(fake_coincap, cluster.bootstrap_servers, data_dir, topic),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+
+    def events() -> list[dict[str, object]]:
+        text = log_path.read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def unreachable(client: str) -> list[dict[str, object]]:
+        return [e for e in events() if e["event"] == "kafka_unreachable" and e["client"] == client]
+
+    try:
+        await wait_until(
+            lambda: len(unreachable("producer")) >= 3 and len(unreachable("consumer")) >= 3,
+            timeout=60,
+            what="three retry steps of each client",
+        )
+        before = events()
+        await asyncio.to_thread(cluster.start, 180)
+        csv_path = data_dir / "crypto_data.csv"
+        await wait_until(lambda: rows_in(csv_path) >= 24, timeout=90, what="rows after Kafka")
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+        assert proc.returncode == 0, log_path.read_text()[-3000:]
+        messages = await read_topic(cluster.bootstrap_servers, topic)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await asyncio.to_thread(cluster.stop)
+    text = log_path.read_text()
+    assert "Unable connect" not in text
+    assert [e for e in before if e["level"] == "error"] == []
+    for client in ("producer", "consumer"):
+        steps = unreachable(client)
+        # One line per back-off step: attempts 1, 2, 3 ... each once.
+        assert [e["attempt"] for e in steps] == list(range(1, len(steps) + 1))
+        for step in steps:
+            assert step["level"] == "warning"
+            assert step["bootstrap_servers"] == cluster.bootstrap_servers
+            assert isinstance(step["retry_in"], float | int) and step["retry_in"] > 0
+            assert str(step["retry_at"]).endswith("Z")
+    _, rows = csv_rows(data_dir / "crypto_data.csv")
+    assert sorted(tick_key(r) for r in rows) == sorted(tick_key(m) for m in messages)
+    assert len(rows) == len(messages) >= 24

@@ -50,3 +50,22 @@ def test_a_coordinator_still_starting_is_not_an_error(monkeypatch: pytest.Monkey
     assert levels(out) == [
         ("error", "Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError")
     ]
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_aiokafka_connect_failures_are_debug_lines(level: str) -> None:
+    """aiokafka says "Unable connect" several times a second while a broker is away; the
+    retry policies say it once per back-off step (kafka_unreachable), so aiokafka's
+    line is debug: shown only at log level debug. Other aiokafka errors keep theirs."""
+    out = io.StringIO()
+    logs.configure(level, "json", stream=out)
+    client = logging.getLogger("aiokafka")
+    client.error('Unable connect to "%s:%s": %s', "kafka", 9092, "[Errno 111] refused")
+    client.error("Unable connect to node with id %s: %s", 1, "timeout")
+    client.error("Unexpected error in sender routine")
+    shown = [("debug", 'Unable connect to "kafka:9092": [Errno 111] refused')]
+    shown += [("debug", "Unable connect to node with id 1: timeout")]
+    assert levels(out) == (shown if level == "debug" else []) + [
+        ("error", "Unexpected error in sender routine")
+    ]
