@@ -131,20 +131,37 @@ class KafkaConnectFailures(logging.Filter):
     """aiokafka logs every failed connection attempt ("Unable connect to ...") as an
     error, one or more a second while a broker is away. The retry policies say it in
     our words once per back-off step (``kafka_unreachable``, retry.log_kafka_retries),
-    so aiokafka's line is kept at debug: shown only when the log level is debug."""
+    so aiokafka's line is kept at debug: shown only when the log level is debug.
+
+    The line is the only place that holds the reason (refused, a TLS or SASL error):
+    aiokafka raises a bare "Unable to bootstrap". The latest one is kept for
+    :meth:`recent`, so our warning carries it as ``cause``."""
 
     _LOGGER = "aiokafka"
-    _PREFIX = "Unable connect to"
+    _PREFIX = "Unable connect to "
 
-    def __init__(self, level: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._show = level <= logging.DEBUG
+        self.show = False
+        self._latest: tuple[float, str] | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == self._LOGGER and record.getMessage().startswith(self._PREFIX):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return self._show
+        if record.name == self._LOGGER:
+            text = record.getMessage()
+            if text.startswith(self._PREFIX):
+                self._latest = (time.monotonic(), text[len(self._PREFIX) :][:300])
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return self.show
         return True
+
+    def recent(self, seconds: float = 30.0) -> str | None:
+        """The latest connection failure aiokafka logged in the last ``seconds``."""
+        if self._latest is None or time.monotonic() - self._latest[0] > seconds:
+            return None
+        return self._latest[1]
+
+
+connect_failures = KafkaConnectFailures()
 
 
 def configure(
@@ -184,7 +201,8 @@ def configure(
     # Library loggers (aiokafka, aiohttp) go through the same renderer.
     handler = logging.StreamHandler(out)
     handler.addFilter(CoordinatorWarmUp())
-    handler.addFilter(KafkaConnectFailures(threshold))
+    connect_failures.show = threshold <= logging.DEBUG
+    handler.addFilter(connect_failures)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[

@@ -9,7 +9,7 @@ from typing import Any
 
 import tenacity
 
-from cryptostream.logs import get_logger
+from cryptostream.logs import connect_failures, get_logger
 
 log = get_logger(__name__)
 
@@ -66,6 +66,7 @@ def log_kafka_retries(
             bootstrap_servers=bootstrap,
             attempt=state.attempt_number,
             error=str(exc) or type(exc).__name__,
+            cause=connect_failures.recent(),
             retry_in=round(wait, 2),
             retry_at=retry_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
             **(fields() if fields else {}),

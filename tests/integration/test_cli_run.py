@@ -148,6 +148,8 @@ async def test_kafka_not_there_yet_is_one_warning_per_retry_then_every_tick_land
             assert step["bootstrap_servers"] == cluster.bootstrap_servers
             assert isinstance(step["retry_in"], float | int) and step["retry_in"] > 0
             assert str(step["retry_at"]).endswith("Z")
+            # The reason aiokafka gave (only in its own, now debug, line) travels with ours.
+            assert "Connect call failed" in str(step["cause"]), step
     _, rows = csv_rows(data_dir / "crypto_data.csv")
     assert sorted(tick_key(r) for r in rows) == sorted(tick_key(m) for m in messages)
     assert len(rows) == len(messages) >= 24
