@@ -8,6 +8,14 @@ difference at every answer (the API's own time, and the HTTP ``Date`` header as 
 second witness), keeps it in ``cryptostream_clock_skew_seconds{source}``, says it
 once as a ``clock_skew`` warning when it exceeds :data:`SKEW_REPORTED`, and hands
 the dashboard a note while it lasts.
+
+**Steps.** This machine's own clock can step back (an NTP correction, a restored
+VM). Whatever waits or spaces (pacing, Binance's ban) measures on the monotonic
+clock, which never steps; what stamps ticks with the local time (Kraken, the price
+stream, the demo) reads it through :data:`wall`, a :class:`StepWatch` that notices
+a step back against the monotonic clock and says it once (``clock_stepped_back``).
+A tick stamped after the step carries the corrected time, older than the ticks
+before it: the repeat filters take such a jump as a step, not as a repeat.
 """
 
 from __future__ import annotations
@@ -27,6 +35,51 @@ log = get_logger(__name__)
 SKEW_REPORTED = 60.0
 #: A reported skew is "gone" once it is back below this.
 SKEW_GONE = SKEW_REPORTED / 2
+
+
+#: A wall clock that moved this much less than the monotonic one stepped back.
+STEP_BACK = 1.0
+
+
+class StepWatch:
+    """Notices the wall clock stepping back, by comparing it with the monotonic clock
+    at each reading; says each step once (``clock_stepped_back``, with ``by_s``)."""
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._offset: float | None = None  # wall minus monotonic at the last reading
+        self.steps = 0
+
+    def now(self) -> float:
+        """The wall-clock time (Unix seconds), noting a step back since the last call."""
+        wall = self._wall()
+        self.check(wall, self._monotonic())
+        return wall
+
+    def check(self, wall: float, monotonic: float) -> float:
+        """Seconds the wall clock stepped back since the last reading (0.0: none)."""
+        offset = wall - monotonic
+        last, self._offset = self._offset, offset
+        if last is None or last - offset < STEP_BACK:
+            return 0.0
+        back = last - offset
+        self.steps += 1
+        log.warning(
+            "clock_stepped_back",
+            by_s=round(back, 1),
+            now=_iso(wall),
+            note="spacing and waits use the monotonic clock; ticks carry the corrected time",
+        )
+        return back
+
+
+#: The process's wall clock, for whatever stamps ticks with this machine's time.
+wall = StepWatch()
 
 
 def _iso(ts: float) -> str:

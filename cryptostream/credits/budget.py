@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from cryptostream import clocks
 from cryptostream.chain import KEYED_SOURCES
 from cryptostream.config import Config
 from cryptostream.credits.ledger import Clock, Ledger, billed, credits_for, iso
@@ -135,6 +137,7 @@ class CreditBudget:
         metrics: Metrics | None = None,
         *,
         clock: Clock | None = None,
+        monotonic: Clock | None = None,
         enforce: bool = True,
         flush_every: float | None = None,
     ) -> None:
@@ -164,7 +167,13 @@ class CreditBudget:
         else:
             self.mode = cc.budget_mode
         self.exhausted: Exhausted | None = None
+        #: The monotonic time of the last poll pace mode let out: spacing never steps.
         self._last_poll: float | None = None
+        # A simulated wall clock (tests, the month simulation) is its own monotonic one
+        # unless one is given; the real ones share the process's watcher, so that a step
+        # is said once, whoever notices it first.
+        self._monotonic = monotonic or clock or time.monotonic
+        self._steps = clocks.wall if clock is None else clocks.StepWatch(clock, self._monotonic)
         self._pacing: float | None = None
         #: Seconds of the open stream connection not charged yet (less than a minute).
         self._stream_carry = 0.0
@@ -313,17 +322,16 @@ class CreditBudget:
         interval = self._interval_for(now)
         if interval is None:
             return True  # spent: refusal() keeps the request from going out
-        if self._last_poll is not None and now < self._last_poll:
-            # The wall clock stepped back (NTP, a restored VM): the spacing is measured
-            # from now on, never an hour of polls lost waiting for the old time.
-            log.warning("clock_stepped_back", by_s=round(self._last_poll - now, 1))
-            self._last_poll = None
-        if self._last_poll is not None and now - self._last_poll < interval - (
+        # Spacing on the monotonic clock: a wall clock that steps back (NTP, a restored
+        # VM) never holds polls back until it catches up with its old time.
+        mono = self._monotonic()
+        self._steps.check(now, mono)
+        if self._last_poll is not None and mono - self._last_poll < interval - (
             self._config.source.poll_interval / 2
         ):
             return False
         self._say_pace(interval)
-        self._last_poll = now
+        self._last_poll = mono
         return True
 
     def _interval_for(self, now: float) -> float | None:

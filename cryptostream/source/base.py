@@ -69,6 +69,12 @@ class Source(Protocol):
     name: str
 
     @property
+    def local_time(self) -> bool:
+        """Whether ticks carry this machine's clock (receive time), not the source's
+        own: a step back of that clock is then a jump back in time, not a repeat."""
+        ...
+
+    @property
     def health(self) -> SourceHealth:
         """Updated by the source as it succeeds or fails; read by the failover."""
         ...

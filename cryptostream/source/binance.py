@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 
+from cryptostream import clocks
 from cryptostream.chain import asset_mapping
 from cryptostream.config import Config
 from cryptostream.logs import get_logger
@@ -87,6 +88,7 @@ class BinanceSource(PollingSource):
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         b = config.binance
         super().__init__(
@@ -106,15 +108,17 @@ class BinanceSource(PollingSource):
         self.weight = request_weight(len(self.markets))
         # A budget below one request would never let a request out.
         self._budget = max(b.max_weight, self.weight)
-        self._clock = clock
+        self._clock = clock  # Binance's weight windows are minutes of the wall clock
+        self._monotonic = monotonic
         self._used = 0
         self._used_window = -1
-        #: Wall-clock time before which Binance asked us not to call (429/418).
+        #: Monotonic time before which Binance asked us not to call (429/418): a wall
+        #: clock stepping back never stretches a ban.
         self.blocked_until = 0.0
         self._budget_logged_window = -1
 
     async def _respect_limits(self) -> None:
-        wait = self.blocked_until - self._clock()
+        wait = self.blocked_until - self._monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         t = self._clock()
@@ -156,7 +160,7 @@ class BinanceSource(PollingSource):
         except RateLimited as exc:
             # Both waits hold across polls: nothing goes to Binance before that time.
             if exc.retry_after is not None:
-                self.blocked_until = self._clock() + exc.retry_after
+                self.blocked_until = self._monotonic() + exc.retry_after
             raise
         return self.to_ticks(body)
 
@@ -170,7 +174,7 @@ class BinanceSource(PollingSource):
             data = [data]  # the single-symbol form of the same endpoint
         if not isinstance(data, list):
             raise TransientError("JSON that is not a list of tickers")
-        received = time.time()
+        received = clocks.wall.now()
 
         def keyed(record: Any) -> tuple[str | None, str, Any]:
             symbol = record.get("symbol") if isinstance(record, dict) else None

@@ -15,14 +15,13 @@ saying the allowance is spent marks CoinCap exhausted until the billing period e
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
-from cryptostream.clocks import ClockSkew, date_header
+from cryptostream.clocks import ClockSkew, date_header, wall
 from cryptostream.config import CoinCapConfig, Config
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
@@ -82,9 +81,9 @@ def parse_envelope(body: bytes, date: float | None = None) -> AssetsResponse:
     if timestamp is None or not 0 < timestamp < 32503680000:
         # The envelope always carries it; if a proxy strips it, our clock will do.
         log.warning("api_timestamp_missing", value=str(raw_ts)[:40])
-        now = time.time()
+        now = wall.now()
         return AssetsResponse(now, data["data"], from_api=False, date=date, received=now)
-    return AssetsResponse(timestamp, data["data"], date=date, received=time.time())
+    return AssetsResponse(timestamp, data["data"], date=date, received=wall.now())
 
 
 def record_label(record: Any) -> str:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, NoReturn
 import aiohttp
 import tenacity
 
+from cryptostream import clocks
 from cryptostream.config import Config
 from cryptostream.logs import SecretMasker, get_logger
 from cryptostream.metrics import Metrics
@@ -87,6 +88,7 @@ class StreamEnded(Exception):
 
 class CoinCapWsSource:
     name = "coincap-ws"
+    local_time = True  # price frames carry no time: stamped when they arrive
 
     def __init__(
         self,
@@ -317,7 +319,7 @@ class CoinCapWsSource:
         if not isinstance(frame, dict):
             self._malformed("not_an_object", type(frame).__name__)
             return False
-        received = time.time()
+        received = clocks.wall.now()
         ticks: list[Tick] = []
         for asset, raw in frame.items():
             if asset not in self._wanted:
@@ -342,9 +344,10 @@ class CoinCapWsSource:
 
     def _tick(self, asset: str, price: str, received: float) -> Tick:
         # Strictly increasing time per asset: two frames within the clock's resolution
-        # are still two observations.
+        # are still two observations. A clock that stepped back (clocks.StepWatch) is
+        # followed: the ticks carry the corrected time, not the old one frozen.
         last = self._last_ts.get(asset, 0.0)
-        ts = received if received > last else last + 1e-6
+        ts = received if received > last or received < last - clocks.STEP_BACK else last + 1e-6
         self._last_ts[asset] = ts
         # A value that is good again may be reported again when it next fails.
         self._bad.good((asset,))

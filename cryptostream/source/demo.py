@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
+from cryptostream import clocks
 from cryptostream.config import Config
 from cryptostream.logs import get_logger
 from cryptostream.source.base import Emit, SourceHealth
@@ -61,6 +61,7 @@ def _decimal(units: int) -> str:
 
 class DemoSource:
     name = "demo"
+    local_time = True
 
     def __init__(self, config: Config, seed: int | None = None) -> None:
         self._rate = config.demo.rate
@@ -120,6 +121,6 @@ class DemoSource:
         while True:
             due = int((loop.time() - start) * self._rate) - sent
             if due > 0:
-                emit(self.make(due, time.time()))
+                emit(self.make(due, clocks.wall.now()))
                 sent += due
             await asyncio.sleep(step)

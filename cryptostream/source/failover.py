@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import tenacity
 
+from cryptostream import clocks
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.source.base import Emit, Source, SourceHealth
@@ -193,11 +194,19 @@ class FailoverSource:
 
         return emit
 
+    @property
+    def local_time(self) -> bool:
+        return self.sources[self.active].local_time
+
     def _pass(self, index: int, ticks: list[Tick]) -> None:
         out: list[Tick] = []
+        # A source stamping with this machine's clock jumps back when the clock steps
+        # back (said once by clocks.wall): that is the corrected time, not a repeat.
+        step = clocks.STEP_BACK if self.sources[index].local_time else math.inf
         for tick in ticks:
             key = (index, tick.id)
-            if tick.timestamp > self._last_ts.get(key, -math.inf):
+            last = self._last_ts.get(key, -math.inf)
+            if tick.timestamp > last or tick.timestamp < last - step:
                 self._last_ts[key] = tick.timestamp
                 out.append(tick)
         repeated = len(ticks) - len(out)

@@ -29,11 +29,11 @@ retried slowly; ``EService:*`` is transient.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import aiohttp
 
+from cryptostream import clocks
 from cryptostream.chain import asset_mapping
 from cryptostream.config import Config
 from cryptostream.metrics import Metrics
@@ -68,6 +68,7 @@ def pair_alias(pair: str) -> str:
 
 class KrakenSource(PollingSource):
     name = "kraken"
+    local_time = True  # stamped when the answer arrives
 
     def __init__(self, config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         k = config.kraken
@@ -102,7 +103,7 @@ class KrakenSource(PollingSource):
         result = data.get("result")
         if not isinstance(result, dict):
             raise TransientError("JSON without a result object")
-        received = time.time()
+        received = clocks.wall.now()
 
         def tick(asset: str, record: Any) -> Tick:
             if not isinstance(record, dict):

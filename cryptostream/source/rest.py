@@ -25,6 +25,8 @@ class PollingSource:
     """Polls on a drift-free grid; each poll retries per the declared policy."""
 
     name = "rest"
+    #: Ticks carry the API's time (Kraken overrides: its answers carry none).
+    local_time = False
     #: The event that says which configured markets an answer lacks, and its hint.
     missing_event = "assets_not_in_response"
     missing_hint: str | None = None

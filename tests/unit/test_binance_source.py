@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -223,3 +224,31 @@ async def test_unknown_symbol_is_a_clear_client_error(
     # A configuration error is retried every max_backoff (0.2 s), not in a tight loop.
     for earlier, later in itertools.pairwise(calls):
         assert later.monotonic - earlier.monotonic >= 0.19
+
+
+class SteppingClock(VirtualClock):
+    """A :class:`VirtualClock` the test can step back, as NTP or a restored VM does."""
+
+    def step(self, seconds: float) -> None:
+        self._offset += seconds
+
+
+async def test_a_ban_is_waited_out_on_the_monotonic_clock_when_the_wall_clock_steps_back(
+    binance_config: Callable[..., Config], fake_binance: FakeBinance
+) -> None:
+    """A 418 asks for 1 s of silence; then this machine's clock steps back an hour.
+    The wait stays 1 s (before: the ban was a wall-clock time, an hour away again)."""
+    ban = json.dumps({"code": -1003, "msg": "Way too much request weight used; IP banned"})
+    fake_binance.inject(Fault.status(418, body=ban, headers={"Retry-After": "1"}, times=2))
+    clock = SteppingClock(time.time())
+    async with aiohttp.ClientSession() as session:
+        source = BinanceSource(
+            binance_config(retry_deadline="0.3"), session, Metrics(), clock=clock
+        )
+        assert await source.poll_once() == []  # banned twice; the retry deadline ends it
+        clock.step(-3600)
+        async with asyncio.timeout(10):
+            assert len(await source.poll_once()) == 5
+    _, banned, after = fake_binance.requests_to("/api/v3")
+    assert (banned.status, after.status) == (418, 200)
+    assert 0.95 <= after.monotonic - banned.monotonic < 5

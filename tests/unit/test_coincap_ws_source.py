@@ -13,7 +13,9 @@ from typing import Any, cast
 
 import aiohttp
 import pytest
+import structlog.testing
 
+from cryptostream import clocks
 from cryptostream.config import Config
 from cryptostream.credits import CreditBudget
 from cryptostream.metrics import Metrics
@@ -564,3 +566,40 @@ async def test_a_connection_without_prices_does_not_clear_the_spent_mark(
         await settled(lambda: source.connects >= 2, "the next attempt")
         assert b.budget.ledger.current().spent_at is not None
         assert b.budget.exhausted == "coincap"
+
+
+class SteppingWall:
+    """This machine's wall clock at real speed, which the test can step back."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def test_a_clock_step_back_gives_the_corrected_time_not_a_frozen_one(
+    ws_config: Callable[..., Config],
+    fake_ws: FakeCoinCapWs,
+    fake_coincap: FakeCoinCap,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Price frames carry no time: each tick is stamped on arrival with this machine's
+    clock. After that clock steps back an hour (NTP, a restored VM) the ticks carry the
+    corrected time; before, they stayed at the old time plus a microsecond per frame
+    for the whole hour. The step is said once."""
+    wall_clock = SteppingWall()
+    monkeypatch.setattr(clocks, "wall", clocks.StepWatch(wall_clock))
+    with structlog.testing.capture_logs() as logs:
+        async with running(ws_config()) as run:
+            await wait_until(lambda: len(run.out.batches) >= 3, what="frames")
+            before = len(run.out.ticks)
+            newest = max(t.timestamp for t in run.out.ticks)
+            wall_clock.offset = -3600.0
+            await wait_until(lambda: len(run.out.ticks) >= before + 6, what="frames after")
+    after = run.out.ticks[before + 1 :]  # one frame may have been stamped mid-step
+    assert after
+    for tick in after:
+        assert abs(tick.timestamp - (time.time() - 3600)) < 30, (tick.timestamp, newest)
+    steps = [e for e in logs if e["event"] == "clock_stepped_back"]
+    assert len(steps) == 1 and round(steps[0]["by_s"]) == 3600

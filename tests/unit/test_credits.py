@@ -512,12 +512,20 @@ def test_a_ledger_of_the_previous_format_keeps_its_count(tmp_path: Path) -> None
 
 def test_pacing_survives_the_wall_clock_stepping_back_an_hour(tmp_path: Path) -> None:
     clock = Clock(MARCH + 3 * DAY)
+    monotonic = Clock(1000.0)  # never steps
     cfg = config(tmp_path, coincap__budget_mode="pace", source__fallbacks="[]")
-    budget = CreditBudget(cfg, clock=clock)
+    budget = CreditBudget(cfg, clock=clock, monotonic=monotonic)
+    interval = budget._interval_for(clock())
+    assert interval is not None
     assert budget.poll_due()
-    clock.now -= 3600  # NTP correction: the wall clock steps back an hour
-    due = 0
-    for _ in range(180):  # an hour of 20 s slots
-        clock.now += 20
-        due += budget.poll_due()
-    assert due > 0
+    with structlog.testing.capture_logs() as logs:
+        clock.now -= 3600  # NTP correction: the wall clock steps back an hour
+        due = 0
+        for _ in range(180):  # an hour of 20 s slots
+            clock.now += 20
+            monotonic.now += 20
+            due += budget.poll_due()
+    # The spacing holds exactly as without the step: one poll per interval.
+    assert due == int(3600 // interval) or due == int(3600 // interval) + 1, (due, interval)
+    steps = [e for e in logs if e["event"] == "clock_stepped_back"]
+    assert [round(e["by_s"]) for e in steps] == [3600], "said once"

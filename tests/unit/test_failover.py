@@ -17,8 +17,20 @@ from tests.conftest import wait_until
 class Scripted:
     """A source that gives one bitcoin tick every 20 ms while ``up``, fails while not."""
 
-    def __init__(self, name: str, *, up: bool = True, repeat_every: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        up: bool = True,
+        repeat_every: int = 0,
+        local_time: bool = False,
+        step_back_after: int = 0,
+    ) -> None:
         self.name = name
+        self.local_time = local_time
+        # After this many ticks the times jump back an hour (the clock that stamps them
+        # stepped back).
+        self._step_back_after = step_back_after
         self.health = SourceHealth()
         self.up = up
         self.runs = 0
@@ -42,7 +54,9 @@ class Scripted:
                     continue
                 self._n += 1
                 repeat = self._repeat_every and self._n % self._repeat_every == 0
-                ts = self.emitted[-1].timestamp if repeat and self.emitted else 1000.0 + self._n
+                ts = self.emitted[-1].timestamp if repeat and self.emitted else 10000.0 + self._n
+                if self._step_back_after and self._n > self._step_back_after and not repeat:
+                    ts -= 3600
                 tick = Tick(ts, "bitcoin", "BTC", "Bitcoin", f"{ts}", None, None, None, self.name)
                 self.health.ok()
                 self.emitted.append(tick)
@@ -180,6 +194,29 @@ async def test_repeated_observations_are_dropped_and_counted() -> None:
         "cryptostream_ticks_repeated_total", {"source": "a"}
     )
     assert repeated == len(a.emitted) - len(out.ticks) >= 3
+
+
+async def test_a_clock_step_back_is_followed_for_local_time_sources_only() -> None:
+    """Kraken and the price stream stamp ticks with this machine's clock: after it
+    steps back an hour, their ticks are an hour "older" than the last ones. That is
+    the corrected time, not a repeat: passed on (repeats are still dropped). A source
+    stamping with its own API time that jumps back is still filtered."""
+    local = Scripted("a", repeat_every=4, local_time=True, step_back_after=5)
+    async with chain(local) as (_failover, out, metrics):
+        await wait_until(lambda: len(local.emitted) >= 16, what="ticks after the step")
+    times = [t.timestamp for t in out.ticks]
+    after = [t for t in times if t < 10000.0]
+    assert len(after) >= 6, "prices go on after the step"
+    assert after == sorted(set(after)), "and repeats are still dropped"
+    repeated = metrics.registry.get_sample_value(
+        "cryptostream_ticks_repeated_total", {"source": "a"}
+    )
+    assert repeated == len(local.emitted) - len(out.ticks) >= 3
+
+    api = Scripted("a", local_time=False, step_back_after=5)
+    async with chain(api) as (_failover, out, _metrics):
+        await wait_until(lambda: len(api.emitted) >= 12, what="ticks")
+    assert [t.timestamp for t in out.ticks] == [10001.0 + i for i in range(5)]
 
 
 async def test_a_crashing_source_is_restarted_and_failover_still_works() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -10,10 +12,13 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 
+from cryptostream import clocks
 from cryptostream.config import Config
 from cryptostream.metrics import Metrics
+from cryptostream.source.failover import FailoverSource
 from cryptostream.source.kraken import KrakenSource, pair_alias
-from tests.conftest import ConfigFactory
+from cryptostream.tick import Tick
+from tests.conftest import ConfigFactory, wait_until
 from tests.support.fake_coincap import Fault
 from tests.support.fake_kraken import RATE_LIMITED, UNAVAILABLE, FakeKraken
 
@@ -142,3 +147,32 @@ async def test_bad_records_are_skipped_and_counted(
         ("unexpected_asset", 1),
     ]:
         assert counter(metrics, "cryptostream_ticks_invalid", reason=reason) == n, reason
+
+
+async def test_after_a_clock_step_back_kraken_prices_go_on_through_the_failover(
+    kraken_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kraken's answers carry no time: ticks are stamped with this machine's clock.
+    After it steps back an hour, the failover's repeat filter took every new tick for
+    a repeat of an older one, for the whole hour; now the prices go on, with the
+    corrected time, and nothing counts as repeated."""
+    offset = [0.0]
+    monkeypatch.setattr(clocks, "wall", clocks.StepWatch(lambda: time.time() + offset[0]))
+    metrics = Metrics()
+    out: list[Tick] = []
+    async with aiohttp.ClientSession() as session:
+        config = kraken_config()
+        failover = FailoverSource([KrakenSource(config, session, metrics)], 5.0, metrics)
+        task = asyncio.create_task(failover.run(out.extend))
+        try:
+            await wait_until(lambda: len(out) >= 10, what="two polls")
+            offset[0] = -3600.0
+            stepped = len(out)
+            await wait_until(lambda: len(out) >= stepped + 10, timeout=10, what="polls after")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    for tick in out[stepped:]:
+        assert abs(tick.timestamp - (time.time() - 3600)) < 30
+    assert counter(metrics, "cryptostream_ticks_repeated", source="kraken") == 0
