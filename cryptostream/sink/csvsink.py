@@ -407,7 +407,10 @@ class CsvSink:
                 key = (float(row[0]), row[4])
             except ValueError:
                 continue
-            window.setdefault(row[1], deque(maxlen=RECENT_KEYS)).append(key)
+            # The window is the asset id's: the cell of an id that starts a formula has
+            # the apostrophe of the guard (see csvrow.text_cell; no id starts with one).
+            asset = row[1][1:] if row[1].startswith("'") else row[1]
+            window.setdefault(asset, deque(maxlen=RECENT_KEYS)).append(key)
         self._window = window
         self._known = {asset: set(keys) for asset, keys in window.items()}
 
