@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import orjson
 
@@ -33,6 +34,8 @@ from cryptostream.tick import InvalidTick, Tick, tick_from_json
 Key = tuple[float, str]
 _INF = float("inf")
 _new_tuple = tuple.__new__
+#: A tick's key (see :data:`Key`): its fields 0 and 4.
+_key: Callable[[Tick], Key] = itemgetter(0, 4)
 
 
 @dataclass(slots=True)
@@ -174,19 +177,20 @@ def dedup(
     keys: dict[str, list[Key]] = {}
     fresh: set[str] = set()
     duplicates = 0
+    # (timestamp, priceUsd) of every tick: by position, not by (slower) field name.
+    all_keys: list[Key] = list(map(_key, ticks))
     for asset, indices in groups.items():
-        rows = [ticks[i] for i in indices]
-        if fresh_run([t.timestamp for t in rows], newest.get(asset, -_INF)):
+        asset_keys = list(map(all_keys.__getitem__, indices))
+        if fresh_run([k[0] for k in asset_keys], newest.get(asset, -_INF)):
             fresh.add(asset)
             kept_groups[asset] = indices
-            keys[asset] = [(t.timestamp, t.price_usd) for t in rows]
+            keys[asset] = asset_keys
             continue
         window = known.get(asset, set())
         seen: set[Key] = set()
         kept: list[int] = []
         order: list[Key] = []
-        for i, t in zip(indices, rows, strict=True):
-            key = (t.timestamp, t.price_usd)
+        for i, key in zip(indices, asset_keys, strict=True):
             if key in window or key in seen:
                 duplicates += 1
                 continue
