@@ -87,11 +87,27 @@ from cryptostream.layout import (
 )
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.sink.batch import (
+    Decoded,
+    Key,
+    Rows,
+    by_day,
+    day_names,
+    dead_letter,
+    decode,
+    dedup,
+    group_by_asset,
+    last_lines,
+    line_time,
+    newest_time,
+    render,
+    stamp_days,
+)
 from cryptostream.sink.candles import CandleBook
 from cryptostream.sink.firstvalues import FirstValueBook
 from cryptostream.sink.readback import Unreadable
 from cryptostream.sinkport import BatchResult, KafkaRecord, SinkWriteError, TopicIdentity
-from cryptostream.tick import InvalidTick, Tick, latest_timestamp, tick_from_json
+from cryptostream.tick import Tick, latest_timestamp
 
 log = get_logger(__name__)
 
@@ -114,7 +130,6 @@ _DAY_NAME = re.compile(r"\d{4}-\d{2}-\d{2}\.csv")
 #: (a new daily file's header and the start of its first row).
 _HEAD = 160
 _INF = float("inf")
-_Key = tuple[float, str]  # (timestamp, priceUsd): a tick's identity within its asset
 
 
 class SinkError(Exception):
@@ -175,8 +190,13 @@ class CsvSink:
         # Duplicate detection: per asset the keys of the last RECENT_KEYS rows written,
         # in order (to evict) and as a set (to ask "seen before?" in O(1)). Rebuilt
         # from the tail of crypto_data.csv on start, so the state file stays small.
-        self._window: dict[str, deque[_Key]] = {}
-        self._known: dict[str, set[_Key]] = {}
+        self._window: dict[str, deque[Key]] = {}
+        self._known: dict[str, set[Key]] = {}
+        # Per asset a time no key in its window is later than (see sink.batch.dedup).
+        self._newest: dict[str, float] = {}
+        #: Decide a batch's rows per asset where the batch allows (see sink.batch); False
+        #: decides every batch row by row (the general path; tests hold both to one result).
+        self.fast_path = True
         self._files: OrderedDict[str, AppendFile] = OrderedDict()
         self._days = Days()
         self._trimmed_on = ""
@@ -391,7 +411,7 @@ class CsvSink:
         tail = f.read_tail(min(f.size - len(_HEADER), _WINDOW_TAIL_BYTES))
         if len(tail) < f.size - len(_HEADER):
             tail = tail[tail.find(b"\n") + 1 :]  # the first line may be cut
-        window: dict[str, deque[_Key]] = {}
+        window: dict[str, deque[Key]] = {}
         reader = csv.reader(io.StringIO(tail.decode("utf-8", errors="replace")))
         while True:
             try:
@@ -407,9 +427,13 @@ class CsvSink:
                 key = (float(row[0]), row[4])
             except ValueError:
                 continue
-            window.setdefault(row[1], deque(maxlen=RECENT_KEYS)).append(key)
+            # The window is the asset id's: the cell of an id that starts a formula has
+            # the apostrophe of the guard (see csvrow.text_cell; no id starts with one).
+            asset = row[1][1:] if row[1].startswith("'") else row[1]
+            window.setdefault(asset, deque(maxlen=RECENT_KEYS)).append(key)
         self._window = window
         self._known = {asset: set(keys) for asset, keys in window.items()}
+        self._newest = {asset: newest_time(list(keys)) for asset, keys in window.items()}
 
     @staticmethod
     def _complete_lines_length(f: AppendFile) -> int:
@@ -551,7 +575,13 @@ class CsvSink:
         self._state = new_state
 
     def write(self, records: Iterable[KafkaRecord]) -> BatchResult:
-        """Make one batch durable. Raises :class:`SinkWriteError`; then nothing counts."""
+        """Make one batch durable. Raises :class:`SinkWriteError`; then nothing counts.
+
+        The steps: decode the records (:func:`~cryptostream.sink.batch.decode`), decide
+        the rows (:meth:`_rows`: copies dropped, firstValue, lines, each asset's newest
+        row), append them and commit the state (:meth:`_commit`: the commit point), then
+        remember the batch's keys (:meth:`_remember`) and do the derived work.
+        """
         if self._broken:
             self._recover_from_state()
         try:
@@ -561,82 +591,9 @@ class CsvSink:
         except OSError as exc:
             raise self._write_error(exc) from exc
         state = self._state
-        result = BatchResult()
-        offsets = dict(state.offsets)
-        rows: list[str] = []
-        by_day: dict[str, list[str]] = {}
-        dead: list[bytes] = []
-        dead_reasons: list[str] = []
-        last_updates: dict[str, str] = {}
-        newest_ts: dict[str, float] = {}
-        # Per asset: the keys of earlier batches (a set mirroring the state's deque), and
-        # this batch's keys as a set and in arrival order.
-        seen: dict[str, tuple[set[_Key], set[_Key], list[_Key]]] = {}
-        written: list[Tick] = []
-        last = state.last
-        latest = latest_timestamp(self._clock())
-        # The UTC day of the previous row: nearly every row of a batch is on the same one.
-        day_rows: list[str] = []
-        day = ""
-        day_begin = day_end = 0.0
-        stamp = self._first_values.stamp
-        checked: set[str] = set()
-        # The loop below runs once per message: locals, no per-row calls it can avoid.
         try:
-            for rec in records:
-                partition = rec.partition
-                offset = rec.offset
-                if offset < offsets.get(partition, 0):
-                    result.skipped_below_offset += 1
-                    continue
-                offsets[partition] = offset + 1
-                try:
-                    tick = tick_from_json(rec.value, latest)
-                except InvalidTick as exc:
-                    dead.append(self._dead_letter(rec, exc.reason, exc.detail))
-                    dead_reasons.append(exc.reason)
-                    continue
-                asset = tick.id
-                ts = tick.timestamp
-                key = (ts, tick.price_usd)
-                keys = seen.get(asset)
-                if keys is None:
-                    keys = seen[asset] = (self._known.setdefault(asset, set()), set(), [])
-                if key in keys[0] or key in keys[1]:
-                    result.duplicates += 1
-                    continue
-                if not day_begin <= ts < day_end:
-                    try:
-                        day = self._days.name(ts)
-                    except (ValueError, OverflowError, OSError) as exc:
-                        # The checks let through a time the calendar cannot place: one
-                        # record never stops the sink (it would be read again, and again).
-                        dead.append(self._dead_letter(rec, "unwritable", str(exc)[:80]))
-                        dead_reasons.append("unwritable")
-                        continue
-                    day_rows = by_day.setdefault(day, [])
-                    if day not in checked:
-                        # Before its rows get their firstValue from the day's file.
-                        checked.add(day)
-                        if daily_file(day) in state.sizes:
-                            self._check(daily_file(day))
-                    day_begin = day_start(day)
-                    day_end = day_begin + 86400
-                keys[1].add(key)
-                keys[2].append(key)
-                tick = stamp(tick, day)
-                line = csv_line(tick)
-                rows.append(line)
-                day_rows.append(line)
-                written.append(tick)
-                newest = newest_ts.get(asset)
-                if newest is None:
-                    prev = last.get(asset)
-                    newest = -_INF if prev is None else _line_ts(prev)
-                if newest <= ts:
-                    last_updates[asset] = line
-                    newest = ts
-                newest_ts[asset] = newest
+            decoded = decode(records, state.offsets, latest_timestamp(self._clock()), self.topic)
+            rows = self._rows(decoded)
         except OSError as exc:
             # Reading a day's first prices back failed: nothing is written yet; the
             # batch fails whole and is retried like any disk error.
@@ -645,24 +602,159 @@ class CsvSink:
         except Exception as exc:  # a batch fails, never the consumer task
             self._first_values.discard()
             raise self._unexpected(exc) from exc
-        result.written = len(rows)
-        result.dead_letters = len(dead)
-        if offsets == state.offsets:
+        result = BatchResult(
+            written=len(rows.lines),
+            duplicates=rows.duplicates,
+            dead_letters=len(rows.dead),
+            skipped_below_offset=decoded.below_offset,
+        )
+        if decoded.offsets == state.offsets:
             self._first_values.discard()
             return result
+        self._commit(state, decoded.offsets, rows)
+        self._first_values.commit()
+        if self._fsync:
+            self._sync_state_dir()
+        # Durable now: the stamp is the rows' end-to-end latency, derived files follow.
+        self.last_write = result.committed_at = time.time()
+        if rows.last:
+            # After the commit point, from the committed state: a reader never sees a row
+            # that did not commit. It is derived: on failure open() or the next batch
+            # writes it again from the state, so the batch still counts.
+            try:
+                self._write_last_values()
+            except OSError as exc:
+                self.metrics.sink_errors.labels("last_values").inc()
+                log.error("last_values_not_written", error=exc.strerror or str(exc))
+        for reason in rows.dead_reasons:
+            self.metrics.dead_letters.labels(reason).inc()
+        self._remember(rows.keys)
+        result.ticks = rows.ticks
+        if rows.ticks:
+            self._after_commit(rows.ticks)
+        return result
 
+    def _rows(self, decoded: Decoded) -> Rows:
+        """The rows of a decoded batch: by asset (:meth:`_rows_by_asset`) when every row
+        can be placed on the calendar, else row by row (:meth:`_rows_one_by_one`)."""
+        if self.fast_path:
+            rows = self._rows_by_asset(decoded)
+            if rows is not None:
+                return rows
+        return self._rows_one_by_one(decoded)
+
+    def _rows_by_asset(self, decoded: Decoded) -> Rows | None:
+        """The batch's rows, decided per asset and per day (see :mod:`cryptostream.sink.batch`);
+        None when a time cannot be placed on the calendar (then nothing was done)."""
+        ticks = decoded.ticks
+        found = dedup(ticks, group_by_asset(ticks), self._known, self._newest)
+        kept = [ticks[i] for i in found.kept] if found.duplicates else ticks
+        days = day_names(kept, self._days.name)
+        if days is None:
+            return None
+        per_day = by_day(days)
+        stamped = stamp_days(kept, per_day, self._first_values.first, self._check_day)
+        lines = render(stamped)
+        return Rows(
+            ticks=stamped,
+            lines=lines,
+            days={day: [lines[i] for i in rows] for day, rows in per_day.items()},
+            dead=[letter for _, letter, _ in decoded.dead],
+            dead_reasons=[reason for _, _, reason in decoded.dead],
+            duplicates=found.duplicates,
+            last=last_lines(stamped, lines, found.groups, found.fresh, self._state.last),
+            keys=found.keys,
+        )
+
+    def _check_day(self, day: str) -> None:
+        """Before a batch's rows of ``day`` get their firstValue from the day's file."""
+        name = daily_file(day)
+        if name in self._state.sizes:
+            self._check(name)
+
+    def _rows_one_by_one(self, decoded: Decoded) -> Rows:
+        """The batch's rows, decided row by row: the general path, which takes any batch
+        (:meth:`_rows_by_asset` gives the same rows where it applies)."""
+        rows = Rows()
+        unwritable: list[tuple[int, bytes, str]] = []
+        # Per asset: the keys of earlier batches (a set mirroring the window's deque), and
+        # this batch's keys as a set and in arrival order.
+        seen: dict[str, tuple[set[Key], set[Key], list[Key]]] = {}
+        newest_ts: dict[str, float] = {}
+        last = self._state.last
+        # The UTC day of the previous row: nearly every row of a batch is on the same one.
+        day_rows: list[str] = []
+        day = ""
+        day_begin = day_end = 0.0
+        stamp = self._first_values.stamp
+        checked: set[str] = set()
+        for n, (tick, rec) in enumerate(zip(decoded.ticks, decoded.sources, strict=True)):
+            asset = tick.id
+            ts = tick.timestamp
+            key = (ts, tick.price_usd)
+            keys = seen.get(asset)
+            if keys is None:
+                keys = seen[asset] = (self._known.get(asset, set()), set(), [])
+            if key in keys[0] or key in keys[1]:
+                rows.duplicates += 1
+                continue
+            if not day_begin <= ts < day_end:
+                try:
+                    day = self._days.name(ts)
+                except (ValueError, OverflowError, OSError) as exc:
+                    # The checks let through a time the calendar cannot place: one record
+                    # never stops the sink (it would be read again, and again).
+                    letter = dead_letter(self.topic, rec, "unwritable", str(exc)[:80])
+                    unwritable.append((n, letter, "unwritable"))
+                    continue
+                day_rows = rows.days.setdefault(day, [])
+                if day not in checked:
+                    checked.add(day)
+                    self._check_day(day)
+                day_begin = day_start(day)
+                day_end = day_begin + 86400
+            keys[1].add(key)
+            keys[2].append(key)
+            tick = stamp(tick, day)
+            line = csv_line(tick)
+            rows.lines.append(line)
+            day_rows.append(line)
+            rows.ticks.append(tick)
+            newest = newest_ts.get(asset)
+            if newest is None:
+                prev = last.get(asset)
+                newest = -_INF if prev is None else line_time(prev)
+            if newest <= ts:
+                rows.last[asset] = line
+                newest = ts
+            newest_ts[asset] = newest
+        # In record order: a record that is no tick comes before the tick decoded after it.
+        dead = sorted(decoded.dead + unwritable, key=lambda d: d[0])
+        rows.dead = [letter for _, letter, _ in dead]
+        rows.dead_reasons = [reason for _, _, reason in dead]
+        rows.keys = {asset: order for asset, (_, _, order) in seen.items()}
+        return rows
+
+    def _plan(self, rows: Rows) -> list[tuple[str, bytes]]:
+        """(file, bytes) of each append of the batch: the rows, each day's, the dead letters."""
+        data = "".join(rows.lines).encode()
+        plan: list[tuple[str, bytes]] = []
+        if rows.lines:
+            plan.append((DATA_FILE, data))
+        for day, day_rows in rows.days.items():
+            # One day (the usual case) holds every row of the batch: the same bytes.
+            chunk = data if len(rows.days) == 1 else "".join(day_rows).encode()
+            plan.append((daily_file(day), chunk))
+        if rows.dead:
+            plan.append((DEAD_LETTER_FILE, b"".join(rows.dead)))
+        return plan
+
+    def _commit(self, state: _State, offsets: dict[int, int], rows: Rows) -> None:
+        """Append the batch and commit the state: when this returns, the batch counts.
+        A failure before the commit point rolls every file back (SinkWriteError)."""
         touched: list[str] = []
         try:
-            data = "".join(rows).encode()
-            plan: list[tuple[str, bytes]] = []
-            if rows:
-                plan.append((DATA_FILE, data))
-            for day, day_rows in by_day.items():
-                # One day (the usual case) holds every row of the batch: the same bytes.
-                chunk = data if len(by_day) == 1 else "".join(day_rows).encode()
-                plan.append((daily_file(day), chunk))
-            if dead:
-                plan.append((DEAD_LETTER_FILE, b"".join(dead)))
+            plan = self._plan(rows)
             for name, _ in plan:
                 self._check(name)  # the last look before appending
             sizes = dict(state.sizes)
@@ -681,7 +773,7 @@ class CsvSink:
                 f = self._file(name)
                 f.append(chunk)
                 sizes[name] = f.size
-            last = {**state.last, **last_updates} if last_updates else state.last
+            last = {**state.last, **rows.last} if rows.last else state.last
             new_state = _State(state.topic, offsets, sizes, last, state.identity)
             # The commit point: once this rename is done, the batch counts.
             atomic_write(
@@ -697,37 +789,25 @@ class CsvSink:
                 raise self._write_error(exc) from exc
             raise self._unexpected(exc) from exc
         self._state = new_state
-        self._first_values.commit()
-        if self._fsync:
-            self._sync_state_dir()
-        # Durable now: the stamp is the rows' end-to-end latency, derived files follow.
-        self.last_write = result.committed_at = time.time()
-        if last_updates:
-            # After the commit point, from the committed state: a reader never sees a row
-            # that did not commit. It is derived: on failure open() or the next batch
-            # writes it again from the state, so the batch still counts.
-            try:
-                self._write_last_values()
-            except OSError as exc:
-                self.metrics.sink_errors.labels("last_values").inc()
-                log.error("last_values_not_written", error=exc.strerror or str(exc))
-        for reason in dead_reasons:
-            self.metrics.dead_letters.labels(reason).inc()
-        for asset, (known, fresh, order) in seen.items():
+
+    def _remember(self, keys: dict[str, list[Key]]) -> None:
+        """After the commit point: the batch's keys join each asset's duplicate window."""
+        for asset, order in keys.items():
             if not order:
                 continue
+            known = self._known.setdefault(asset, set())
             window = self._window.setdefault(asset, deque(maxlen=RECENT_KEYS))
             # The keys that fall out of the window leave the set too; added first, as a
             # batch larger than the window pushes some of its own keys out.
             evicted = len(window) + len(order) - RECENT_KEYS
-            known |= fresh
+            known.update(order)
             if evicted > 0:
                 known.difference_update(islice(chain(window, order), evicted))
             window.extend(order)
-        result.ticks = written
-        if written:
-            self._after_commit(written)
-        return result
+            # An upper bound (evicted keys are not subtracted): later than it is no copy.
+            newest = newest_time(order)
+            if newest > self._newest.get(asset, -_INF):
+                self._newest[asset] = newest
 
     def _unexpected(self, exc: Exception) -> SinkWriteError:
         """An error no one foresaw, before the commit point: the batch fails (rolled
@@ -814,24 +894,6 @@ class CsvSink:
             self.metrics.sink_errors.labels("io_error").inc()
             raise SinkWriteError("io_error", f"recovery from the sink state failed: {exc}") from exc
 
-    def _dead_letter(self, rec: KafkaRecord, reason: str, detail: str) -> bytes:
-        value = rec.value or b""
-        try:
-            text: str = value.decode()
-        except UnicodeDecodeError:
-            text = value.decode("latin-1")
-        return orjson.dumps(
-            {
-                "topic": self.topic,
-                "partition": rec.partition,
-                "offset": rec.offset,
-                "reason": reason,
-                "detail": detail,
-                "value": text,
-            },
-            option=orjson.OPT_APPEND_NEWLINE,
-        )
-
     def _write_last_values(self) -> None:
         rows = self._state.last
         data = HEADER + "".join(rows[k] for k in sorted(rows))
@@ -910,10 +972,6 @@ class CsvSink:
         self._files.clear()
         self._first_values.forget()
         self.opened = False
-
-
-def _line_ts(line: str) -> float:
-    return float(line.split(",", 1)[0])
 
 
 def _bytes_ts(line: bytes) -> float:

@@ -62,6 +62,14 @@ class FirstValueBook:
 
     def stamp(self, tick: Tick, day: str) -> Tick:
         """``tick`` with the firstValue its row gets; ``day`` is its UTC date."""
+        first = self.first(tick, day)
+        return tick if tick.first_value == first else tick.with_first_value(first)
+
+    def first(self, tick: Tick, day: str) -> str:
+        """The firstValue of ``tick``'s row (``day`` is its UTC date): the price of the
+        first row of its asset and day, committed or of the batch (then ``tick``'s own
+        price when it is that first row). The same for every row of an asset and day in
+        a batch: a batch asks once per asset and day."""
         firsts = self._firsts.get(day)
         if firsts is None:
             firsts = self._load(day)
@@ -76,7 +84,7 @@ class FirstValueBook:
         first = firsts.get(cell)
         if first is None:
             first = self._pending.setdefault(day, {}).setdefault(cell, tick.price_usd)
-        return tick if tick.first_value == first else tick.with_first_value(first)
+        return first
 
     def commit(self) -> None:
         """The batch is durable: its first rows are the days' first rows now."""

@@ -111,3 +111,21 @@ def test_a_batch_larger_than_the_window_keeps_only_its_newest_keys(tmp_path: Pat
     # The window is 5 6 7: 1 and 4 are outside it (written again), 7 is inside.
     assert feed.write(("bitcoin", 1), ("bitcoin", 4), ("bitcoin", 7)) == (2, 1)
     sink.close()
+
+
+def test_the_window_of_an_id_the_csv_shows_with_an_apostrophe_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    # "=cmd" is written as the cell "'=cmd" (the formula guard): read back, it is the
+    # window of "=cmd" again, not of another asset.
+    sink = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
+    sink.open()
+    feed = Feed(sink)
+    feed.write(("=cmd", 1), ("=cmd", 2))
+    sink.close()
+    again = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
+    again.open()
+    feed.sink = again
+    assert feed.write(("=cmd", 2), ("=cmd", 3)) == (1, 1)
+    again.close()
+    assert [p for a, p in prices(tmp_path) if a == "'=cmd"] == ["1", "2", "3"]

@@ -18,6 +18,7 @@ from cryptostream.csvrow import HEADER
 from cryptostream.dashboard.store import PriceStore, load_file
 from cryptostream.layout import DATA_FILE
 from cryptostream.metrics import Metrics
+from cryptostream.sink import batch as sink_batch
 from cryptostream.sink import csvsink
 from cryptostream.sink.csvsink import CsvSink, Record, SinkWriteError
 from cryptostream.tick import Tick
@@ -128,7 +129,9 @@ def test_an_unexpected_error_fails_the_batch_not_the_caller(
             raise RuntimeError("a bug")
         return real(t)
 
+    # Both ways of deciding a batch's rows render lines (see sink.batch).
     monkeypatch.setattr(csvsink, "csv_line", failing)
+    monkeypatch.setattr(sink_batch, "csv_line", failing)
     batch = records(1, [tick(BASE + 1, "11.5")])
     with pytest.raises(SinkWriteError) as caught:
         sink.write(batch)  # used to raise RuntimeError: the consumer task ended
