@@ -74,7 +74,9 @@ class Tick(NamedTuple):
     source: str = "coincap"
 
     def with_first_value(self, first_value: str) -> Tick:
-        return self._replace(first_value=first_value)
+        # The tuple built straight away: _replace is several Python calls, and the sink
+        # asks this for nearly every row.
+        return _new_tuple(Tick, (*self[:6], first_value, *self[7:]))
 
     def key(self) -> bytes:
         return self.id.encode()

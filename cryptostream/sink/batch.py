@@ -33,7 +33,6 @@ from cryptostream.tick import InvalidTick, Tick, tick_from_json
 #: A tick's identity within its asset: (timestamp, priceUsd).
 Key = tuple[float, str]
 _INF = float("inf")
-_new_tuple = tuple.__new__
 #: A tick's key (see :data:`Key`): its fields 0 and 4.
 _key: Callable[[Tick], Key] = itemgetter(0, 4)
 
@@ -137,16 +136,21 @@ def decode(
     return out
 
 
+def positions(keys: Iterable[str]) -> dict[str, list[int]]:
+    """Key -> the positions where it occurs, in order; keys in the order first met."""
+    out: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        found = out.get(key)
+        if found is None:
+            out[key] = [i]
+        else:
+            found.append(i)
+    return out
+
+
 def group_by_asset(ticks: list[Tick]) -> dict[str, list[int]]:
     """Asset -> the indices of its ticks, in order."""
-    groups: dict[str, list[int]] = {}
-    for i, tick in enumerate(ticks):
-        group = groups.get(tick.id)
-        if group is None:
-            groups[tick.id] = [i]
-        else:
-            group.append(i)
-    return groups
+    return positions(t.id for t in ticks)
 
 
 def fresh_run(times: list[float], newest: float) -> bool:
@@ -235,14 +239,7 @@ def day_names(ticks: list[Tick], name: Callable[[float], str]) -> list[str] | No
 
 def by_day(days: list[str]) -> dict[str, list[int]]:
     """Day -> the positions of its rows in order; days in the order the rows reach them."""
-    out: dict[str, list[int]] = {}
-    for i, day in enumerate(days):
-        rows = out.get(day)
-        if rows is None:
-            out[day] = [i]
-        else:
-            rows.append(i)
-    return out
+    return positions(days)
 
 
 def stamp_days(
@@ -264,13 +261,8 @@ def stamp_days(
             if value is None:
                 value = firsts[tick.id] = first(tick, day)
             if tick.first_value != value:
-                out[i] = _with_first(tick, value)
+                out[i] = tick.with_first_value(value)
     return out
-
-
-def _with_first(tick: Tick, first: str) -> Tick:
-    # The tuple built straight away: the named tuple's _replace is several Python calls.
-    return _new_tuple(Tick, (*tick[:6], first, *tick[7:]))
 
 
 def render(ticks: list[Tick]) -> list[str]:

@@ -227,18 +227,26 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 120) -> TopicC
                     by_partition[tp.partition].extend(m for m in messages if m.offset < ends[tp])
     finally:
         await consumer.stop()
+    return content_of(
+        (partition, m.offset, m.value)
+        for partition, messages in sorted(by_partition.items())
+        for m in messages
+    )
+
+
+def content_of(messages: Iterable[tuple[int, int, bytes]]) -> TopicContent:
+    """What the audit needs of a topic's (partition, offset, value) messages, in order."""
     content = TopicContent([], [])
-    for partition, messages in sorted(by_partition.items()):
-        for m in messages:
-            row = message_row(m.value)
-            if row is None:
-                content.others.append((partition, m.offset, m.value))
-                continue
-            key = key_of(row[1], row[0], row[4])
-            content.ticks.append(key)
-            candidates = content.rows.setdefault(key, [])
-            if row not in candidates:
-                candidates.append(row)
+    for partition, offset, value in messages:
+        row = message_row(value)
+        if row is None:
+            content.others.append((partition, offset, value))
+            continue
+        key = key_of(row[1], row[0], row[4])
+        content.ticks.append(key)
+        candidates = content.rows.setdefault(key, [])
+        if row not in candidates:
+            candidates.append(row)
     return content
 
 

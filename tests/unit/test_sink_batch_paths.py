@@ -22,7 +22,7 @@ from cryptostream.sink import csvsink
 from cryptostream.sink.batch import Dedup
 from cryptostream.sink.csvsink import CsvSink, Record
 from cryptostream.sinkport import BatchResult
-from tests.faults.harness import TopicContent, assert_all_files_exact, audit, key_of, message_row
+from tests.faults.harness import TopicContent, assert_all_files_exact, audit, content_of
 
 TOPIC = "prices"
 #: 2025-03-07T00:00:00Z; the sink's clock is ten days later.
@@ -108,19 +108,11 @@ class Topic:
 
     def content(self) -> TopicContent:
         """What the fault suite's audit reads from a topic, from this one."""
-        content = TopicContent([], [])
-        for p, messages in enumerate(self.log):
-            for offset, value in enumerate(messages):
-                row = message_row(value)
-                if row is None:
-                    content.others.append((p, offset, value))
-                    continue
-                key = key_of(row[1], row[0], row[4])
-                content.ticks.append(key)
-                candidates = content.rows.setdefault(key, [])
-                if row not in candidates:
-                    candidates.append(row)
-        return content
+        return content_of(
+            (p, offset, value)
+            for p, messages in enumerate(self.log)
+            for offset, value in enumerate(messages)
+        )
 
 
 def files(data_dir: Path) -> dict[str, bytes]:
