@@ -5,9 +5,11 @@ named steps. The ones here work on the whole batch and its columns, not row by r
 
 1. :func:`decode`: every record at once: the offsets it moves, the ticks, the dead
    letters of what cannot be one, the records below the committed offset;
-2. :func:`dedup`: per asset, the rows that are no copy of a recent one. An asset
-   whose times in the batch are strictly increasing and newer than every key of
-   its window cannot hold a copy: no key is looked up (see :func:`fresh_run`);
+2. :func:`dedup`: per asset, the rows that are no copy of a committed one. An
+   asset whose times in the batch are strictly increasing and newer than its
+   newest committed row cannot hold a copy: no key is looked up (see
+   :func:`fresh_run`); otherwise a key is looked up in the window of recent rows
+   and, if older than that newest row, in its day's file (:mod:`cryptostream.sink.daykeys`);
 3. :func:`day_names` and :func:`by_day`: the UTC day of every row, the rows of
    each day (the sink then checks each day's file and stamps ``firstValue``, one
    look-up per asset and day, see :func:`stamped`);
@@ -170,13 +172,16 @@ def dedup(
     groups: Mapping[str, list[int]],
     known: Mapping[str, set[Key]],
     newest: Mapping[str, float],
+    written: Callable[[Tick], bool] = lambda tick: False,
 ) -> Dedup:
-    """The rows that are no copy of a row in the window or of an earlier row of the batch.
+    """The rows that are no copy of a committed row or of an earlier row of the batch.
 
     ``groups`` is :func:`group_by_asset` of ``ticks``; ``known`` holds per asset the keys
-    of its recent rows, ``newest`` per asset a time no key in ``known`` is later than.
+    of its recent rows (the window), ``newest`` per asset a time no committed row of it
+    is later than, and ``written`` says whether the committed files hold a tick's row.
     An asset that passes :func:`fresh_run` is taken whole, without a look-up; the others
-    have each key looked up, in the window and among the batch's earlier rows."""
+    have each key looked up in the window and among the batch's earlier rows, and a key
+    found in neither but no later than ``newest`` is asked of ``written``."""
     kept_groups: dict[str, list[int]] = {}
     keys: dict[str, list[Key]] = {}
     fresh: set[str] = set()
@@ -191,11 +196,12 @@ def dedup(
             keys[asset] = asset_keys
             continue
         window = known.get(asset, set())
+        floor = newest.get(asset, -_INF)
         seen: set[Key] = set()
         kept: list[int] = []
         order: list[Key] = []
         for i, key in zip(indices, asset_keys, strict=True):
-            if key in window or key in seen:
+            if key in window or key in seen or (key[0] <= floor and written(ticks[i])):
                 duplicates += 1
                 continue
             seen.add(key)

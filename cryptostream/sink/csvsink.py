@@ -56,6 +56,7 @@ is decided here from the committed daily files (see
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -70,7 +71,7 @@ from typing import Any
 
 import orjson
 
-from cryptostream.csvrow import COLUMNS, HEADER, csv_line
+from cryptostream.csvrow import COLUMNS, HEADER, csv_line, text_cell
 from cryptostream.days import Days, day_start
 from cryptostream.files import AppendFile, atomic_write, fsync_dir, replacing
 from cryptostream.layout import (
@@ -104,6 +105,7 @@ from cryptostream.sink.batch import (
     stamp_days,
 )
 from cryptostream.sink.candles import CandleBook
+from cryptostream.sink.daykeys import DayKeys
 from cryptostream.sink.firstvalues import FirstValueBook
 from cryptostream.sink.readback import Unreadable
 from cryptostream.sinkport import BatchResult, KafkaRecord, SinkWriteError, TopicIdentity
@@ -192,7 +194,8 @@ class CsvSink:
         # from the tail of crypto_data.csv on start, so the state file stays small.
         self._window: dict[str, deque[Key]] = {}
         self._known: dict[str, set[Key]] = {}
-        # Per asset a time no key in its window is later than (see sink.batch.dedup).
+        # Per asset a time no row it committed is later than (see sink.batch.dedup): a
+        # tick no later than it and not in the window is looked up in its day's file.
         self._newest: dict[str, float] = {}
         #: Decide a batch's rows per asset where the batch allows (see sink.batch); False
         #: decides every batch row by row (the general path; tests hold both to one result).
@@ -216,6 +219,10 @@ class CsvSink:
         # firstValue of every row, from the committed daily files (see sink.firstvalues).
         self._first_values = FirstValueBook(
             data_dir / TICKS_DIR, self._committed_daily_size, self._skipped("first_value")
+        )
+        # Rows older than the window, from the committed daily files (see sink.daykeys).
+        self._day_keys = DayKeys(
+            data_dir / TICKS_DIR, self._committed_daily_size, self._skipped("duplicates")
         )
         self.opened = False
         # A rollback could not cut the files back: recover from the state before writing.
@@ -433,7 +440,13 @@ class CsvSink:
             window.setdefault(asset, deque(maxlen=RECENT_KEYS)).append(key)
         self._window = window
         self._known = {asset: set(keys) for asset, keys in window.items()}
-        self._newest = {asset: newest_time(list(keys)) for asset, keys in window.items()}
+        newest = {asset: newest_time(list(keys)) for asset, keys in window.items()}
+        # Each asset's newest row (by time) is in the state: later than the window's
+        # when rows came out of order, or when the tail read here was cut.
+        for asset, line in self._state.last.items():
+            with contextlib.suppress(ValueError):
+                newest[asset] = max(newest.get(asset, -_INF), line_time(line))
+        self._newest = newest
 
     @staticmethod
     def _complete_lines_length(f: AppendFile) -> int:
@@ -506,6 +519,7 @@ class CsvSink:
             self._state.sizes.pop(name, None)
             day = name[len(_DAILY) : -len(".csv")]
             self._first_values.forget_day(day)
+            self._day_keys.forget_day(day)
             if self.candles is not None:
                 self._candles_do(self.candles.forget, day)
         else:
@@ -647,7 +661,7 @@ class CsvSink:
         """The batch's rows, decided per asset and per day (see :mod:`cryptostream.sink.batch`);
         None when a time cannot be placed on the calendar (then nothing was done)."""
         ticks = decoded.ticks
-        found = dedup(ticks, group_by_asset(ticks), self._known, self._newest)
+        found = dedup(ticks, group_by_asset(ticks), self._known, self._newest, self._written)
         kept = [ticks[i] for i in found.kept] if found.duplicates else ticks
         days = day_names(kept, self._days.name)
         if days is None:
@@ -666,6 +680,16 @@ class CsvSink:
             keys=found.keys,
         )
 
+    def _written(self, tick: Tick) -> bool:
+        """Does the committed file of ``tick``'s day hold its row (see sink.daykeys)?
+        Asked only of a tick no later than its asset's newest row and not in the window."""
+        try:
+            day = self._days.name(tick.timestamp)
+        except (ValueError, OverflowError, OSError):
+            return False  # no day can hold it (it is dead-lettered as unwritable)
+        self._check_day(day)
+        return self._day_keys.holds(text_cell(tick.id), tick.timestamp, tick.price_usd, day)
+
     def _check_day(self, day: str) -> None:
         """Before a batch's rows of ``day`` get their firstValue from the day's file."""
         name = daily_file(day)
@@ -682,6 +706,10 @@ class CsvSink:
         seen: dict[str, tuple[set[Key], set[Key], list[Key]]] = {}
         newest_ts: dict[str, float] = {}
         last = self._state.last
+        # Per asset the time no committed row is later than: a key not in the window and
+        # no later than it may still be in its day's file (the window is not the truth).
+        floor = self._newest
+        written = self._written
         # The UTC day of the previous row: nearly every row of a batch is on the same one.
         day_rows: list[str] = []
         day = ""
@@ -695,7 +723,11 @@ class CsvSink:
             keys = seen.get(asset)
             if keys is None:
                 keys = seen[asset] = (self._known.get(asset, set()), set(), [])
-            if key in keys[0] or key in keys[1]:
+            if (
+                key in keys[0]
+                or key in keys[1]
+                or (ts <= floor.get(asset, -_INF) and written(tick))
+            ):
                 rows.duplicates += 1
                 continue
             if not day_begin <= ts < day_end:
@@ -888,6 +920,7 @@ class CsvSink:
             f.close()
         self._files.clear()
         self._first_values.forget()
+        self._day_keys.forget()
         try:
             self._open()
         except (OSError, SinkError) as exc:
@@ -971,6 +1004,7 @@ class CsvSink:
             f.close()
         self._files.clear()
         self._first_values.forget()
+        self._day_keys.forget()
         self.opened = False
 
 

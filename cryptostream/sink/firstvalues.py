@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptostream.csvrow import quoted, text_cell
 from cryptostream.tick import Tick
 
-#: Bytes of a daily file read and split at a time (see _lines).
+#: Bytes of a daily file read and split at a time (see read_lines).
 _BLOCK = 1 << 20
 #: Days whose first prices stay in memory (a late tick for an older one reads its file).
 KEEP_DAYS = 8
@@ -122,15 +122,17 @@ class FirstValueBook:
         return firsts
 
 
-def _lines(path: Path, size: int) -> Iterator[bytes]:
-    """The complete lines (without ``\\n``) of the first ``size`` bytes of ``path``.
+def read_lines(path: Path, size: int, start: int = 0) -> Iterator[bytes]:
+    """The complete lines (without ``\\n``) of bytes ``start`` to ``size`` of ``path``
+    (``start`` is where a line begins: 0, or a length the sink committed).
 
     Read and split a block at a time: a day's file is ~100 MB late in the day, and one
     ``split`` of all of it would hold the GIL for ~150 ms (the event loop waits on it
     while the sink's thread reads)."""
     with path.open("rb") as fh:
+        fh.seek(start)
         rest = b""
-        left = size
+        left = size - start
         while left > 0:
             block = fh.read(min(_BLOCK, left))
             if not block:
@@ -153,7 +155,7 @@ def _first_prices(path: Path, size: int, skipped: Skipped = _ignore) -> dict[str
     if size <= 0:
         return firsts
     try:
-        for raw in islice(_lines(path, size), 1, None):  # after the header
+        for raw in islice(read_lines(path, size), 1, None):  # after the header
             if b'"' in raw:
                 # A quoted text cell (a comma or quote in it): the slow, exact path.
                 try:

@@ -1,4 +1,5 @@
-"""The sink's duplicate window: the last RECENT_KEYS ticks of each asset, across batches."""
+"""The sink drops copies: the window of each asset's last RECENT_KEYS rows, and the
+committed daily files for a tick older than its asset's newest row."""
 
 from __future__ import annotations
 
@@ -52,19 +53,66 @@ def small_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(csvsink, "RECENT_KEYS", 3)
 
 
-def test_a_copy_inside_the_window_is_dropped_one_outside_is_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["by_asset", "row_by_row"])
+def test_a_copy_is_dropped_inside_the_window_and_outside_it(
+    tmp_path: Path, fast_path: bool
+) -> None:
     sink = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
+    sink.fast_path = fast_path
     sink.open()
     feed = Feed(sink)
     assert feed.write(("bitcoin", 1), ("bitcoin", 2), ("ethereum", 1)) == (3, 0)
     # Window of bitcoin: 1 2 3 4 (3 kept) -> 2 3 4; in one batch, 4 twice.
     assert feed.write(("bitcoin", 3), ("bitcoin", 4), ("bitcoin", 4)) == (2, 1)
-    # 1 left the window (written again), 2 is still in it (dropped); ethereum's own window.
-    assert feed.write(("bitcoin", 2), ("bitcoin", 1), ("ethereum", 1)) == (1, 2)
-    # Now 3 4 1: 2 slid out, 1 is in.
-    assert feed.write(("bitcoin", 2), ("bitcoin", 1)) == (1, 1)
+    # 1 left the window, but the day's file holds it: dropped like 2 (still in it).
+    assert feed.write(("bitcoin", 2), ("bitcoin", 1), ("ethereum", 1)) == (0, 3)
+    # Older than bitcoin's newest row and never written: a row.
+    assert feed.write(("bitcoin", 1.5), ("bitcoin", 1)) == (1, 1)
     sink.close()
-    assert [p for a, p in prices(tmp_path) if a == "bitcoin"] == ["1", "2", "3", "4", "1", "2"]
+    assert [p for a, p in prices(tmp_path) if a == "bitcoin"] == ["1", "2", "3", "4", "1.5"]
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["by_asset", "row_by_row"])
+def test_a_topic_read_again_from_its_start_after_a_restart_writes_no_row_twice(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """A reset topic followed from its beginning, a log that lost its tail: the records
+    come again at new offsets, far more of them than the window holds, over two days."""
+    sink = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
+    sink.open()
+    feed = Feed(sink)
+    ticks = [(asset, 86_000 + 10 * n) for n in range(60) for asset in ("xrp", "solana")]
+    assert feed.write(*ticks) == (120, 0)
+    sink.close()
+    again = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
+    again.fast_path = fast_path
+    again.open()
+    feed.sink = again
+    assert feed.write(*ticks[:70]) == (0, 70)
+    assert feed.write(*ticks[70:], ("xrp", 90_000)) == (1, 50)
+    again.close()
+    assert len(prices(tmp_path)) == 121
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["by_asset", "row_by_row"])
+def test_the_newest_row_of_an_asset_is_known_after_a_restart_when_rows_came_out_of_order(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """The window read back from the file's tail holds 3 4 5, the state's last value is
+    10: a copy of 10 is older than a row committed, so it is looked up, not taken."""
+    sink = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
+    sink.open()
+    feed = Feed(sink)
+    assert feed.write(("xrp", 10), ("xrp", 1), ("xrp", 2), ("xrp", 3), ("xrp", 4)) == (5, 0)
+    assert feed.write(("xrp", 5)) == (1, 0)
+    sink.close()
+    again = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
+    again.fast_path = fast_path
+    again.open()
+    feed.sink = again
+    assert feed.write(("xrp", 10), ("xrp", 11)) == (1, 1)
+    again.close()
+    assert [p for _, p in prices(tmp_path)] == ["10", "1", "2", "3", "4", "5", "11"]
 
 
 def test_the_window_survives_a_restart(tmp_path: Path) -> None:
@@ -76,8 +124,10 @@ def test_the_window_survives_a_restart(tmp_path: Path) -> None:
     again = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
     again.open()
     feed.sink = again
-    assert feed.write(("xrp", 4), ("xrp", 2), ("xrp", 1)) == (1, 2)
+    # 4 and 2 are in the window read back, 1 only in the day's file: all three copies.
+    assert feed.write(("xrp", 4), ("xrp", 2), ("xrp", 1)) == (0, 3)
     again.close()
+    assert [p for _, p in prices(tmp_path)] == ["1", "2", "3", "4"]
 
 
 def test_a_batch_that_failed_does_not_count_as_seen(tmp_path: Path) -> None:
@@ -108,8 +158,9 @@ def test_a_batch_larger_than_the_window_keeps_only_its_newest_keys(tmp_path: Pat
     sink.open()
     feed = Feed(sink)
     assert feed.write(*(("bitcoin", t) for t in range(1, 8))) == (7, 0)
-    # The window is 5 6 7: 1 and 4 are outside it (written again), 7 is inside.
-    assert feed.write(("bitcoin", 1), ("bitcoin", 4), ("bitcoin", 7)) == (2, 1)
+    # The window is 5 6 7: 7 is in it; 1 and 4 only in the day's file (copies all the same).
+    assert [price for _, price in sink._window["bitcoin"]] == ["5", "6", "7"]
+    assert feed.write(("bitcoin", 1), ("bitcoin", 4), ("bitcoin", 7)) == (0, 3)
     sink.close()
 
 
@@ -125,6 +176,7 @@ def test_the_window_of_an_id_the_csv_shows_with_an_apostrophe_survives_a_restart
     sink.close()
     again = CsvSink(tmp_path, TOPIC, Metrics(), candles=False)
     again.open()
+    assert {price for _, price in again._known["=cmd"]} == {"1", "2"}
     feed.sink = again
     assert feed.write(("=cmd", 2), ("=cmd", 3)) == (1, 1)
     again.close()
