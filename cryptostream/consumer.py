@@ -7,9 +7,9 @@ the sink (for lag monitoring and for a data directory that has no state yet).
 
 A topic can be reset under the stored offsets: ``docker compose down -v`` with
 ``data/`` kept, the topic deleted and created again, another cluster behind
-``bootstrap_servers``, a log truncated by an unclean leader election. Its new
-records then sit at offsets below the stored ones, and a sink that ignores
-records below its offsets would drop every one of them without a word. So on
+``bootstrap_servers``. Its new records then sit at offsets below the stored
+ones, and a sink that ignores records below its offsets would drop every one of
+them without a word. So on
 every assignment the consumer compares the topic with the identity the sink
 recorded (:class:`~cryptostream.sinkport.TopicIdentity`: cluster id, the
 log's start and end), and Kafka's "offset out of range" is never answered
@@ -18,7 +18,15 @@ retention before they were read (logged, counted) or a reset. A reset is
 logged as an error with the old and the new identity and counted; by default
 (``kafka.on_topic_reset = "follow"``) the sink follows the new topic from its
 beginning (copies of ticks already in the CSV are still dropped by its
-duplicate window); ``"stop"`` ends the consumer with an error naming the topic.
+duplicate check, which consults the committed files); ``"stop"`` ends the consumer
+with an error naming the topic.
+
+A log that lost its tail is no reset: a broker's unflushed records lost in a power
+cut, or an unclean leader election, leave the stored offset beyond the log's end on
+the same cluster with the same log start. When the last record the log still has is
+a tick the committed files hold, the sink read this very log: the consumer says so
+(``topic_truncated``), counts the records the log lost (the CSV keeps them) and reads
+on from the log's new end instead of from its beginning.
 
 The consumer knows the sink only as a :class:`~cryptostream.sinkport.BatchSink`
 and hands it the Kafka client's records as fetched. Writing a batch is awaited:
@@ -297,12 +305,103 @@ class Consumer:
             elif old is not None and now.log_start[p] < old.log_start.get(p, 0):
                 # A log never starts earlier than it once did: this is another log.
                 resets[p] = "log_start_moved_back"
+        truncated = await self._truncations(resets, now)
+        if truncated:
+            await self._follow_truncation(client, truncated, now)
         if resets:
             await self._reset(client, resets, now)
+            return
+        if truncated:
             return
         if old is None:
             log.info("topic_identity_recorded", topic=self._config.topic, **now.to_json())
         await self._sink.set_identity(_merged(old, now))
+
+    async def _truncations(self, resets: dict[int, str], now: TopicIdentity) -> dict[int, int]:
+        """Take out of ``resets`` the partitions whose log lost its tail: partition -> log end.
+
+        A stored offset beyond the log's end, on the same cluster, with a log start that
+        did not move back, is either a log that lost its end (a broker's unflushed tail
+        in a power cut, an unclean leader election) or a topic created again that has
+        fewer records yet. The last record the log still has tells them apart: a tick the
+        committed files already hold is one the sink read from this log. (An empty log is
+        read from its start either way.)
+        """
+        old = self._sink.identity
+        truncated: dict[int, int] = {}
+        for p, reason in sorted(resets.items()):
+            start, end = now.log_start[p], now.log_end[p]
+            if reason != "offset_beyond_log_end" or end <= start:
+                continue
+            if old is not None and start < old.log_start.get(p, 0):
+                continue  # another log (see _check_topic)
+            tp = TopicPartition(self._config.topic, p)
+            try:
+                value = await self._last_value(tp, start, end)
+                held = value is not None and await self._sink.holds_record(value[0])
+            except (KafkaError, TimeoutError, OSError, SinkWriteError) as exc:
+                # Not known: read from the start (the files still drop every copy).
+                log.warning(
+                    "topic_last_record_unavailable",
+                    partition=p,
+                    error=str(exc) or type(exc).__name__,
+                )
+                continue
+            if held:
+                truncated[p] = end
+                del resets[p]
+        return truncated
+
+    async def _last_value(
+        self, tp: TopicPartition, start: int, end: int
+    ) -> tuple[bytes | None] | None:
+        """The value of the last record before ``end`` (None: no record was found there),
+        read by a client of no group, so the group's assignment is not touched."""
+        client = AIOKafkaConsumer(
+            **client_options(self._config),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="none",
+        )
+        found: tuple[bytes | None] | None = None
+        try:
+            async with asyncio.timeout(self._config.request_timeout * 2):
+                await client.start()
+                client.assign([tp])
+                # A few records back: the last offsets may hold no record a client sees
+                # (a transaction's marker).
+                client.seek(tp, max(start, end - 8))
+                while await client.position(tp) < end:
+                    batches = await client.getmany(tp, timeout_ms=500)
+                    for rec in batches.get(tp, []):
+                        if rec.offset < end:
+                            found = (rec.value,)
+        finally:
+            await stop_client(client, "consumer")
+        return found
+
+    async def _follow_truncation(
+        self, client: AIOKafkaConsumer, truncated: dict[int, int], now: TopicIdentity
+    ) -> None:
+        """The log lost records the CSV holds: say so, count them, read on from its end."""
+        offsets = self._sink.committed_offsets()
+        for p, end in sorted(truncated.items()):
+            lost = offsets[p] - end
+            self._metrics.records_truncated.inc(lost)
+            log.error(
+                "topic_truncated",
+                topic=self._config.topic,
+                partition=p,
+                next_offset=offsets[p],
+                log_start=now.log_start[p],
+                log_end=end,
+                lost=lost,
+                note="the log lost its last records after the sink had written them "
+                "(the CSV keeps them); reading on from the log's end",
+            )
+        await self._sink.set_identity(_merged(self._sink.identity, now), reset=dict(truncated))
+        for p, end in truncated.items():
+            client.seek(TopicPartition(self._config.topic, p), end)
 
     async def _reset(
         self, client: AIOKafkaConsumer, resets: dict[int, str], now: TopicIdentity
@@ -407,7 +506,11 @@ class Consumer:
                 client.seek(tp, begin)
         if resets:
             try:
-                await self._reset(client, resets, now)
+                truncated = await self._truncations(resets, now)
+                if truncated:
+                    await self._follow_truncation(client, truncated, now)
+                if resets:
+                    await self._reset(client, resets, now)
             except SinkWriteError as exc:
                 log.error("topic_identity_not_saved", error=str(exc))
                 await asyncio.sleep(1)

@@ -140,6 +140,11 @@ class Metrics:
         self.records_expired = counter(
             "records_expired", "Records Kafka's retention removed before the sink read them"
         )
+        self.records_truncated = counter(
+            "records_truncated",
+            "Records a partition's log lost at its end (a broker's unflushed tail, an "
+            "unclean leader election) after the sink had written them",
+        )
         self.consumer_lag = gauge("consumer_lag", "Messages on the topic not yet in the CSV")
         self.latency = Histogram(
             "cryptostream_end_to_end_latency_seconds",

@@ -107,3 +107,8 @@ class BatchSink(Protocol):
     async def write(self, records: Sequence[KafkaRecord]) -> BatchResult:
         """Make one batch durable. Raises :class:`SinkWriteError`; then nothing counts."""
         ...
+
+    async def holds_record(self, value: bytes | None) -> bool:
+        """Does a committed file hold the row of this record's tick? (False for a value
+        that is no tick.) Tells a log that lost its tail from a new one."""
+        ...

@@ -109,7 +109,7 @@ from cryptostream.sink.daykeys import DayKeys
 from cryptostream.sink.firstvalues import FirstValueBook
 from cryptostream.sink.readback import Unreadable
 from cryptostream.sinkport import BatchResult, KafkaRecord, SinkWriteError, TopicIdentity
-from cryptostream.tick import Tick, latest_timestamp
+from cryptostream.tick import InvalidTick, Tick, latest_timestamp, tick_from_json
 
 log = get_logger(__name__)
 
@@ -689,6 +689,18 @@ class CsvSink:
             return False  # no day can hold it (it is dead-lettered as unwritable)
         self._check_day(day)
         return self._day_keys.holds(text_cell(tick.id), tick.timestamp, tick.price_usd, day)
+
+    def holds_record(self, value: bytes | None) -> bool:
+        """Does the committed daily file of this record's tick hold its row? False for a
+        value that is no tick. Raises :class:`SinkWriteError` (the file cannot be read)."""
+        try:
+            tick = tick_from_json(value, latest_timestamp(self._clock()))
+        except InvalidTick:
+            return False
+        try:
+            return self._written(tick)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
 
     def _check_day(self, day: str) -> None:
         """Before a batch's rows of ``day`` get their firstValue from the day's file."""

@@ -122,6 +122,9 @@ class SinkWorker:
                     log.exception("sink_observer_failed")
         return result
 
+    async def holds_record(self, value: bytes | None) -> bool:
+        return await self._call(self.sink.holds_record, value)
+
     def close(self) -> None:
         """Wait for the call in flight (a transaction is never cut short), then close
         the sink on its thread. Blocks: it is the last step of a shutdown."""
