@@ -43,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import tenacity
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -55,8 +55,9 @@ from aiokafka.errors import (
 from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
+from cryptostream.rawrecords import raw_values
 from cryptostream.retry import log_kafka_retries
-from cryptostream.sinkport import BatchResult, BatchSink, SinkWriteError, TopicIdentity
+from cryptostream.sinkport import BatchResult, BatchSink, KafkaRecord, SinkWriteError, TopicIdentity
 from cryptostream.topic import Topic, client_options, close_admin, stop_client
 
 log = get_logger(__name__)
@@ -146,8 +147,9 @@ class Consumer:
                 if self._fatal is not None:
                     raise self._fatal
                 self.connected = True
-                # The client's own records, in partition order: no copy per message.
-                records: list[ConsumerRecord[Any, Any]] = [
+                # The client's records (raw: see cryptostream.rawrecords), in partition
+                # order: no copy per message.
+                records: list[KafkaRecord] = [
                     m for tp in sorted(batches, key=lambda t: t.partition) for m in batches[tp]
                 ]
                 if records:
@@ -188,6 +190,8 @@ class Consumer:
                 client = AIOKafkaConsumer(
                     **client_options(self._config),
                     group_id=self._config.group_id,
+                    # Partition, offset and value per message, not a ConsumerRecord.
+                    value_deserializer=raw_values,
                     enable_auto_commit=False,
                     # "Out of range" is a question for _out_of_range, never a silent jump.
                     auto_offset_reset="none",
@@ -257,9 +261,7 @@ class Consumer:
             from_sink_state={p: o for p, o in offsets.items() if p in partitions} or None,
         )
 
-    def _refetch(
-        self, client: AIOKafkaConsumer, records: Sequence[ConsumerRecord[Any, Any]]
-    ) -> None:
+    def _refetch(self, client: AIOKafkaConsumer, records: Sequence[KafkaRecord]) -> None:
         """Drop a batch fetched before the partitions were (re)assigned: the listener may
         have moved them (a reset), and written first it would push the sink's offset
         past the new position. Fetch again from where the sink stands."""
@@ -517,7 +519,7 @@ class Consumer:
 
     # -- writing -------------------------------------------------------------------
 
-    async def _write(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    async def _write(self, records: Sequence[KafkaRecord]) -> None:
         async for attempt in tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(SinkWriteError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=15),
