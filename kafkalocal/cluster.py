@@ -184,6 +184,10 @@ class KafkaCluster:
     def log_path(self, node_id: int) -> Path:
         return self._node(node_id).server_log
 
+    def data_dir_of(self, node_id: int) -> Path:
+        """The node's ``log.dirs``: one folder of segment files per partition it holds."""
+        return self._node(node_id).data_dir
+
     def is_running(self, node_id: int) -> bool:
         node = self._node(node_id)
         if node.process is not None:
