@@ -246,8 +246,8 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: Longest pause between polls before the consumer is considered stuck and leaves.
     max_poll_interval: Positive = 300.0
     #: When the topic behind the stored offsets was reset (new cluster, topic deleted and
-    #: created again, log truncated): ``follow`` reads the new topic from its beginning,
-    #: ``stop`` exits 1 naming the topic and writes nothing.
+    #: created again; a log that only lost its tail is no reset): ``follow`` reads the
+    #: new topic from its beginning, ``stop`` exits 1 naming the topic and writes nothing.
     on_topic_reset: Literal["follow", "stop"] = "follow"
     #: How to talk to the brokers: ``plaintext``, ``ssl``, ``sasl_plaintext``, ``sasl_ssl``.
     security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"

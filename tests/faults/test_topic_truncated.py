@@ -186,7 +186,6 @@ async def test_a_log_that_lost_its_tail_is_read_on_from_its_end(tmp_path: Path) 
             stored = state_offsets(data_dir)[0]
 
             before, log_end = await lose_the_tail(cluster, topic)
-            lost = stored - log_end
 
             await svc.start()
             await svc.wait_event("service_started")
@@ -205,10 +204,101 @@ async def test_a_log_that_lost_its_tail_is_read_on_from_its_end(tmp_path: Path) 
     finally:
         cluster.stop()
 
+    check_truncation_followed(
+        "truncated log (power cut, service stopped)",
+        svc,
+        data_dir,
+        topic,
+        old + new,
+        stored=stored,
+        before=before,
+        log_end=log_end,
+        settled=(answered, caught_up),
+        metrics=(truncated, resets),
+    )
+
+
+@pytest.mark.timeout(300)
+async def test_a_log_that_lost_its_tail_under_a_running_service_is_read_on_from_its_end(
+    tmp_path: Path,
+) -> None:
+    """The same power cut while the service runs: the consumer meets the shorter log
+    again at its next fetch ("out of range" at the stored offset) or assignment (the
+    group's coordinator was on the broker too), and tells the truncation apart the
+    same way either time."""
+    cluster = start_cluster(1)
+    try:
+        bootstrap = cluster.bootstrap_servers
+        topic, data_dir, port = unique("truncated-live"), tmp_path / "data", free_port()
+        env = service_env(
+            bootstrap=bootstrap,
+            topic=topic,
+            group=unique("truncated-live-group"),
+            data_dir=data_dir,
+            extra={"CRYPTOSTREAM_WEB__PORT": str(port), "CRYPTOSTREAM_DEMO__RATE": "0.00001"},
+        )
+        svc = ServiceProcess(env, tmp_path)
+        now = time.time()
+        try:
+            await create_topic(bootstrap, topic)
+            await svc.start()
+            await svc.wait_event("service_started")
+            await publish(bootstrap, topic, [(b"bitcoin", tick(i, now)) for i in range(FIRST)])
+            await wait_until(lambda: state_offsets(data_dir).get(0) == FIRST, 90, "all ticks")
+            old = await read_topic(bootstrap, topic)
+            stored = state_offsets(data_dir)[0]
+
+            before, log_end = await lose_the_tail(cluster, topic)
+            await svc.wait_event("topic_truncated", timeout=90)
+            answered = await settle(svc, bootstrap, topic, data_dir)
+            await publish(
+                bootstrap, topic, [(b"bitcoin", tick(FIRST + i, now)) for i in range(SECOND)]
+            )
+            caught_up = await settle(svc, bootstrap, topic, data_dir)
+            truncated = await metric(port, "cryptostream_records_truncated_total")
+            resets = await metric(port, "cryptostream_topic_resets_total")
+            assert await svc.stop() == 0, svc.tail()
+        finally:
+            await svc.ensure_stopped()
+        new = await read_topic(bootstrap, topic)
+    finally:
+        cluster.stop()
+
+    check_truncation_followed(
+        "truncated log (power cut, service running)",
+        svc,
+        data_dir,
+        topic,
+        old + new,
+        stored=stored,
+        before=before,
+        log_end=log_end,
+        settled=(answered, caught_up),
+        metrics=(truncated, resets),
+    )
+
+
+def check_truncation_followed(
+    case: str,
+    svc: ServiceProcess,
+    data_dir: Path,
+    topic: str,
+    produced: Any,
+    *,
+    stored: int,
+    before: int,
+    log_end: int,
+    settled: tuple[bool, bool],
+    metrics: tuple[float, float],
+) -> None:
+    """One truncation event and metric, no reset, every tick once in every file."""
+    answered, caught_up = settled
+    truncated, resets = metrics
+    lost = stored - log_end
     rows = len(read_csv(data_dir / "crypto_data.csv").rows)
     truncations = svc.events("topic_truncated")
     reset_events = svc.events("topic_reset")
-    figures = audit("truncated log (power cut)", data_dir, old + new)
+    figures = audit(case, data_dir, produced)
     figures.notes.update(
         stored_offset=stored,
         log_end_before=before,
