@@ -379,7 +379,7 @@ class Consumer:
                         if rec.offset < end:
                             found = (rec.value,)
         finally:
-            await stop_client(client, "last_record_reader")
+            await stop_client(client, "consumer")
         return found
 
     async def _follow_truncation(

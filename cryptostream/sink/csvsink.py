@@ -60,7 +60,6 @@ import contextlib
 import csv
 import errno
 import io
-import os
 import re
 import time
 from collections import OrderedDict, deque
@@ -190,8 +189,6 @@ class CsvSink:
         self._retention_days = retention_days
         self._clock = clock
         self._state = _State(topic, {}, {}, {})
-        # The record of the appends a batch is about to make (see _write_pending).
-        self._pending_fd: int | None = None
         # Duplicate detection: per asset the keys of the last RECENT_KEYS rows written,
         # in order (to evict) and as a set (to ask "seen before?" in O(1)). Rebuilt
         # from the tail of crypto_data.csv on start, so the state file stays small.
@@ -288,7 +285,6 @@ class CsvSink:
             # letters would be written again when Kafka delivers it again).
             atomic_write(state_path, self._state.to_json(), fsync=self._fsync)
         # Every tail it described is cut or committed now.
-        self._close_pending()
         (self.data_dir / SINK_PENDING_FILE).unlink(missing_ok=True)
         self._rebuild_window()
         self._write_last_values()
@@ -369,11 +365,9 @@ class CsvSink:
         return expected.startswith(f.read_at(start, min(len(expected), f.size - start)))
 
     def _load_pending(self) -> dict[str, dict[str, Any]]:
-        """The appends of the last batch, as it recorded them before appending (the
-        file's first line: see :meth:`_write_pending`)."""
+        """The appends of the last batch, as it recorded them before appending."""
         try:
-            first = (self.data_dir / SINK_PENDING_FILE).read_bytes().split(b"\n", 1)[0]
-            raw = orjson.loads(first)
+            raw = orjson.loads((self.data_dir / SINK_PENDING_FILE).read_bytes())
             files = raw["files"]
             return {str(k): v for k, v in files.items() if isinstance(v, dict)}
         except FileNotFoundError:
@@ -383,25 +377,15 @@ class CsvSink:
             return {}
 
     def _write_pending(self, files: dict[str, dict[str, Any]]) -> None:
-        """Record the batch's appends before making them: one line written over the start
-        of a file kept open (one system call; a new file and a rename per batch cost a
-        quarter of a transaction's time). What follows the line is an older record's.
-
-        No fsync: a kill keeps what the page cache holds, in order, so the record is
-        there whenever its appends are; a kill during this write comes before any
-        append, when no tail is the batch's. After a power cut it may be missing while
-        an append survived: that tail is then set aside like a person's (nothing lost).
-        """
-        if self._pending_fd is None:
-            self._pending_fd = os.open(
-                self.data_dir / SINK_PENDING_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
-        os.pwrite(self._pending_fd, orjson.dumps({"files": files}) + b"\n", 0)
-
-    def _close_pending(self) -> None:
-        fd, self._pending_fd = self._pending_fd, None
-        if fd is not None:
-            os.close(fd)
+        # No fsync: a kill keeps what the page cache holds, in order, so the record is
+        # there whenever its appends are. After a power cut it may be missing while an
+        # append survived: that tail is then set aside like a person's (nothing lost).
+        atomic_write(
+            self.data_dir / SINK_PENDING_FILE,
+            orjson.dumps({"files": files}),
+            fsync=False,
+            sync_dir=False,
+        )
 
     def _load_state(self, path: Path) -> _State:
         try:
@@ -1033,7 +1017,6 @@ class CsvSink:
         self._files.clear()
         self._first_values.forget()
         self._day_keys.forget()
-        self._close_pending()
         self.opened = False
 
 

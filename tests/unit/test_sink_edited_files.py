@@ -137,28 +137,6 @@ def test_the_sinks_own_uncommitted_batch_is_still_cut_on_start(tmp_path: Path) -
     assert edited(tmp_path, "**/*.edited-*") == []
 
 
-def test_a_shorter_record_of_appends_over_a_longer_one_still_knows_the_sinks_tail(
-    tmp_path: Path,
-) -> None:
-    """The record of a batch's appends is a line written over the start of its file: a
-    batch of two files after one of three leaves the older record's end behind it."""
-    sink = open_sink(tmp_path)
-    sink.write(batch(0, 3, poison=(1,)))  # three files: the rows, the day's, dead letters
-    long_record = (tmp_path / ".cryptostream" / "sink_pending.json").stat().st_size
-    committed = (tmp_path / SINK_STATE_FILE).read_bytes()
-    sink.write(batch(3, 2))
-    sink.close()
-    pending = (tmp_path / ".cryptostream" / "sink_pending.json").read_bytes()
-    assert len(pending) == long_record and pending.index(b"\n") < long_record - 1
-    (tmp_path / SINK_STATE_FILE).write_bytes(committed)  # killed before the commit
-    again = open_sink(tmp_path)
-    assert again.committed_offsets() == {0: 3}
-    again.write(batch(3, 2))
-    again.close()
-    assert prices(tmp_path / DATA_FILE) == [f"{100 + o}.5" for o in (0, 2, 3, 4)]
-    assert edited(tmp_path, "**/*.edited-*") == []
-
-
 def test_a_line_appended_after_the_sinks_uncommitted_batch_is_kept(tmp_path: Path) -> None:
     sink = open_sink(tmp_path)
     sink.write(batch(0, 3))
