@@ -52,6 +52,12 @@ FLUSH_EVERY = 5.0
 _MEAN = Decimal("1e-16")
 #: A daily tick file's stem: a UTC date (other files in history/ticks are not days).
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+#: While a whole day's file is read back (a restart late in the day), the sink's thread
+#: sleeps ``_YIELD_SECONDS`` every ``_YIELD_ROWS`` rows: measured, the event loop's
+#: thread otherwise waited for the GIL for up to 0.9 s at a time during that read
+#: (docs/performance.md, table 1b). ~5,000 rows are ~15 ms of work; the sleeps add ~5 %.
+_YIELD_ROWS = 5_000
+_YIELD_SECONDS = 0.001
 #: Told of a line of a tick file that gives no tick: (reason, file).
 Skipped = Callable[[str, str], None]
 
@@ -266,7 +272,11 @@ class CandleBook:
         """A day's candles from its tick file (its first ``size`` bytes, if given)."""
         candles: _Day = {}
         cells: dict[str, str] = {}
-        for ts, asset, symbol, price, vwap in _read_ticks(tick_file, self._skipped, size):
+        for n, (ts, asset, symbol, price, vwap) in enumerate(
+            _read_ticks(tick_file, self._skipped, size), 1
+        ):
+            if not n % _YIELD_ROWS:
+                time.sleep(_YIELD_SECONDS)  # the event loop's turn (see _YIELD_ROWS)
             cell = cells.get(asset)
             if cell is None:
                 cell = cells[asset] = text_cell(asset)
