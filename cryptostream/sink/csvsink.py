@@ -202,6 +202,8 @@ class CsvSink:
         self.fast_path = True
         self._files: OrderedDict[str, AppendFile] = OrderedDict()
         self._days = Days()
+        # The days whose files the batch being decided has checked (see _check_day).
+        self._days_checked: set[str] = set()
         self._trimmed_on = ""
         self._unreadable = Unreadable(metrics)
         # A file was set aside while opening: the state on disk is written at the end.
@@ -598,6 +600,7 @@ class CsvSink:
         """
         if self._broken:
             self._recover_from_state()
+        self._days_checked.clear()
         try:
             # A person may have changed a file since the last batch (see _set_aside).
             self._check(DATA_FILE)
@@ -697,13 +700,17 @@ class CsvSink:
             tick = tick_from_json(value, latest_timestamp(self._clock()))
         except InvalidTick:
             return False
+        self._days_checked.clear()
         try:
             return self._written(tick)
         except OSError as exc:
             raise self._write_error(exc) from exc
 
     def _check_day(self, day: str) -> None:
-        """Before a batch's rows of ``day`` get their firstValue from the day's file."""
+        """Before a batch reads ``day``'s file (firstValue, copies): once per batch."""
+        if day in self._days_checked:
+            return
+        self._days_checked.add(day)
         name = daily_file(day)
         if name in self._state.sizes:
             self._check(name)
@@ -727,7 +734,6 @@ class CsvSink:
         day = ""
         day_begin = day_end = 0.0
         stamp = self._first_values.stamp
-        checked: set[str] = set()
         for n, (tick, rec) in enumerate(zip(decoded.ticks, decoded.sources, strict=True)):
             asset = tick.id
             ts = tick.timestamp
@@ -752,9 +758,7 @@ class CsvSink:
                     unwritable.append((n, letter, "unwritable"))
                     continue
                 day_rows = rows.days.setdefault(day, [])
-                if day not in checked:
-                    checked.add(day)
-                    self._check_day(day)
+                self._check_day(day)
                 day_begin = day_start(day)
                 day_end = day_begin + 86400
             keys[1].add(key)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptostream.csvrow import quoted
-from cryptostream.sink.firstvalues import Skipped, read_lines
+from cryptostream.sink.firstvalues import Skipped, ignore_skipped, read_lines
 
 #: Days whose keys stay in memory (a re-read goes through the days in order).
 KEEP_DAYS = 3
@@ -39,17 +39,12 @@ _TAIL_KEYS = 1 << 16
 FileKey = tuple[str, float, str]
 
 
-def _ignore(reason: str, file: str) -> None:
-    pass
-
-
 @dataclass(slots=True)
 class _Day:
     #: Bytes of the file read so far (a length the sink committed).
     size: int
     #: Id cell -> (times, hashes of the prices), sorted by time.
     base: dict[str, tuple[array[float], array[int]]]
-    rows: int
     #: Keys of the rows committed after ``base`` was read.
     tail: set[FileKey] = field(default_factory=set)
 
@@ -59,7 +54,7 @@ class DayKeys:
         self,
         ticks_dir: Path,
         committed_size: Callable[[str], int | None],
-        skipped: Skipped = _ignore,
+        skipped: Skipped = ignore_skipped,
     ) -> None:
         self._ticks_dir = ticks_dir
         self._committed_size = committed_size
@@ -107,15 +102,13 @@ class DayKeys:
 
     def _read(self, day: str, size: int) -> _Day:
         per_cell: dict[str, list[tuple[float, int]]] = {}
-        rows = 0
         for cell, ts, price in self._file_keys(day, 0, size):
             per_cell.setdefault(cell, []).append((ts, hash(price)))
-            rows += 1
         base: dict[str, tuple[array[float], array[int]]] = {}
         for cell, pairs in per_cell.items():
             pairs.sort()
             base[cell] = (array("d", [p[0] for p in pairs]), array("q", [p[1] for p in pairs]))
-        return _Day(size, base, rows)
+        return _Day(size, base)
 
     def _read_tail(self, day: str, keys: _Day, size: int) -> None:
         keys.tail.update(self._file_keys(day, keys.size, size))

@@ -37,8 +37,8 @@ _PRICE = re.compile(rb"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 Skipped = Callable[[str, str], None]
 
 
-def _ignore(reason: str, file: str) -> None:
-    pass
+def ignore_skipped(reason: str, file: str) -> None:
+    """A :data:`Skipped` that is told nothing (readers whose caller does not count)."""
 
 
 class FirstValueBook:
@@ -46,7 +46,7 @@ class FirstValueBook:
         self,
         ticks_dir: Path,
         committed_size: Callable[[str], int | None],
-        skipped: Skipped = _ignore,
+        skipped: Skipped = ignore_skipped,
     ) -> None:
         self._ticks_dir = ticks_dir
         self._committed_size = committed_size
@@ -145,7 +145,7 @@ def read_lines(path: Path, size: int, start: int = 0) -> Iterator[bytes]:
             yield from lines
 
 
-def _first_prices(path: Path, size: int, skipped: Skipped = _ignore) -> dict[str, str]:
+def _first_prices(path: Path, size: int, skipped: Skipped = ignore_skipped) -> dict[str, str]:
     """Id cell -> priceUsd of its first row, in the first ``size`` bytes of a daily file.
 
     A line a person changed (a price cell that is not a number, a byte that is not

@@ -301,6 +301,25 @@ async def create_topic(bootstrap: str, topic: str, timeout: float = 60) -> None:
             await admin.close()
 
 
+def numbered_tick(i: int, now: float, source: str = "other-application") -> bytes:
+    """The i-th of a test's own ticks (not the demo's): one asset, a distinct time and
+    price each, times from ``now`` - 10,000 s on, half a second apart."""
+    return orjson.dumps(
+        {
+            "schema": "cryptostream.tick/1",
+            "timestamp": now - 10_000 + i * 0.5,
+            "id": "bitcoin",
+            "symbol": "BTC",
+            "name": "Bitcoin",
+            "priceUsd": f"{60_000 + i}.25",
+            "changePercent24Hr": "1.5",
+            "firstValue": "60000.25",
+            "vwap24Hr": None,
+            "source": source,
+        }
+    )
+
+
 async def delete_topic(bootstrap: str, topic: str, timeout: float = 60) -> None:
     """Delete ``topic`` and wait until the cluster no longer lists it."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -680,6 +699,23 @@ def service_env(
         "CRYPTOSTREAM_COINCAP__MONTHLY_CREDITS": "0",
         **(extra or {}),
     }
+
+
+async def settle(svc: ServiceProcess, bootstrap: str, topic: str, data_dir: Path) -> bool:
+    """Wait (bounded) until the sink state is at the topic's end; False if it never is.
+
+    Exactly at it: an offset beyond the end is a reset or truncation not handled yet,
+    not "caught up".
+    """
+    # A topic created again under a running consumer shows up at its next metadata
+    # refresh (metadata_max_age_ms: 30 s).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and svc.running:
+        ends = await end_offsets(bootstrap, topic)
+        if ends and all(state_offsets(data_dir).get(p, -1) == e for p, e in ends.items()):
+            return True
+        await asyncio.sleep(0.5)
+    return False
 
 
 class ServiceProcess:

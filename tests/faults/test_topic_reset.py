@@ -16,7 +16,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 
 from tests.conftest import free_port, unique, wait_until
@@ -27,13 +26,14 @@ from tests.faults.harness import (
     audit,
     create_topic,
     delete_topic,
-    end_offsets,
     metric,
+    numbered_tick,
     publish,
     read_csv,
     read_topic,
     row_count,
     service_env,
+    settle,
     sink_state,
     state_offsets,
 )
@@ -42,22 +42,6 @@ pytestmark = pytest.mark.faults
 
 FAST = "400"  # demo ticks per second of the first life of the topic
 SLOW = "50"  # ... of the second: it stays below the stored offset for a while
-
-
-async def settle(svc: ServiceProcess, bootstrap: str, topic: str, data_dir: Path) -> bool:
-    """Wait (bounded) until the sink state is at the topic's end; False if it never is.
-
-    Exactly at it: an offset beyond the end is a reset not handled yet, not "caught up".
-    """
-    # A topic created again under a running consumer shows up at its next metadata
-    # refresh (metadata_max_age_ms: 30 s).
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and svc.running:
-        ends = await end_offsets(bootstrap, topic)
-        if ends and all(state_offsets(data_dir).get(p, -1) == e for p, e in ends.items()):
-            return True
-        await asyncio.sleep(0.5)
-    return False
 
 
 async def first_life(svc: ServiceProcess, data_dir: Path, rows: int) -> None:
@@ -157,20 +141,7 @@ async def test_stop_policy_exits_1_naming_the_topic_and_writes_nothing(
 
 
 def foreign_tick(i: int, now: float) -> bytes:
-    return orjson.dumps(
-        {
-            "schema": "cryptostream.tick/1",
-            "timestamp": now - 10_000 + i * 0.5,
-            "id": "bitcoin",
-            "symbol": "BTC",
-            "name": "Bitcoin",
-            "priceUsd": f"{60_000 + i}.25",
-            "changePercent24Hr": "1.5",
-            "firstValue": "60000.25",
-            "vwap24Hr": None,
-            "source": "other-cluster",
-        }
-    )
+    return numbered_tick(i, now, source="other-cluster")
 
 
 @pytest.mark.timeout(300)

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -35,16 +34,19 @@ from tests.conftest import free_port, unique, wait_until
 from tests.faults.conftest import start_cluster
 from tests.faults.harness import (
     ServiceProcess,
+    TopicContent,
     assert_all_files_exact,
     audit,
     create_topic,
     end_offsets,
     metric,
+    numbered_tick,
     partition_leader,
     publish,
     read_csv,
     read_topic,
     service_env,
+    settle,
     sink_state,
     state_offsets,
 )
@@ -55,24 +57,6 @@ FIRST = 5000  # ticks before the power cut
 SECOND = 500  # ticks after it
 #: Where in the active segment the torn write falls (a fraction of its size).
 TEAR_AT = 0.6
-
-
-def tick(i: int, now: float) -> bytes:
-    """The i-th of this test's ticks: one asset, a distinct time and price each."""
-    return orjson.dumps(
-        {
-            "schema": "cryptostream.tick/1",
-            "timestamp": now - 10_000 + i * 0.5,
-            "id": "bitcoin",
-            "symbol": "BTC",
-            "name": "Bitcoin",
-            "priceUsd": f"{60_000 + i}.25",
-            "changePercent24Hr": "1.5",
-            "firstValue": "60000.25",
-            "vwap24Hr": None,
-            "source": "other-application",
-        }
-    )
 
 
 def batches(segment: Path) -> list[tuple[int, int, int]]:
@@ -148,15 +132,44 @@ async def lose_the_tail(cluster: Any, topic: str) -> tuple[int, int]:
     return before, end
 
 
-async def settle(svc: ServiceProcess, bootstrap: str, topic: str, data_dir: Path) -> bool:
-    """Wait (bounded) until the sink state is exactly at the topic's end."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and svc.running:
-        ends = await end_offsets(bootstrap, topic)
-        if ends and all(state_offsets(data_dir).get(p, -1) == e for p, e in ends.items()):
-            return True
-        await asyncio.sleep(0.5)
-    return False
+def service(cluster: Any, tmp_path: Path, name: str) -> tuple[ServiceProcess, str, Path, int]:
+    """The service on ``cluster``'s topic, with only the ticks the test publishes."""
+    topic, data_dir, port = unique(name), tmp_path / "data", free_port()
+    env = service_env(
+        bootstrap=cluster.bootstrap_servers,
+        topic=topic,
+        group=unique(f"{name}-group"),
+        data_dir=data_dir,
+        extra={"CRYPTOSTREAM_WEB__PORT": str(port), "CRYPTOSTREAM_DEMO__RATE": "0.00001"},
+    )
+    return ServiceProcess(env, tmp_path), topic, data_dir, port
+
+
+async def first_life(
+    svc: ServiceProcess, bootstrap: str, topic: str, data_dir: Path, now: float
+) -> TopicContent:
+    """FIRST ticks published and all in the sink; the topic as it was."""
+    await create_topic(bootstrap, topic)
+    await svc.start()
+    await svc.wait_event("service_started")
+    await publish(bootstrap, topic, [(b"bitcoin", numbered_tick(i, now)) for i in range(FIRST)])
+    await wait_until(lambda: state_offsets(data_dir).get(0) == FIRST, 90, "all ticks")
+    return await read_topic(bootstrap, topic)
+
+
+async def second_life(
+    svc: ServiceProcess, bootstrap: str, topic: str, data_dir: Path, port: int, now: float
+) -> tuple[tuple[bool, bool], tuple[float, float]]:
+    """After the loss: the sink at the log's end, SECOND new ticks, the sink at the end
+    again, the service stopped; (answered, caught up), (truncated, resets metrics)."""
+    answered = await settle(svc, bootstrap, topic, data_dir)
+    new = [(b"bitcoin", numbered_tick(FIRST + i, now)) for i in range(SECOND)]
+    await publish(bootstrap, topic, new)
+    caught_up = await settle(svc, bootstrap, topic, data_dir)
+    truncated = await metric(port, "cryptostream_records_truncated_total")
+    resets = await metric(port, "cryptostream_topic_resets_total")
+    assert await svc.stop() == 0, svc.tail()
+    return (answered, caught_up), (truncated, resets)
 
 
 @pytest.mark.timeout(300)
@@ -164,24 +177,10 @@ async def test_a_log_that_lost_its_tail_is_read_on_from_its_end(tmp_path: Path) 
     cluster = start_cluster(1)
     try:
         bootstrap = cluster.bootstrap_servers
-        topic, data_dir, port = unique("truncated"), tmp_path / "data", free_port()
-        env = service_env(
-            bootstrap=bootstrap,
-            topic=topic,
-            group=unique("truncated-group"),
-            data_dir=data_dir,
-            # Only the ticks this test publishes: it knows the topic exactly.
-            extra={"CRYPTOSTREAM_WEB__PORT": str(port), "CRYPTOSTREAM_DEMO__RATE": "0.00001"},
-        )
-        svc = ServiceProcess(env, tmp_path)
+        svc, topic, data_dir, port = service(cluster, tmp_path, "truncated")
         now = time.time()
         try:
-            await create_topic(bootstrap, topic)
-            await svc.start()
-            await svc.wait_event("service_started")
-            await publish(bootstrap, topic, [(b"bitcoin", tick(i, now)) for i in range(FIRST)])
-            await wait_until(lambda: state_offsets(data_dir).get(0) == FIRST, 90, "all ticks")
-            old = await read_topic(bootstrap, topic)
+            old = await first_life(svc, bootstrap, topic, data_dir, now)
             assert await svc.stop() == 0, svc.tail()
             stored = state_offsets(data_dir)[0]
 
@@ -190,14 +189,7 @@ async def test_a_log_that_lost_its_tail_is_read_on_from_its_end(tmp_path: Path) 
             await svc.start()
             await svc.wait_event("service_started")
             # The truncation is answered before anything new lands on the log.
-            answered = await settle(svc, bootstrap, topic, data_dir)
-            await publish(
-                bootstrap, topic, [(b"bitcoin", tick(FIRST + i, now)) for i in range(SECOND)]
-            )
-            caught_up = await settle(svc, bootstrap, topic, data_dir)
-            truncated = await metric(port, "cryptostream_records_truncated_total")
-            resets = await metric(port, "cryptostream_topic_resets_total")
-            assert await svc.stop() == 0, svc.tail()
+            settled, metrics = await second_life(svc, bootstrap, topic, data_dir, port, now)
         finally:
             await svc.ensure_stopped()
         new = await read_topic(bootstrap, topic)
@@ -213,8 +205,8 @@ async def test_a_log_that_lost_its_tail_is_read_on_from_its_end(tmp_path: Path) 
         stored=stored,
         before=before,
         log_end=log_end,
-        settled=(answered, caught_up),
-        metrics=(truncated, resets),
+        settled=settled,
+        metrics=metrics,
     )
 
 
@@ -229,35 +221,15 @@ async def test_a_log_that_lost_its_tail_under_a_running_service_is_read_on_from_
     cluster = start_cluster(1)
     try:
         bootstrap = cluster.bootstrap_servers
-        topic, data_dir, port = unique("truncated-live"), tmp_path / "data", free_port()
-        env = service_env(
-            bootstrap=bootstrap,
-            topic=topic,
-            group=unique("truncated-live-group"),
-            data_dir=data_dir,
-            extra={"CRYPTOSTREAM_WEB__PORT": str(port), "CRYPTOSTREAM_DEMO__RATE": "0.00001"},
-        )
-        svc = ServiceProcess(env, tmp_path)
+        svc, topic, data_dir, port = service(cluster, tmp_path, "truncated-live")
         now = time.time()
         try:
-            await create_topic(bootstrap, topic)
-            await svc.start()
-            await svc.wait_event("service_started")
-            await publish(bootstrap, topic, [(b"bitcoin", tick(i, now)) for i in range(FIRST)])
-            await wait_until(lambda: state_offsets(data_dir).get(0) == FIRST, 90, "all ticks")
-            old = await read_topic(bootstrap, topic)
+            old = await first_life(svc, bootstrap, topic, data_dir, now)
             stored = state_offsets(data_dir)[0]
 
             before, log_end = await lose_the_tail(cluster, topic)
             await svc.wait_event("topic_truncated", timeout=90)
-            answered = await settle(svc, bootstrap, topic, data_dir)
-            await publish(
-                bootstrap, topic, [(b"bitcoin", tick(FIRST + i, now)) for i in range(SECOND)]
-            )
-            caught_up = await settle(svc, bootstrap, topic, data_dir)
-            truncated = await metric(port, "cryptostream_records_truncated_total")
-            resets = await metric(port, "cryptostream_topic_resets_total")
-            assert await svc.stop() == 0, svc.tail()
+            settled, metrics = await second_life(svc, bootstrap, topic, data_dir, port, now)
         finally:
             await svc.ensure_stopped()
         new = await read_topic(bootstrap, topic)
@@ -273,8 +245,8 @@ async def test_a_log_that_lost_its_tail_under_a_running_service_is_read_on_from_
         stored=stored,
         before=before,
         log_end=log_end,
-        settled=(answered, caught_up),
-        metrics=(truncated, resets),
+        settled=settled,
+        metrics=metrics,
     )
 
 

@@ -12,22 +12,17 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cryptostream.rawrecords import RawRecord, raw_values
 from tests.conftest import unique
+from tests.faults.harness import create_topic
 
 
 async def test_markers_and_aborted_batches_are_skipped_and_the_position_reaches_the_end(
     kafka_bootstrap: str,
 ) -> None:
     topic = unique("raw")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topic(kafka_bootstrap, topic)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
     await producer.start()
     try:
