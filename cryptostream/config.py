@@ -245,6 +245,11 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     session_timeout: Positive = 10.0
     #: Longest pause between polls before the consumer is considered stuck and leaves.
     max_poll_interval: Positive = 300.0
+    #: Longest time the broker holds a consumer's fetch while it has no new records,
+    #: seconds. A fetch that waits holds up the next one of every partition on that broker
+    #: (aiokafka keeps one in flight per broker): a partition read to its end would stall
+    #: the others', so this is short; each idle second costs 1 / this fetches per broker.
+    fetch_max_wait: Positive = 0.1
     #: When the topic behind the stored offsets was reset (new cluster, topic deleted and
     #: created again; a log that only lost its tail is no reset): ``follow`` reads the
     #: new topic from its beginning, ``stop`` exits 1 naming the topic and writes nothing.

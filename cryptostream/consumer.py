@@ -200,6 +200,9 @@ class Consumer:
                     # and each fetch is a round trip the sink waits for: while catching up,
                     # one fetch should feed several batches (~16k ticks), not one (1 MiB).
                     max_partition_fetch_bytes=FETCH_BYTES,
+                    # A fetch of partitions at their end waits this long on the broker,
+                    # and the other partitions of that broker wait for it: see the key.
+                    fetch_max_wait_ms=max(1, round(self._config.fetch_max_wait * 1000)),
                     metadata_max_age_ms=30_000,
                     session_timeout_ms=int(self._config.session_timeout * 1000),
                     heartbeat_interval_ms=max(100, int(self._config.session_timeout * 1000 / 3)),
