@@ -52,6 +52,8 @@ async def replay(config: Config, target: Path, *, progress: bool | None = None) 
         group_id=None,
         enable_auto_commit=False,
         max_poll_records=kafka.max_batch,
+        # A partition read to its end must not hold up the others' fetches (see the key).
+        fetch_max_wait_ms=max(1, round(kafka.fetch_max_wait * 1000)),
     )
     sink = CsvSink(
         target,
