@@ -249,6 +249,7 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: seconds. A fetch that waits holds up the next one of every partition on that broker
     #: (aiokafka keeps one in flight per broker): a partition read to its end would stall
     #: the others', so this is short; each idle second costs 1 / this fetches per broker.
+    #: Less than ``request_timeout``.
     fetch_max_wait: Positive = 0.1
     #: When the topic behind the stored offsets was reset (new cluster, topic deleted and
     #: created again; a log that only lost its tail is no reset): ``follow`` reads the
@@ -553,6 +554,12 @@ def _check(config: Config, where: Callable[[str, str], str]) -> None:
         raise ConfigError(
             f"{where('kafka', 'min_insync_replicas')}: must be between 0 and "
             f"replication_factor ({k.replication_factor})"
+        )
+    if k.fetch_max_wait >= k.request_timeout:
+        # The broker answers a fetch after up to fetch_max_wait: each would time out.
+        raise ConfigError(
+            f"{where('kafka', 'fetch_max_wait')}: must be less than request_timeout "
+            f"({k.request_timeout:g} s), got {k.fetch_max_wait:g}"
         )
     _check_kafka_security(k, where)
     token = config.web.token.get()

@@ -241,6 +241,12 @@ def test_boolean_spellings_in_the_environment(tmp_path: Path, text: str, value: 
         ("[kafka]\nlinger_ms = -1\n", {}, "[kafka] linger_ms: must not be negative"),
         ("[kafka]\ngroup_id = ''\n", {}, "[kafka] group_id: must not be empty"),
         ("[kafka]\nmin_insync_replicas = 2\n", {}, "must be between 0 and replication_factor (1)"),
+        (
+            "[kafka]\nfetch_max_wait = 20\n",
+            {},
+            "[kafka] fetch_max_wait: must be less than request_timeout (15 s), got 20",
+        ),
+        ("", {"CRYPTOSTREAM_KAFKA__FETCH_MAX_WAIT": "0"}, "FETCH_MAX_WAIT: must be greater than 0"),
         ("", {"CRYPTOSTREAM_WEB__PORT": "80.5"}, "CRYPTOSTREAM_WEB__PORT: expected an integer"),
     ],
 )
