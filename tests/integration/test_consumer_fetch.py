@@ -3,9 +3,9 @@
 aiokafka keeps one fetch in flight per broker and leaves out of it every partition
 whose records are still being written; a partition read to its end makes the broker
 hold the fetch for its ``max_wait``, and the other partitions' next fetch waits behind
-it. Catching up on three partitions of unequal length, the default of 0.5 s made the
-sink idle a third of the time (see docs/performance.md): ``kafka.fetch_max_wait`` is
-what every fetch must ask for.
+it. Catching up on 1,000,000 ticks over three partitions of unequal length took 16.9 s
+with aiokafka's default of 0.5 s and 10.0 s with 0.1 s (see docs/performance.md):
+``kafka.fetch_max_wait`` is what every fetch must ask for.
 """
 
 from __future__ import annotations
