@@ -58,7 +58,7 @@ from cryptostream.metrics import Metrics
 from cryptostream.rawrecords import raw_values
 from cryptostream.retry import log_kafka_retries
 from cryptostream.sinkport import BatchResult, BatchSink, KafkaRecord, SinkWriteError, TopicIdentity
-from cryptostream.topic import Topic, client_options, close_admin, stop_client
+from cryptostream.topic import Topic, client_options, close_admin, fetch_max_wait_ms, stop_client
 
 log = get_logger(__name__)
 
@@ -202,7 +202,7 @@ class Consumer:
                     max_partition_fetch_bytes=FETCH_BYTES,
                     # A fetch of partitions at their end waits this long on the broker,
                     # and the other partitions of that broker wait for it: see the key.
-                    fetch_max_wait_ms=max(1, round(self._config.fetch_max_wait * 1000)),
+                    fetch_max_wait_ms=fetch_max_wait_ms(self._config),
                     metadata_max_age_ms=30_000,
                     session_timeout_ms=int(self._config.session_timeout * 1000),
                     heartbeat_interval_ms=max(100, int(self._config.session_timeout * 1000 / 3)),

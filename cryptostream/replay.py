@@ -25,7 +25,7 @@ from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.progress import Progress
 from cryptostream.sink.csvsink import CsvSink
-from cryptostream.topic import client_options
+from cryptostream.topic import client_options, fetch_max_wait_ms
 
 log = get_logger(__name__)
 
@@ -53,7 +53,7 @@ async def replay(config: Config, target: Path, *, progress: bool | None = None) 
         enable_auto_commit=False,
         max_poll_records=kafka.max_batch,
         # A partition read to its end must not hold up the others' fetches (see the key).
-        fetch_max_wait_ms=max(1, round(kafka.fetch_max_wait * 1000)),
+        fetch_max_wait_ms=fetch_max_wait_ms(kafka),
     )
     sink = CsvSink(
         target,

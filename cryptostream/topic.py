@@ -16,6 +16,11 @@ from cryptostream.logs import get_logger
 log = get_logger(__name__)
 
 
+def fetch_max_wait_ms(config: KafkaConfig) -> int:
+    """``fetch_max_wait_ms`` for a consumer client: ``kafka.fetch_max_wait`` (see the key)."""
+    return max(1, round(config.fetch_max_wait * 1000))
+
+
 def client_options(config: KafkaConfig) -> dict[str, object]:
     """Options every aiokafka client of the service shares, security included."""
     options: dict[str, object] = {
