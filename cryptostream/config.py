@@ -237,7 +237,8 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     send_timeout: Positive = 30.0
     #: Deadline for connecting / creating the topic / committing, seconds.
     request_timeout: Positive = 15.0
-    #: Producer batching delay, milliseconds.
+    #: Producer batching delay, milliseconds: ticks that come sooner than this after
+    #: the previous batch wait for it and go together; after a quieter spell, at once.
     linger_ms: Annotated[int, _rule("must not be negative, got {value!r}", ge=0)] = 5
     #: Records per consumer batch written to the CSV at once.
     max_batch: PositiveInt = 5000

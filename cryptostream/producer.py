@@ -88,6 +88,8 @@ class Producer:
         self._client: AIOKafkaProducer | None = None
         self._closing = False
         self._in_hand: list[Tick] = []
+        # The loop's time the last batch was taken (see _next_batch).
+        self._previous_batch = float("-inf")
         # The send future of each tick in hand, where it has one: a client being
         # closed may still deliver it.
         self._in_flight: list[asyncio.Future[Any] | None] = []
@@ -130,8 +132,12 @@ class Producer:
         self._in_flight = []
 
     async def _next_batch(self) -> list[Tick]:
-        """Up to ``BATCH`` queued ticks. A short batch first waits ``linger_ms`` for more
-        (at a steady rate: one request instead of several); a full one goes at once.
+        """Up to ``BATCH`` queued ticks. A short batch taken less than ``linger_ms`` after
+        the previous one waits for the rest of that time, and what comes meanwhile joins
+        it: ticks that trickle in go one request per ``linger_ms``, not one each. A full
+        batch, or the first after a quieter spell, goes at once: a source that delivers
+        its ticks in bursts (a poll, the demo's slices) has nothing to wait for, and its
+        ticks would only be late by the linger.
 
         The linger is here, not in the Kafka client: a batch is acknowledged before the
         next is taken, so nothing could join a record batch lingering in the client.
@@ -139,12 +145,15 @@ class Producer:
         # Stamped as taken: from here on, a stop spools these ticks as they would go.
         batch = self._first_values.stamp(await self._queue.get_batch(BATCH))
         self._hand(batch)
-        linger = self._config.linger_ms / 1000
-        if batch and len(batch) < BATCH and linger > 0 and not self._closing:
-            await asyncio.sleep(linger)
+        loop = asyncio.get_running_loop()
+        wait = self._previous_batch + self._config.linger_ms / 1000 - loop.time()
+        if batch and len(batch) < BATCH and wait > 0 and not self._closing:
+            await asyncio.sleep(wait)
             if len(self._queue):
                 batch += self._first_values.stamp(await self._queue.get_batch(BATCH - len(batch)))
                 self._hand(batch)
+        if batch:
+            self._previous_batch = loop.time()
         return batch
 
     async def _deliver(self, batch: list[Tick]) -> None:
