@@ -20,6 +20,15 @@ every level at once). On start, every day whose watermark is not its tick
 file's committed length is rebuilt — so a kill between the 1m, 1h and 1d
 replacements, or before the watermark, costs a rebuild, never a stale level.
 
+Off the sink's commit path: with ``background=True`` (the sink's setting) a
+flush due after a batch renders the changed days' files on the caller's thread
+(Python, small) and hands the writing — each file written, fsynced and renamed,
+the directories fsynced, then the watermarks — to a thread of its own, so the
+next transaction does not wait for those fsyncs. One flush is in flight at a
+time: while it is, the next due one waits for a later batch. A failure of the
+background write is raised by the next call that settles it (the sink reports
+it as ``candles_not_written``) and its days are written again at the next flush.
+:meth:`CandleBook.close` and :meth:`CandleBook.recover` wait for it.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from operator import attrgetter
 from pathlib import Path
@@ -139,6 +149,35 @@ def _mean_text(total: Decimal, count: int) -> str:
         return str(mean)
 
 
+@dataclass(slots=True)
+class _Flush:
+    """One flush's file work, decided on the sink's thread: run anywhere, in order."""
+
+    #: File -> its whole new content (its rows, for a year's 1d file that later days of
+    #: the same flush add to), each file replaced atomically.
+    files: dict[Path, list[str]] = field(default_factory=dict)
+    #: The directories of those files, each fsynced once after all the renames.
+    dirs: set[Path] = field(default_factory=set)
+    #: The days written and the tick-file length their candles were computed from.
+    sizes: list[tuple[str, int | None]] = field(default_factory=list)
+    #: The watermarks file's content once these days are durable.
+    watermarks: bytes = b""
+    fsync: bool = True
+
+    def run(self, watermark_path: Path) -> None:
+        for path, rows in self.files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = (HEADER + "".join(rows)).encode()
+            atomic_write(path, data, fsync=self.fsync, sync_dir=False)
+        # Each directory once, for all the renames in it, before any watermark says so.
+        if self.fsync:
+            for directory in sorted(self.dirs):
+                fsync_dir(directory)
+        # Last: a kill before this leaves a watermark behind, which means a rebuild.
+        watermark_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(watermark_path, self.watermarks, fsync=self.fsync)
+
+
 # One day's candles of one level (1-minute ones, unless said): (asset, start) -> candle.
 # The asset is named by its CSV cell (text_cell), as a day read back from its tick file
 # names it: an id with a formula guard or quotes is then one candle, not two.
@@ -154,6 +193,7 @@ class CandleBook:
         keep_days: int = 2,
         committed_size: Callable[[str], int | None] | None = None,
         skipped: Skipped = _ignore,
+        background: bool = False,
     ) -> None:
         self._data_dir = data_dir
         self._skipped = skipped
@@ -169,6 +209,10 @@ class CandleBook:
         self._watermarks: dict[str, int] = {}
         self._last_flush = 0.0
         self._day_of = Days().name
+        # The flushes due after a batch go to a thread of their own (see the module).
+        self._background = background
+        self._writer: ThreadPoolExecutor | None = None
+        self._writing: tuple[Future[None], _Flush] | None = None
 
     def _size_on_disk(self, day: str) -> int | None:
         try:
@@ -217,8 +261,7 @@ class CandleBook:
                 self._dirty.discard(day)
             raise
         now = time.monotonic()
-        if now - self._last_flush >= FLUSH_EVERY:
-            self.flush()
+        if now - self._last_flush >= FLUSH_EVERY and self.flush(wait=not self._background):
             self._last_flush = now
 
     def forget(self, day: str) -> None:
@@ -229,6 +272,7 @@ class CandleBook:
 
     def recover(self) -> None:
         """Rebuild every day whose candles do not match its committed tick file."""
+        self._settle(wait=True)
         self._watermarks = self._load_watermarks()
         days = {p.stem for p in self._ticks_dir.glob("*.csv") if _DAY.fullmatch(p.stem)}
         for day in sorted(days):
@@ -285,51 +329,118 @@ class CandleBook:
 
     # -- writing -------------------------------------------------------------------
 
-    def flush(self) -> None:
+    def flush(self, *, wait: bool = True) -> bool:
+        """Rewrite the candle files of the days that changed. With ``wait`` (the default)
+        they are durable on return; without, the writing goes to the book's own thread
+        and False means a flush was still in flight: nothing started, the days stay
+        changed for a later call. Raises what the writing raised, also a background
+        write's, when that is settled here."""
+        if not self._settle(wait=wait):
+            return False
         if not self._dirty:
-            return
-        written: list[tuple[str, int | None]] = []
-        dirs: set[Path] = set()
+            return True
+        job = self._prepare()
+        if wait:
+            self._run(job)
+            return True
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candles")
+        self._writing = (self._writer.submit(job.run, self._watermark_path), job)
+        return True
+
+    @property
+    def writing(self) -> Future[None] | None:
+        """The background write in flight (or finished but not yet settled), if any."""
+        return None if self._writing is None else self._writing[0]
+
+    def close(self) -> None:
+        """Write what changed and wait for it; the book's thread ends."""
+        try:
+            self.flush()
+        finally:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.shutdown(wait=True)
+
+    def _prepare(self) -> _Flush:
+        """The changed days' files rendered, their watermarks decided; the days are no
+        longer changed (a failed write makes them so again, see :meth:`_settle`)."""
+        job = _Flush(fsync=self._fsync)
         for day in sorted(self._dirty):
             # Read before writing: the candles in memory hold every committed tick of
             # the day, which is exactly this length of its tick file.
             size = self._committed_size(day)
             self._watermarks.pop(day, None)
-            dirs |= self._write_day(day, self._days[day])
-            written.append((day, size))
-            self._dirty.discard(day)
-        # Each directory once, for all the renames in it, before any watermark says so.
-        if self._fsync:
-            for directory in sorted(dirs):
-                fsync_dir(directory)
-        for day, size in written:
-            if size is not None:
-                self._watermarks[day] = size
-        # Last: a kill before this line leaves a watermark behind, which means a rebuild.
-        self._save_watermarks()
+            self._render_day(day, self._days[day], job)
+            job.sizes.append((day, size))
+        self._dirty.clear()
+        marks = dict(self._watermarks)
+        marks.update((day, size) for day, size in job.sizes if size is not None)
+        job.watermarks = orjson.dumps({"days": dict(sorted(marks.items()))})
         # Keep only the newest days in memory; an older one is reloaded if needed.
         for day in sorted(self._days)[: -self._keep_days]:
             del self._days[day]
+        return job
 
-    def _write_day(self, day: str, minutes: _Day) -> set[Path]:
-        """Replace the day's three levels; the directories to fsync for the renames."""
+    def _run(self, job: _Flush) -> None:
+        try:
+            job.run(self._watermark_path)
+        except BaseException:
+            self._failed(job)
+            raise
+        self._done(job)
+
+    def _settle(self, *, wait: bool) -> bool:
+        """Take in the background write's outcome, waiting for it with ``wait``; False
+        while it is still running (and ``wait`` is off)."""
+        if self._writing is None:
+            return True
+        future, job = self._writing
+        if not wait and not future.done():
+            return False
+        self._writing = None
+        try:
+            future.result()
+        except BaseException:
+            self._failed(job)
+            raise
+        self._done(job)
+        return True
+
+    def _done(self, job: _Flush) -> None:
+        for day, size in job.sizes:
+            # Unless a later change of the day took its watermark away again.
+            if size is not None and day not in self._dirty:
+                self._watermarks[day] = size
+
+    def _failed(self, job: _Flush) -> None:
+        # Written again at the next flush, from the candles in memory (a day dropped
+        # from memory meanwhile is reloaded from its tick file when it next changes,
+        # and its missing watermark makes a restart rebuild it).
+        self._dirty.update(day for day, _ in job.sizes if day in self._days)
+
+    def _render_day(self, day: str, minutes: _Day, job: _Flush) -> None:
+        """The day's three levels into ``job``: its 1m and 1h files and its year's 1d file."""
         lines_1m, hours = _roll_up(minutes, 3600)
         lines_1h, daily = _roll_up(hours, 86400)
-        self._replace(self._data_dir / candle_file("1m", day), lines_1m)
-        self._replace(self._data_dir / candle_file("1h", day), lines_1h)
         start_of_day = int(day_start(day))
         year_file = self._data_dir / candle_file("1d", day)
-        # Other days' rows stay whole (an id cell may hold a comma); a row sorts by its
-        # start, then by its text, which begins with the id cell.
-        lines = [line for line in _read_lines(year_file) if _start(line) != start_of_day]
+        # The year's rows as an earlier day of this flush left them, else as the last
+        # flush did (none is in flight, see flush). Other days' rows stay whole (an id
+        # cell may hold a comma); a row sorts by its start, then by its text, which
+        # begins with the id cell.
+        earlier = job.files.get(year_file)
+        year = _read_lines(year_file) if earlier is None else earlier
+        lines = [line for line in year if _start(line) != start_of_day]
         lines += (candle.row(start, asset) for (asset, start), candle in daily.items())
-        self._replace(year_file, sorted(lines, key=lambda line: (_start(line), line)))
-        return {(self._data_dir / candle_file(p, day)).parent for p in ("1m", "1h", "1d")}
-
-    def _replace(self, path: Path, lines: list[str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = (HEADER + "".join(lines)).encode()
-        atomic_write(path, data, fsync=self._fsync, sync_dir=False)
+        for period, rows in (
+            ("1m", lines_1m),
+            ("1h", lines_1h),
+            ("1d", sorted(lines, key=lambda line: (_start(line), line))),
+        ):
+            path = self._data_dir / candle_file(period, day)
+            job.files[path] = rows
+            job.dirs.add(path.parent)
 
 
 def _roll_up(candles: _Day, period: int) -> tuple[list[str], _Day]:

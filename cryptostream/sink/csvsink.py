@@ -13,7 +13,8 @@ beside the CSV files, not only in Kafka. Each batch is one transaction:
    start, so written without fsync: a failure is logged, the batch still counts).
 
 That is four fsyncs a transaction (the two appends, the state file and its
-directory); the candles' files, derived, are rewritten every few seconds after it.
+directory); the candles' files, derived, are rewritten every few seconds after it,
+on a thread of their own (the next transaction does not wait for their fsyncs).
 
 **The rename of the state file is the commit point.** A failure before it rolls
 the batch back (every file cut to its committed length) and the batch is
@@ -214,6 +215,8 @@ class CsvSink:
                 fsync=fsync,
                 committed_size=self._committed_daily_size,
                 skipped=self._skipped("candles"),
+                # Its flushes' fsyncs off the transaction the consumer waits for.
+                background=True,
             )
             if candles
             else None
@@ -1015,7 +1018,7 @@ class CsvSink:
 
     def close(self) -> None:
         if self.candles is not None:
-            self._candles_do(self.candles.flush)
+            self._candles_do(self.candles.close)
         for f in self._files.values():
             f.close()
         self._files.clear()

@@ -140,6 +140,8 @@ def test_a_transaction_is_four_fsyncs(tmp_path: Path, monkeypatch: pytest.Monkey
     sink = CsvSink(tmp_path, TOPIC, Metrics())
     sink.open()
     sink.write(records(0, 10))  # creates the day's file (and fsyncs its directory)
+    assert sink.candles is not None
+    sink.candles.flush()  # the first batch's candles, written on their thread: done
     real_fsync = os.fsync
     count = 0
 
