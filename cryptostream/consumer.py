@@ -56,7 +56,7 @@ from cryptostream.config import KafkaConfig
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.rawrecords import raw_values
-from cryptostream.retry import log_kafka_retries
+from cryptostream.retry import attempt_then_retry, log_kafka_retries
 from cryptostream.sinkport import BatchResult, BatchSink, KafkaRecord, SinkWriteError, TopicIdentity
 from cryptostream.topic import Topic, client_options, close_admin, fetch_max_wait_ms, stop_client
 
@@ -522,16 +522,19 @@ class Consumer:
 
     # -- writing -------------------------------------------------------------------
 
-    async def _write(self, records: Sequence[KafkaRecord]) -> None:
-        async for attempt in tenacity.AsyncRetrying(
+    def _sink_policy(self) -> tenacity.AsyncRetrying:
+        return tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(SinkWriteError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=15),
             stop=tenacity.stop_never,  # the batch is kept until the disk takes it
             before_sleep=self._sink_retry,
             reraise=True,
-        ):
-            with attempt:
-                result = await self._sink.write(records)
+        )
+
+    async def _write(self, records: Sequence[KafkaRecord]) -> None:
+        result, _ = await attempt_then_retry(
+            lambda: self._sink.write(records), self._sink_policy, SinkWriteError
+        )
         if self.sink_failing is not None:
             log.info("sink_recovered", after=self.sink_failing)
             self.sink_failing = None

@@ -41,7 +41,7 @@ from cryptostream.layout import FIRST_VALUES_FILE, SPOOL_FILE, SPOOL_PROGRESS_FI
 from cryptostream.logs import get_logger
 from cryptostream.metrics import Metrics
 from cryptostream.queue import TickQueue
-from cryptostream.retry import log_kafka_retries
+from cryptostream.retry import attempt_then_retry, log_kafka_retries
 from cryptostream.tick import InvalidTick, Tick, tick_from_json
 from cryptostream.topic import Topic, client_options, stop_client
 
@@ -159,7 +159,17 @@ class Producer:
     async def _deliver(self, batch: list[Tick]) -> None:
         """Publish ``batch`` until every tick is acknowledged; retries send only the rest."""
         self._hand(batch)
-        async for attempt in tenacity.AsyncRetrying(
+        _, attempts = await attempt_then_retry(
+            lambda: self._send(self._in_hand), self._publish_policy, PublishError
+        )
+        self._hand([])
+        # Acknowledged: the day's first values they carry are facts on the topic now.
+        self._first_values.save()
+        if attempts > 1:
+            log.info("kafka_publish_recovered", attempts=attempts, batch=len(batch))
+
+    def _publish_policy(self) -> tenacity.AsyncRetrying:
+        return tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(PublishError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             stop=tenacity.stop_never,  # ticks wait in the queue; shutdown spools them
@@ -171,14 +181,7 @@ class Producer:
                 lambda: {"queued": len(self._queue)},
             ),
             reraise=True,
-        ):
-            with attempt:
-                await self._send(self._in_hand)
-        self._hand([])
-        # Acknowledged: the day's first values they carry are facts on the topic now.
-        self._first_values.save()
-        if (attempts := attempt.retry_state.attempt_number) > 1:
-            log.info("kafka_publish_recovered", attempts=attempts, batch=len(batch))
+        )
 
     async def _send(self, ticks: list[Tick]) -> None:
         """One attempt. Counts every tick Kafka acknowledged; on failure ``_in_hand``
