@@ -160,8 +160,8 @@ class _Flush:
     dirs: set[Path] = field(default_factory=set)
     #: The days written and the tick-file length their candles were computed from.
     sizes: list[tuple[str, int | None]] = field(default_factory=list)
-    #: The watermarks file's content once these days are durable.
-    watermarks: bytes = b""
+    #: The watermarks once these days are durable.
+    watermarks: dict[str, int] = field(default_factory=dict)
     fsync: bool = True
 
     def run(self, watermark_path: Path) -> None:
@@ -174,8 +174,12 @@ class _Flush:
             for directory in sorted(self.dirs):
                 fsync_dir(directory)
         # Last: a kill before this leaves a watermark behind, which means a rebuild.
-        watermark_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(watermark_path, self.watermarks, fsync=self.fsync)
+        _write_watermarks(watermark_path, self.watermarks, fsync=self.fsync)
+
+
+def _write_watermarks(path: Path, marks: dict[str, int], *, fsync: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, orjson.dumps({"days": dict(sorted(marks.items()))}), fsync=fsync)
 
 
 # One day's candles of one level (1-minute ones, unless said): (asset, start) -> candle.
@@ -308,9 +312,7 @@ class CandleBook:
             return {}
 
     def _save_watermarks(self) -> None:
-        self._watermark_path.parent.mkdir(parents=True, exist_ok=True)
-        data = orjson.dumps({"days": dict(sorted(self._watermarks.items()))})
-        atomic_write(self._watermark_path, data, fsync=self._fsync)
+        _write_watermarks(self._watermark_path, self._watermarks, fsync=self._fsync)
 
     def _load_day(self, tick_file: Path, size: int | None = None) -> _Day:
         """A day's candles from its tick file (its first ``size`` bytes, if given)."""
@@ -374,21 +376,15 @@ class CandleBook:
             self._render_day(day, self._days[day], job)
             job.sizes.append((day, size))
         self._dirty.clear()
-        marks = dict(self._watermarks)
-        marks.update((day, size) for day, size in job.sizes if size is not None)
-        job.watermarks = orjson.dumps({"days": dict(sorted(marks.items()))})
+        job.watermarks = dict(self._watermarks)
+        job.watermarks.update((day, size) for day, size in job.sizes if size is not None)
         # Keep only the newest days in memory; an older one is reloaded if needed.
         for day in sorted(self._days)[: -self._keep_days]:
             del self._days[day]
         return job
 
     def _run(self, job: _Flush) -> None:
-        try:
-            job.run(self._watermark_path)
-        except BaseException:
-            self._failed(job)
-            raise
-        self._done(job)
+        self._take(job, lambda: job.run(self._watermark_path))
 
     def _settle(self, *, wait: bool) -> bool:
         """Take in the background write's outcome, waiting for it with ``wait``; False
@@ -399,13 +395,17 @@ class CandleBook:
         if not wait and not future.done():
             return False
         self._writing = None
+        self._take(job, future.result)
+        return True
+
+    def _take(self, job: _Flush, outcome: Callable[[], object]) -> None:
+        """The job's outcome (``outcome()`` returns or raises it) taken into the book."""
         try:
-            future.result()
+            outcome()
         except BaseException:
             self._failed(job)
             raise
         self._done(job)
-        return True
 
     def _done(self, job: _Flush) -> None:
         for day, size in job.sizes:
