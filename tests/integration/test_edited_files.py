@@ -10,6 +10,7 @@ service keeps writing.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,18 @@ async def test_a_note_appended_and_a_daily_file_saved_over_while_running_lose_an
 
     # 2. Today's daily file saved over by an editor: a new file renamed over it.
     [daily] = sorted((data / "history/ticks").glob("*.csv"))
-    theirs = daily.read_bytes() + b"my own line\n"
     tmp = daily.with_name(".save.tmp")
-    tmp.write_bytes(theirs)
-    tmp.replace(daily)
+    while True:
+        # The editor's Save holds what it read: a batch the sink appended meanwhile (the
+        # read and the write take a moment) would be in neither file, so the Save is
+        # made again from a fresh read until no batch came in between.
+        with daily.open("rb") as old:
+            read = old.read()
+            theirs = read + b"my own line\n"
+            tmp.write_bytes(theirs)
+            if os.fstat(old.fileno()).st_size == len(read):
+                tmp.replace(daily)
+                break
     await wait_until(lambda: list(data.glob("history/edited/*.csv")), what="daily set aside")
     await wait_until(lambda: lines(daily) > 6, what="rows in the fresh daily file")
     assert metric(running, "files_set_aside", "crypto_data.csv", "appended") == 1
