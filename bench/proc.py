@@ -29,6 +29,7 @@ class Finished:
     cpu: float  # user + system seconds
     max_rss_mb: float
     result: dict[str, Any] = field(default_factory=dict)
+    system: float = 0.0  # of ``cpu``, the system seconds (in the kernel, for system calls)
 
 
 def run(
@@ -72,7 +73,19 @@ def run(
         cpu=usage.ru_utime + usage.ru_stime,
         max_rss_mb=peak_kb / 1024,
         result=result,
+        system=usage.ru_stime,
     )
+
+
+def last_json(path: Path) -> dict[str, Any]:
+    """The last JSON object line of a file that may hold other lines too (a profiler's
+    output around a contender's result); empty when there is none."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in reversed(lines):
+        if line.startswith("{"):
+            result: dict[str, Any] = json.loads(line)
+            return result
+    return {}
 
 
 def _wait(pid: int, deadline: float, name: str) -> tuple[int, Any, int]:

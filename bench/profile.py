@@ -1,5 +1,12 @@
 """Where the sink's time goes: py-spy's raw (collapsed) stacks summed per cost centre.
 
+The benchmark records with ``--gil``: only the thread holding the GIL is sampled,
+never a thread blocked on the GIL, the disk or the network (without it, such
+waits were counted as work). A sample is still wall time, not CPU: it counts
+while that thread waits for a core or is paused by the profiler. So the table
+reads samples as shares only, and shares out a CPU per row measured apart from
+them (see :func:`table`).
+
 Each sample is charged to the innermost frame that names a cost centre: a
 frame that names none (libc, libpython, the standard library) counts for the
 caller that does, so ``rename`` under ``atomic_write`` is a file write and
@@ -51,6 +58,8 @@ _PROBE_MARKS = ("bench/lag.py", "consume (bench/sink_ours.py", "record (bench/se
 #: Samples that are not CPU work of the process (py-spy samples every thread, busy or
 #: not): the idle loop, waits for the GIL or a call, and fsync (a wait for the disk).
 NOT_CPU = ("idle: event loop waiting (epoll)", WAITING, "fsync")
+#: The row of a profile's table for the CPU no sample sees: the kernel's, in system calls.
+KERNEL = "kernel: system calls (writes, fsyncs, sockets, polling)"
 
 
 def centre_of(frames: list[str]) -> str:
@@ -81,26 +90,56 @@ def summarize(path: Path) -> list[tuple[str, int, float]]:
 
 
 def table(
-    rows: list[tuple[str, int, float]], *, rows_done: int | None = None, rate: float = 200.0
+    rows: list[tuple[str, int, float]],
+    *,
+    rows_done: int | None = None,
+    rate: float = 200.0,
+    cpu: dict[str, float] | None = None,
+    source: str = "measured",
+    own: dict[str, float] | None = None,
 ) -> str:
-    """The cost centres; with ``rows_done``, also CPU µs per row of each centre (a sample
-    is 1/``rate`` s of one thread), whose sum over the CPU centres is the profile's own
-    CPU per row, to hold against the measured one."""
-    if not rows_done:
+    """The cost centres; with ``rows_done`` and ``cpu``, the CPU µs per row of each.
+
+    A sample is 1/``rate`` s of wall time of the thread holding the GIL: it counts
+    while that thread waits for a core or is paused by the profiler too, so samples
+    are read as shares, not as time. ``cpu`` is a CPU per row taken without sampling
+    (``user`` and ``system`` µs; ``source`` says whose): the user part is shared out
+    by the CPU samples, and the system part, time in system calls no GIL sample
+    sees, is a row of its own, so the column adds up to ``cpu``. ``own`` is the
+    profiled process's own CPU per row, held against the samples in a note.
+    """
+    if not rows_done or cpu is None:
         lines = ["| cost centre | samples | share |", "|---|---:|---:|"]
         lines += [f"| {centre} | {n} | {share:.1f} % |" for centre, n, share in rows]
         return "\n".join(lines) + "\n"
-    per_row = 1e6 / rate / rows_done
-    lines = ["| cost centre | samples | share | CPU µs per row |", "|---|---:|---:|---:|"]
-    cpu = 0.0
-    for centre, n, share in rows:
+    cpu_samples = sum(n for centre, n, _ in rows if centre not in NOT_CPU) or 1
+    user, system = cpu["user"], cpu["system"]
+    lines = [
+        "| cost centre | samples | share of the CPU samples | CPU µs per row |",
+        "|---|---:|---:|---:|",
+    ]
+    for centre, n, _ in rows:
         if centre in NOT_CPU:
-            lines.append(f"| {centre} | {n} | {share:.1f} % | (a wait, no CPU) |")
+            lines.append(f"| {centre} | {n} | (a wait) | (no CPU) |")
             continue
-        cpu += n * per_row
-        lines.append(f"| {centre} | {n} | {share:.1f} % | {n * per_row:.2f} |")
-    lines.append(f"| **all CPU centres** | | | **{cpu:.2f}** |")
-    return "\n".join(lines) + "\n"
+        share = n / cpu_samples
+        lines.append(f"| {centre} | {n} | {100 * share:.1f} % | {user * share:.2f} |")
+    lines.append(f"| {KERNEL} | | | {system:.2f} |")
+    lines.append(f"| **all** | | | **{user + system:.2f}** |")
+    notes = [
+        f"CPU µs per row: {source}, {user + system:.2f} µs per row ({user:.2f} in user "
+        f"space, {system:.2f} in the kernel), the user part shared out by the samples."
+    ]
+    if own is not None:
+        sampled = sum(n for centre, n, _ in rows if centre not in NOT_CPU) / rate / rows_done
+        whole = own["user"] + own["system"]
+        notes.append(
+            f"Under the profiler the process used {whole:.2f} CPU µs per row "
+            f"({own['user']:.2f} user, {own['system']:.2f} system), while its CPU samples "
+            f"add up to {sampled * 1e6:.2f} µs of wall time per row: a sample also counts "
+            "while the thread holding the GIL waits for a core or is paused to be read."
+        )
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def main() -> None:
@@ -108,8 +147,17 @@ def main() -> None:
     parser.add_argument("profile", type=Path, help="py-spy record --format raw output")
     parser.add_argument("--rows", type=int, default=None, help="rows the profiled run wrote")
     parser.add_argument("--rate", type=float, default=200.0, help="py-spy's samples per second")
+    parser.add_argument(
+        "--cpu",
+        type=float,
+        nargs=2,
+        metavar=("USER", "SYSTEM"),
+        default=None,
+        help="user and system CPU µs per row measured without a profiler (with --rows)",
+    )
     args = parser.parse_args()
-    sys.stdout.write(table(summarize(args.profile), rows_done=args.rows, rate=args.rate))
+    cpu = {"user": args.cpu[0], "system": args.cpu[1]} if args.cpu else None
+    sys.stdout.write(table(summarize(args.profile), rows_done=args.rows, rate=args.rate, cpu=cpu))
 
 
 if __name__ == "__main__":

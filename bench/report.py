@@ -359,16 +359,22 @@ def render(results: dict[str, Any]) -> str:
         "service": f"the service at {_n(results['plan']['slow_rate'])} ticks/s",
     }
     rows_done = results.get("profile_rows", {})
+    profiled = results.get("profile_cpu", {})
     for name, rows in centres.items():
         out += [f"### Where the time goes: {titles.get(name, name)} (py-spy samples)", ""]
-        out += [table(rows, rows_done=rows_done.get(name))]
-        if name in rows_done and sink:
-            measured = sink["best"]["ours"]["cpu_us_per_row"]
-            out += [
-                f"Measured in the sink phase (no profiler): {measured:.2f} CPU µs per row, "
-                "start-up included; the profiler's own overhead adds to the sampled figure.",
-                "",
-            ]
+        own = profiled.get(name)
+        if name == "py-spy" and sink:
+            # The sink's profile reads the sink phase's topic: its CPU per row without a
+            # profiler is the sink phase's (start-up included, as in the profiled run).
+            ours = sink["best"]["ours"]
+            system = ours.get("cpu_system_us_per_row", 0.0)
+            cpu = {"user": ours["cpu_us_per_row"] - system, "system": system}
+            source = "the sink phase's run of the same topic, without a profiler"
+            out += [table(rows, rows_done=rows_done.get(name), cpu=cpu, source=source, own=own)]
+        else:
+            # No unprofiled run of the service matches the window: its own CPU over it.
+            source = "the service's own CPU over the profiled window, under the profiler"
+            out += [table(rows, rows_done=rows_done.get(name), cpu=own, source=source)]
 
     if goals:
         out += ["### Goals", "", "| goal | measured | met |", "|---|---:|---|"]

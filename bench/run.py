@@ -400,6 +400,7 @@ class Bench:
             # CPU time of the whole process (start-up included) per row: what the work
             # costs, whatever else the machine runs; wall-clock rates depend on that load.
             "cpu_us_per_row": round(done.cpu / rows * 1e6, 2),
+            "cpu_system_us_per_row": round(done.system / rows * 1e6, 2),
             "max_rss_mb": round(done.max_rss_mb, 1),
             "load": machine.load(),
         }
@@ -598,6 +599,8 @@ class Bench:
         self.create_topic(topic)
         self.kcat_produce(topic, payloads)
         profiles: dict[str, str] = {}
+        self.results["profile_rows"] = {"py-spy": n}
+        self.results["profile_cpu"] = {}
         for tool in ("pyinstrument", "py-spy"):
             data = self.out / f"profile-{tool}"
             shutil.rmtree(data, ignore_errors=True)
@@ -634,6 +637,7 @@ class Bench:
                     "--rate",
                     "200",
                     "--native",
+                    "--gil",
                     "-o",
                     str(out),
                     "--",
@@ -655,10 +659,16 @@ class Bench:
                 continue
             profiles[tool] = str(out)
             shutil.rmtree(data, ignore_errors=True)
+            if tool == "py-spy":
+                # The profiled process's own CPU, which the samples must add up to.
+                own = proc.last_json(self.out / f"profile-{tool}.out")
+                if "cpu_user_seconds" in own:
+                    self.results["profile_cpu"]["py-spy"] = _per_row(
+                        own["cpu_user_seconds"], own["cpu_system_seconds"], n
+                    )
         self.profile_service(profiles)
         self.results["profiles"] = profiles
         # Cost centres of the py-spy profiles (pyinstrument's text is for reading).
-        self.results["profile_rows"] = {"py-spy": n}
         self.results["cost_centres"] = {
             name: summarize(Path(path))
             for name, path in profiles.items()
@@ -686,7 +696,9 @@ class Bench:
                 self._wait_ready(child, port, log_path)
                 time.sleep(self.plan.latency_warmup)
                 record = [spy, "record", "--pid", str(child.pid), "--duration", str(seconds)]
-                record += ["--format", "raw", "--rate", "200", "--native", "-o", str(out)]
+                record += ["--format", "raw", "--rate", "200", "--native", "--gil"]
+                record += ["-o", str(out)]
+                cpu_before = _process_cpu(child.pid)
                 try:
                     proc.run(
                         "py-spy",
@@ -698,6 +710,12 @@ class Bench:
                 except proc.BenchError as exc:
                     self.log(f"py-spy failed: {exc}")
                     return
+                # The service's own CPU over the profiled window, per tick it was fed.
+                after = _process_cpu(child.pid)
+                user, system = after[0] - cpu_before[0], after[1] - cpu_before[1]
+                ticks = int(rate * seconds)
+                self.results["profile_rows"]["service"] = ticks
+                self.results["profile_cpu"]["service"] = _per_row(user, system, ticks)
                 profiles["service"] = str(out)
             finally:
                 child.send_signal(signal.SIGTERM)
@@ -707,6 +725,19 @@ class Bench:
                     child.kill()
                     child.wait()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def _process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user, system; every thread) a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # utime and stime: fields 14 and 15 of proc(5), 12 and 13 after the command name.
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _per_row(user: float, system: float, rows: int) -> dict[str, float]:
+    """A process's user and system CPU as µs per row."""
+    return {"user": round(user / rows * 1e6, 2), "system": round(system / rows * 1e6, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,10 +153,41 @@ def test_profile_charges_the_benchmarks_probes_to_themselves_and_adds_up(tmp_pat
     assert shares["web server (aiohttp: /healthz, metrics)"] == 2
     assert "event loop, sockets" not in shares
     assert shares[NOT_CPU[0]] == 40
-    # 200 samples/s over 1,000 rows: one sample = 5 µs per row; idle is no CPU.
-    text = table(rows, rows_done=1000, rate=200.0)
-    assert f"| {PROBE} | 10 | " in text and "| 50.00 |" in text
-    assert "| **all CPU centres** | | | **100.00** |" in text  # (10 + 2 + 8) samples, 5 µs each
+    # 20 CPU samples share out 40 user µs per row (idle is no CPU): the probes' 10 are
+    # half of them; the 10 system µs are the kernel's row.
+    text = table(rows, rows_done=1000, cpu={"user": 40.0, "system": 10.0})
+    assert f"| {PROBE} | 10 | 50.0 % | 20.00 |" in text
+    assert "| idle: event loop waiting (epoll) | 40 | (a wait) | (no CPU) |" in text
+    assert "| **all** | | | **50.00** |" in text
+
+
+def test_profile_scales_the_cpu_centres_to_the_measured_cpu_and_checks_its_own(
+    tmp_path: Path,
+) -> None:
+    from bench.profile import KERNEL, table
+
+    loop = "run (asyncio/runners.py:190);_run_once (asyncio/base_events.py:1922)"
+    lines = [
+        f"{loop};CsvSink.write (cryptostream/sink/csvsink.py:330) 30",
+        f"{loop};csv_line (cryptostream/csvrow.py:66) 10",
+        f"{loop};select (selectors.py:468);epoll_wait (libc.so.6) 50",
+    ]
+    path = tmp_path / "raw.txt"
+    path.write_text("\n".join(lines) + "\n")
+    # 40 CPU samples (200 µs of wall time per row at 200/s over 1,000 rows), shared
+    # out of 100 CPU µs per row measured without a profiler: 80 user, 20 system.
+    cpu = {"user": 80.0, "system": 20.0}
+    own = {"user": 120.0, "system": 30.0}
+    text = table(summarize(path), rows_done=1000, rate=200.0, cpu=cpu, source="measured", own=own)
+    assert "| sink loop: offsets, dedup, days, last values | 30 | 75.0 % | 60.00 |" in text
+    assert "| CSV formatting (csv_line) | 10 | 25.0 % | 20.00 |" in text
+    # The wait has no CPU; the kernel's part is its own row; the column adds up.
+    assert "| (a wait) | (no CPU) |" in text
+    assert f"| {KERNEL} | | | 20.00 |" in text
+    assert "| **all** | | | **100.00** |" in text
+    assert "measured, 100.00 µs per row (80.00 in user space, 20.00 in the kernel)" in text
+    assert "the process used 150.00 CPU µs per row (120.00 user, 30.00 system)" in text
+    assert "add up to 200.00 µs of wall time per row" in text
 
 
 def test_a_contenders_main_is_not_a_probe(tmp_path: Path) -> None:
@@ -190,3 +221,37 @@ def test_transactions_summarise_the_probes_pairs_without_idle_calls(tmp_path: Pa
     assert tx.max_ms == pytest.approx(20.0)
     assert tx.mean_ms == pytest.approx(10.0)
     assert tx.fsyncs_per_transaction == pytest.approx(13 / 3)
+
+
+def test_a_result_is_found_among_a_profilers_lines(tmp_path: Path) -> None:
+    from bench.proc import last_json
+
+    out = tmp_path / "profile.out"
+    out.write_text(
+        "py-spy> Sampling process 200 times a second.\n"
+        '{"rows": 10, "cpu_user_seconds": 1.5}\n'
+        "py-spy> Stopped sampling because process exited\n"
+    )
+    assert last_json(out) == {"rows": 10, "cpu_user_seconds": 1.5}
+    assert last_json(tmp_path / "missing.out") == {}
+
+
+def test_a_running_processs_cpu_is_read_from_proc() -> None:
+    import os
+    import time
+
+    from bench.run import _process_cpu
+
+    user_before, system_before = _process_cpu(os.getpid())
+    times_before = os.times()
+    deadline = time.perf_counter() + 0.3
+    while time.perf_counter() < deadline:
+        sum(range(1000))
+    user, system = _process_cpu(os.getpid())
+    times = os.times()
+    # The same CPU as the kernel reports to the process itself, to a few clock ticks
+    # (1/100 s here), most of it in user space (the loop makes no system calls).
+    spent_user, spent_system = user - user_before, system - system_before
+    assert abs(spent_user - (times.user - times_before.user)) <= 0.03
+    assert abs(spent_system - (times.system - times_before.system)) <= 0.03
+    assert spent_user > spent_system
