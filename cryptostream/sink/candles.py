@@ -62,12 +62,14 @@ FLUSH_EVERY = 5.0
 _MEAN = Decimal("1e-16")
 #: A daily tick file's stem: a UTC date (other files in history/ticks are not days).
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-#: While a whole day's file is read back (a restart late in the day), the sink's thread
-#: sleeps ``_YIELD_SECONDS`` every ``_YIELD_ROWS`` rows: measured, the event loop's
-#: thread otherwise waited for the GIL for up to 0.9 s at a time during that read
-#: (docs/performance.md). ~5,000 rows are ~15 ms of work; measured, the read took 8 % longer.
-_YIELD_ROWS = 5_000
-_YIELD_SECONDS = 0.001
+#: While a whole file is read through on the sink's thread (a day's ticks read back
+#: for its candles after a restart late in the day; crypto_data.csv rewritten by the
+#: retention trim), that thread sleeps ``YIELD_SECONDS`` every ``YIELD_ROWS`` rows:
+#: measured, the event loop's thread otherwise waited for the GIL for up to 0.9 s at a
+#: time during the read-back and 152 ms during the trim (docs/performance.md, table
+#: 1b). ~5,000 rows are ~15 ms of work; measured, the read-back took 8 % longer.
+YIELD_ROWS = 5_000
+YIELD_SECONDS = 0.001
 #: Told of a line of a tick file that gives no tick: (reason, file).
 Skipped = Callable[[str, str], None]
 
@@ -321,8 +323,8 @@ class CandleBook:
         for n, (ts, asset, symbol, price, vwap) in enumerate(
             _read_ticks(tick_file, self._skipped, size), 1
         ):
-            if not n % _YIELD_ROWS:
-                time.sleep(_YIELD_SECONDS)  # the event loop's turn (see _YIELD_ROWS)
+            if not n % YIELD_ROWS:
+                time.sleep(YIELD_SECONDS)  # the event loop's turn (see YIELD_ROWS)
             cell = cells.get(asset)
             if cell is None:
                 cell = cells[asset] = text_cell(asset)

@@ -105,7 +105,7 @@ from cryptostream.sink.batch import (
     render,
     stamp_days,
 )
-from cryptostream.sink.candles import CandleBook
+from cryptostream.sink.candles import YIELD_ROWS, YIELD_SECONDS, CandleBook
 from cryptostream.sink.daykeys import DayKeys
 from cryptostream.sink.firstvalues import FirstValueBook
 from cryptostream.sink.readback import Unreadable
@@ -997,7 +997,9 @@ class CsvSink:
             removed = 0
             with replacing(path, fsync=self._fsync) as dst:
                 dst.write(_HEADER)
-                for line in src:
+                for n, line in enumerate(src, 1):
+                    if not n % YIELD_ROWS:
+                        time.sleep(YIELD_SECONDS)  # the event loop's turn (see YIELD_ROWS)
                     ts = _bytes_ts(line)
                     if ts < cutoff:
                         removed += 1

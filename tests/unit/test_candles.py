@@ -113,9 +113,9 @@ def test_a_day_read_back_whole_lets_the_event_loop_in_every_few_thousand_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rebuilding a day's candles from its file runs on the sink's thread: it sleeps
-    briefly every _YIELD_ROWS rows so the event loop's thread gets the GIL (measured
+    briefly every YIELD_ROWS rows so the event loop's thread gets the GIL (measured
     without it: the loop waited up to 0.9 s; docs/performance.md, table 1b)."""
-    monkeypatch.setattr(candles_module, "_YIELD_ROWS", 10)
+    monkeypatch.setattr(candles_module, "YIELD_ROWS", 10)
     feed(tmp_path, [[tick(DAY1 + i, str(i + 1)) for i in range(35)]])
     (tmp_path / "history/candles/1m/2025-03-07.csv").unlink()
     sleeps: list[float] = []
@@ -123,7 +123,7 @@ def test_a_day_read_back_whole_lets_the_event_loop_in_every_few_thousand_rows(
     sink = CsvSink(tmp_path, "t", Metrics())
     sink.open()  # the day's candles rebuilt from its 35 rows
     sink.close()
-    assert sleeps == [candles_module._YIELD_SECONDS] * 3
+    assert sleeps == [candles_module.YIELD_SECONDS] * 3
     assert candles(tmp_path, "1m/2025-03-07.csv")[0]["close"] == "35"
 
 

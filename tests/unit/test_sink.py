@@ -237,6 +237,29 @@ def test_retention_keeps_the_last_n_days_in_crypto_data(tmp_path: Path) -> None:
     again.close()
 
 
+def test_the_retention_trim_lets_the_event_loop_in_every_few_thousand_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trim rewrites crypto_data.csv on the sink's thread: it sleeps briefly every
+    YIELD_ROWS rows so the event loop's thread gets the GIL (measured without it: the
+    loop waited up to 152 ms; docs/performance.md, table 1b)."""
+    from cryptostream.sink import csvsink
+
+    monkeypatch.setattr(csvsink, "YIELD_ROWS", 10)
+    now = [DAY1 + 3600]
+    s = CsvSink(tmp_path, TOPIC, Metrics(), retention_days=1, clock=lambda: now[0])
+    s.open()
+    s.write([rec(0, i, tick("bitcoin", DAY1 + i, str(i))) for i in range(25)])
+    sleeps: list[float] = []
+    monkeypatch.setattr(csvsink.time, "sleep", sleeps.append)
+    now[0] = DAY2 + 10  # the next day: all 25 rows of the day before go
+    s.write([rec(0, 25, tick("bitcoin", DAY2 + 5, "25"))])
+    s.close()
+    # 26 rows read through (the day before's 25 and the new one): two pauses.
+    assert sleeps == [csvsink.YIELD_SECONDS] * 2
+    assert [r[4] for r in rows(tmp_path)[1:]] == ["25"]
+
+
 def test_duplicates_are_caught_across_a_restart_and_the_state_stays_small(tmp_path: Path) -> None:
     s = CsvSink(tmp_path, TOPIC, Metrics())
     s.open()
