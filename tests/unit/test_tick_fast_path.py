@@ -4,11 +4,13 @@ field-by-field checks on every input, good or bad."""
 from __future__ import annotations
 
 import itertools
+import random
 from typing import Any
 
 import orjson
 import pytest
 
+from cryptostream import tick as tick_module
 from cryptostream.tick import InvalidTick, Tick, _tick_from_data, tick_from_json
 
 MISSING = object()
@@ -44,6 +46,10 @@ DECIMALS = [
     "0x10",
     "1_0",
     "\u0663",
+    "\u00b2",
+    ".",
+    "-",
+    "1.2.3",
     "1\x1f2",
     "",
     "  ",
@@ -114,3 +120,38 @@ def test_a_well_formed_message_takes_the_fast_path(monkeypatch: pytest.MonkeyPat
         "88312.9332932018497620",
         "coincap",
     )
+
+
+def test_the_decimals_string_check_agrees_with_the_expression() -> None:
+    # Random short strings over the characters that matter: a check by string methods
+    # that accepted what the expression refuses would let a bad decimal through.
+    rng = random.Random(24)
+    alphabet = "0123456789.-+eE x\u0663\u00b2"
+    agreed = 0
+    for _ in range(20_000):
+        price, change, first, vwap = (
+            "".join(rng.choices(alphabet, k=rng.randint(0, 5))) for _ in range(4)
+        )
+        joined = f"{price}\x1f{change}\x1f{first}\x1f{vwap}"
+        expected = tick_module._PLAIN_DECIMALS.fullmatch(joined) is not None
+        got = tick_module._plain_decimals(price, change or None, first or None, vwap or None)
+        assert got == expected, (price, change, first, vwap)
+        agreed += expected
+    assert agreed > 100  # the accepting side was reached too
+
+
+def test_an_asset_id_is_remembered_only_once_valid_and_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tick_module, "_known_ids", set())
+    monkeypatch.setattr(tick_module, "_KNOWN_IDS_MAX", 3)
+    assert not tick_module._known_id("bad id")
+    assert not tick_module._known_id("'formula")
+    assert tick_module._known_ids == set()
+    for asset in ("a", "b", "c"):
+        assert tick_module._known_id(asset)
+    assert tick_module._known_ids == {"a", "b", "c"}
+    # A fourth id at the bound: the memory starts again, never grows past it.
+    assert tick_module._known_id("d")
+    assert tick_module._known_ids == {"d"}
+    assert not tick_module._known_id("bad id")
