@@ -66,7 +66,7 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 #: for its candles after a restart late in the day; crypto_data.csv rewritten by the
 #: retention trim), that thread sleeps ``YIELD_SECONDS`` every ``YIELD_ROWS`` rows:
 #: measured, the event loop's thread otherwise waited for the GIL for up to 0.9 s at a
-#: time during the read-back and 152 ms during the trim (docs/performance.md, table
+#: time during the read-back and 236 ms during the trim (docs/performance.md, table
 #: 1b). ~5,000 rows are ~15 ms of work; measured, the read-back took 8 % longer.
 YIELD_ROWS = 5_000
 YIELD_SECONDS = 0.001

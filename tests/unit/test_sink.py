@@ -242,7 +242,7 @@ def test_the_retention_trim_lets_the_event_loop_in_every_few_thousand_rows(
 ) -> None:
     """The trim rewrites crypto_data.csv on the sink's thread: it sleeps briefly every
     YIELD_ROWS rows so the event loop's thread gets the GIL (measured without it: the
-    loop waited up to 152 ms; docs/performance.md, table 1b)."""
+    loop waited up to 236 ms; docs/performance.md, Goals)."""
     from cryptostream.sink import csvsink
 
     monkeypatch.setattr(csvsink, "YIELD_ROWS", 10)
