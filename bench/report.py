@@ -372,8 +372,9 @@ def render(results: dict[str, Any]) -> str:
             source = "the sink phase's run of the same topic, without a profiler"
             out += [table(rows, rows_done=rows_done.get(name), cpu=cpu, source=source, own=own)]
         else:
-            # No unprofiled run of the service matches the window: its own CPU over it.
-            source = "the service's own CPU over the profiled window, under the profiler"
+            # No run without a profiler to match (the service's window; the sink when the
+            # sink phase did not run): the profiled process's own CPU over the profile.
+            source = "the profiled process's own CPU over the profile, under the profiler"
             out += [table(rows, rows_done=rows_done.get(name), cpu=own, source=source)]
 
     if goals:

@@ -660,7 +660,8 @@ class Bench:
             profiles[tool] = str(out)
             shutil.rmtree(data, ignore_errors=True)
             if tool == "py-spy":
-                # The profiled process's own CPU, which the samples must add up to.
+                # The profiled process's own CPU (the profile's table holds it up to the
+                # samples; it is what the table shares out without a sink phase).
                 own = proc.last_json(self.out / f"profile-{tool}.out")
                 if "cpu_user_seconds" in own:
                     self.results["profile_cpu"]["py-spy"] = _per_row(
