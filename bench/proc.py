@@ -135,17 +135,23 @@ class Sample:
     cpu: float  # user + system seconds so far
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """CPU seconds (user, system; every thread) a running process has used so far:
+    ``utime`` and ``stime`` of ``/proc/<pid>/stat``. Raises OSError once it is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name (which may hold spaces) start at field 3.
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
 def sample(pid: int) -> Sample | None:
     """RSS (``VmRSS``) and CPU time (``utime + stime``) of a running process."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        user, system = cpu_times(pid)
     except OSError:
         return None
     rss_kb = next(
         (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
     )
-    # Fields after the command name (which may hold spaces) start at field 3.
-    fields = stat.rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
-    return Sample(time.time(), rss_kb / 1024, cpu)
+    return Sample(time.time(), rss_kb / 1024, user + system)

@@ -112,7 +112,8 @@ def table(
         lines = ["| cost centre | samples | share |", "|---|---:|---:|"]
         lines += [f"| {centre} | {n} | {share:.1f} % |" for centre, n, share in rows]
         return "\n".join(lines) + "\n"
-    cpu_samples = sum(n for centre, n, _ in rows if centre not in NOT_CPU) or 1
+    cpu_n = sum(n for centre, n, _ in rows if centre not in NOT_CPU)
+    cpu_samples = cpu_n or 1
     user, system = cpu["user"], cpu["system"]
     lines = [
         "| cost centre | samples | share of the CPU samples | CPU µs per row |",
@@ -131,7 +132,7 @@ def table(
         f"space, {system:.2f} in the kernel), the user part shared out by the samples."
     ]
     if own is not None:
-        sampled = sum(n for centre, n, _ in rows if centre not in NOT_CPU) / rate / rows_done
+        sampled = cpu_n / rate / rows_done
         whole = own["user"] + own["system"]
         notes.append(
             f"Under the profiler the process used {whole:.2f} CPU µs per row "

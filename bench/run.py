@@ -699,7 +699,7 @@ class Bench:
                 record = [spy, "record", "--pid", str(child.pid), "--duration", str(seconds)]
                 record += ["--format", "raw", "--rate", "200", "--native", "--gil"]
                 record += ["-o", str(out)]
-                cpu_before = _process_cpu(child.pid)
+                cpu_before = proc.cpu_times(child.pid)
                 try:
                     proc.run(
                         "py-spy",
@@ -712,7 +712,7 @@ class Bench:
                     self.log(f"py-spy failed: {exc}")
                     return
                 # The service's own CPU over the profiled window, per tick it was fed.
-                after = _process_cpu(child.pid)
+                after = proc.cpu_times(child.pid)
                 user, system = after[0] - cpu_before[0], after[1] - cpu_before[1]
                 ticks = int(rate * seconds)
                 self.results["profile_rows"]["service"] = ticks
@@ -726,14 +726,6 @@ class Bench:
                     child.kill()
                     child.wait()
         shutil.rmtree(data, ignore_errors=True)
-
-
-def _process_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds (user, system; every thread) a running process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    # utime and stime: fields 14 and 15 of proc(5), 12 and 13 after the command name.
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _per_row(user: float, system: float, rows: int) -> dict[str, float]:

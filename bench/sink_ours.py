@@ -92,8 +92,8 @@ async def consume(args: argparse.Namespace) -> dict[str, Any]:
         "first_batch_seconds": (first_write or done) - start,
         "offset": sum(sink.committed_offsets().values()),
         "code": str(Path(sys.modules["cryptostream"].__file__ or "").parent),
-        # This process's own CPU (every thread, start-up included): under a profiler,
-        # what the profile's samples are scaled to (the profiler's CPU is not in it).
+        # This process's own CPU (every thread, start-up included; a profiler's is not in
+        # it): the profile's table holds its samples against it.
         "cpu_user_seconds": (times := os.times()).user,
         "cpu_system_seconds": times.system,
     }

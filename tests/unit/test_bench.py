@@ -240,14 +240,14 @@ def test_a_running_processs_cpu_is_read_from_proc() -> None:
     import os
     import time
 
-    from bench.run import _process_cpu
+    from bench.proc import cpu_times
 
-    user_before, system_before = _process_cpu(os.getpid())
+    user_before, system_before = cpu_times(os.getpid())
     times_before = os.times()
     deadline = time.perf_counter() + 0.3
     while time.perf_counter() < deadline:
         sum(range(1000))
-    user, system = _process_cpu(os.getpid())
+    user, system = cpu_times(os.getpid())
     times = os.times()
     # The same CPU as the kernel reports to the process itself, to a few clock ticks
     # (1/100 s here), most of it in user space (the loop makes no system calls).
